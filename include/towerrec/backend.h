@@ -1,0 +1,199 @@
+// The op contract. The model, trainer and recommender are written once against
+// this interface; the CPU backend (kernels/cpu) is the reference and the CUDA
+// backend (kernels/cuda) must agree with it. Ops are coarse (a whole fused layer,
+// a whole loss) so the virtual call costs nothing measurable.
+//
+// Conventions for every op:
+//  * All matrices are row-major float32; "X[n x k]" means n rows of k floats.
+//  * Every pointer argument lives in the backend's memory (allocate()), except
+//    where a comment says "host".
+//  * Ops are asynchronous with respect to the host on a device backend; to_host()
+//    and synchronize() wait.
+//  * Ops fully overwrite their outputs unless the comment says "+=" : tests poison
+//    outputs first, so an unwritten element is a bug.
+//  * Index arrays are int32.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace towerrec {
+
+enum class DeviceKind { kCPU, kCUDA };
+enum class Activation { kNone, kReLU };
+
+// Hyper-parameters of one Adam step. `step` is the 1-based count of updates
+// including this one (used for bias correction). Decoupled weight decay (AdamW):
+//   p -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * p)
+struct AdamParams {
+  float lr = 1e-3f;
+  float beta1 = 0.9f;
+  float beta2 = 0.999f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+  int64_t step = 1;
+};
+
+// The (user, item, label) pairs of one training batch, in backend memory.
+// Users and items are *local* indices into the batch's unique-entity tower
+// outputs U[n_users x d] and V[n_items x d]. The CSR arrays list, for each local
+// user (item), the pair indices that touch it, in increasing pair order; they let
+// backends reduce gradients per row without atomics, deterministically.
+struct PairBatch {
+  int64_t n_pairs = 0;
+  const int32_t* user = nullptr;   // [n_pairs]
+  const int32_t* item = nullptr;   // [n_pairs]
+  const float* label = nullptr;    // [n_pairs], +1 positive, -1 negative
+  int32_t n_users = 0;
+  const int32_t* user_offsets = nullptr;  // [n_users + 1]
+  const int32_t* user_pairs = nullptr;    // [n_pairs]
+  int32_t n_items = 0;
+  const int32_t* item_offsets = nullptr;  // [n_items + 1]
+  const int32_t* item_pairs = nullptr;    // [n_pairs]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual DeviceKind kind() const = 0;
+  // One line for logs: "cpu (OpenBLAS 0.3.21, 2 threads)", "cuda:0 NVIDIA H100 ...".
+  virtual std::string describe() const = 0;
+
+  // ---- memory --------------------------------------------------------------
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* p) noexcept = 0;
+  virtual void to_device(void* dst, const void* host_src, size_t bytes) = 0;
+  // Waits for all queued work, then copies.
+  virtual void to_host(void* host_dst, const void* src, size_t bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+  virtual void fill(float* p, int64_t n, float value) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- tower layers ----------------------------------------------------------
+  // Y[n x out] = act(X[n x in] . W[in x out] + b[out]).
+  virtual void dense_forward(const float* X, int64_t n, int in, const float* W, const float* b,
+                             int out, Activation act, float* Y) = 0;
+
+  // Backward of dense_forward. On entry dY[n x out] is dLoss/dY; on exit it holds
+  // dZ = dY * act'(Z) (for ReLU: dY where Y > 0, else 0).
+  //   dW[in x out] = X^T . dZ,   db[out] = sum over rows of dZ,
+  //   dX[n x in] = dZ . W^T      (skipped when dX is null).
+  virtual void dense_backward(const float* X, int64_t n, int in, const float* W, int out,
+                              Activation act, const float* Y, float* dY, float* dW, float* db,
+                              float* dX) = 0;
+
+  // ---- embeddings and features ---------------------------------------------
+  // out[r, col_off + c] = src[idx[r], c] for r < n, c < dim. `out` has row
+  // stride ld_out; columns outside [col_off, col_off + dim) are untouched.
+  virtual void gather_rows(const float* src, int dim, const int32_t* idx, int64_t n, float* out,
+                           int ld_out, int col_off) = 0;
+
+  // Mean-pooled embedding bag. Entity e = idx[r] owns the values
+  // values[offsets[e] .. offsets[e+1]); out[r, col_off + c] is the mean of
+  // table[v, c] over them, 0 for an empty bag.
+  virtual void bag_forward(const float* table, int dim, const int32_t* offsets,
+                           const int32_t* values, const int32_t* idx, int64_t n, float* out,
+                           int ld_out, int col_off) = 0;
+
+  // Backward of bag_forward: dtable[v, c] += dout[r, col_off + c] / bag_size for
+  // every value v in the bag of idx[r]. dtable is accumulated into, not cleared.
+  virtual void bag_backward(const float* dout, int ld_dout, int col_off, const int32_t* offsets,
+                            const int32_t* values, const int32_t* idx, int64_t n, int dim,
+                            float* dtable) = 0;
+
+  // ---- loss ------------------------------------------------------------------
+  // Fused logistic loss forward + backward over the pairs of `pb`:
+  //   s_p = <U[user_p], V[item_p]>,   l_p = softplus(-y_p s_p) = log(1 + exp(-y_p s_p))
+  //   *loss_out = scale * sum_p l_p                       (one float, backend memory)
+  //   g_p = scale * dl_p/ds_p = -scale * y_p * sigmoid(-y_p s_p)
+  //   dU[u] = sum_{p: user_p = u} g_p V[item_p],  dV[i] = sum_{p: item_p = i} g_p U[user_p]
+  // pair_grad[n_pairs] is scratch that receives g_p.
+  virtual void logistic_loss(const float* U, const float* V, int d, const PairBatch& pb,
+                             float scale, float* dU, float* dV, float* pair_grad,
+                             float* loss_out) = 0;
+
+  // ---- optimizers --------------------------------------------------------------
+  // Dense Adam(W) over n contiguous parameters.
+  virtual void adam(float* param, const float* grad, float* m, float* v, int64_t n,
+                    const AdamParams& p) = 0;
+  // Lazy (sparse) Adam on rows[0..n) of table[* x dim] with their moments;
+  // the gradient of rows[r] is grad[r * ld_grad + col_off .. + dim). Rows must be
+  // distinct. Weight decay applies only to the touched rows.
+  virtual void sparse_adam(float* table, float* m, float* v, int dim, const int32_t* rows,
+                           int64_t n, const float* grad, int ld_grad, int col_off,
+                           const AdamParams& p) = 0;
+  // p -= lr * (g + weight_decay * p)
+  virtual void sgd(float* param, const float* grad, int64_t n, float lr, float weight_decay) = 0;
+  virtual void sparse_sgd(float* table, int dim, const int32_t* rows, int64_t n, const float* grad,
+                          int ld_grad, int col_off, float lr, float weight_decay) = 0;
+
+  // ---- ranking -------------------------------------------------------------------
+  // For each row r < n_users of U[n_users x d]: the k best items j < n_items by
+  // score <U[r], V[j]>, best first; ties broken by lower item index. Items
+  // excl_items[excl_offsets[r] .. excl_offsets[r+1]) are skipped (excl_offsets may
+  // be null: nothing excluded). Where fewer than k items remain, the tail is
+  // padded with item -1 and score -inf. out_items/out_scores are [n_users x k].
+  virtual void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d,
+                    int k, const int64_t* excl_offsets, const int32_t* excl_items,
+                    int32_t* out_items, float* out_scores) = 0;
+};
+
+// The CPU reference backend. threads <= 0 means all cores.
+std::unique_ptr<Backend> make_cpu_backend(int threads = 0);
+
+// True when this build has the CUDA backend and a device is present.
+bool cuda_available();
+// Throws towerrec::Error when the build lacks CUDA or no device is present.
+std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+
+// "cpu", "cuda", "cuda:N" or "auto" (CUDA where available, else CPU).
+std::unique_ptr<Backend> make_backend(const std::string& name, int cpu_threads = 0);
+
+// Typed owning buffer in a backend's memory.
+template <typename T>
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  DeviceArray(Backend* be, int64_t n) { reset(be, n); }
+  ~DeviceArray() { release(); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  DeviceArray(DeviceArray&& o) noexcept { *this = std::move(o); }
+  DeviceArray& operator=(DeviceArray&& o) noexcept {
+    if (this != &o) {
+      release();
+      be_ = o.be_; p_ = o.p_; n_ = o.n_;
+      o.be_ = nullptr; o.p_ = nullptr; o.n_ = 0;
+    }
+    return *this;
+  }
+  void reset(Backend* be, int64_t n) {
+    release();
+    be_ = be;
+    n_ = n;
+    p_ = n > 0 ? static_cast<T*>(be->allocate(sizeof(T) * static_cast<size_t>(n))) : nullptr;
+  }
+  // Grows (never shrinks) to at least n elements; contents are not kept.
+  void ensure(Backend* be, int64_t n) {
+    if (be_ != be || n > n_) reset(be, n);
+  }
+  void release() noexcept {
+    if (p_ && be_) be_->deallocate(p_);
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  int64_t size() const { return n_; }
+  size_t bytes() const { return sizeof(T) * static_cast<size_t>(n_); }
+
+ private:
+  Backend* be_ = nullptr;
+  T* p_ = nullptr;
+  int64_t n_ = 0;
+};
+
+}  // namespace towerrec

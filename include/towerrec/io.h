@@ -1,0 +1,38 @@
+// Atomic file output: data goes to a temporary file beside the target, is
+// fsync'd, then renamed over the target. A failed or interrupted write leaves
+// the previous file (if any) intact and no partial file behind.
+#pragma once
+
+#include <cstdio>
+#include <string>
+
+namespace towerrec {
+
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::string path);
+  ~AtomicFile();  // removes the temporary file unless commit() succeeded
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+
+  void write(const void* data, size_t bytes);
+  void write(const std::string& s) { write(s.data(), s.size()); }
+  std::FILE* stream() { return f_; }  // for fprintf-style writers; errors caught at commit
+  // Flushes, fsyncs, renames over the target and fsyncs the directory.
+  void commit();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_, tmp_;
+  std::FILE* f_ = nullptr;
+  bool committed_ = false;
+};
+
+// Whole-file helpers.
+void write_file_atomic(const std::string& path, const std::string& contents);
+std::string read_file(const std::string& path);
+bool file_exists(const std::string& path);
+bool is_directory(const std::string& path);
+void make_directories(const std::string& path);
+
+}  // namespace towerrec

@@ -1,0 +1,70 @@
+// Scalar math shared by both backends. Every function here is compiled for the
+// host and, under nvcc, for the device, so the CPU tests exercise the very code
+// the CUDA kernels run.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define TR_HD __host__ __device__ __forceinline__
+#else
+#define TR_HD inline
+#endif
+
+namespace towerrec::math {
+
+// log(1 + exp(x)) without overflow for any finite x, accurate for x << 0.
+TR_HD float softplus(float x) {
+  return x > 0.0f ? x + log1pf(expf(-x)) : log1pf(expf(x));
+}
+TR_HD double softplus(double x) { return x > 0.0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
+
+// 1 / (1 + exp(-x)), stable for any finite x.
+TR_HD float sigmoid(float x) {
+  if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+  const float e = expf(x);
+  return e / (1.0f + e);
+}
+TR_HD double sigmoid(double x) {
+  if (x >= 0.0) return 1.0 / (1.0 + exp(-x));
+  const double e = exp(x);
+  return e / (1.0 + e);
+}
+
+// Logistic loss of score s with label y in {+1, -1}: softplus(-y s).
+TR_HD float logistic_loss(float s, float y) { return softplus(-y * s); }
+// d/ds of logistic_loss: -y * sigmoid(-y s).
+TR_HD float logistic_grad(float s, float y) { return -y * sigmoid(-y * s); }
+
+TR_HD float relu(float x) { return x > 0.0f ? x : 0.0f; }
+
+// Bias-correction factors of Adam for 1-based step t: 1 - beta^t.
+// Computed in double on the host once per step; passed to the element update.
+struct AdamStep {
+  float lr, beta1, beta2, eps, weight_decay;
+  float inv_bc1;       // 1 / (1 - beta1^t)
+  float inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^t)
+};
+
+inline AdamStep make_adam_step(float lr, float beta1, float beta2, float eps, float wd,
+                               int64_t t) {
+  AdamStep s;
+  s.lr = lr; s.beta1 = beta1; s.beta2 = beta2; s.eps = eps; s.weight_decay = wd;
+  const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t));
+  const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t));
+  s.inv_bc1 = static_cast<float>(1.0 / bc1);
+  s.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
+  return s;
+}
+
+// One AdamW update of one element. Decoupled weight decay.
+TR_HD void adam_update(float& p, float g, float& m, float& v, const AdamStep& s) {
+  m = s.beta1 * m + (1.0f - s.beta1) * g;
+  v = s.beta2 * v + (1.0f - s.beta2) * g * g;
+  const float mhat = m * s.inv_bc1;
+  const float denom = sqrtf(v) * s.inv_sqrt_bc2 + s.eps;
+  p -= s.lr * (mhat / denom + s.weight_decay * p);
+}
+
+}  // namespace towerrec::math

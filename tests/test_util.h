@@ -1,0 +1,102 @@
+// Helpers shared by the test files: random inputs, poisoning, float64
+// comparisons, and locating the MovieLens data.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "towerrec/backend.h"
+#include "towerrec/io.h"
+
+namespace towerrec::testing {
+
+// Value written into outputs before an op runs: an unwritten element fails any
+// comparison.
+inline float poison() { return std::numeric_limits<float>::quiet_NaN(); }
+
+inline std::vector<float> random_floats(std::mt19937_64& g, size_t n, float lo = -1.0f,
+                                        float hi = 1.0f) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+inline std::vector<int32_t> random_ints(std::mt19937_64& g, size_t n, int32_t lo, int32_t hi) {
+  std::uniform_int_distribution<int32_t> d(lo, hi);
+  std::vector<int32_t> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// Fresh seed per run unless TOWERREC_TEST_SEED is set; printed on failure via
+// SCOPED_TRACE at the call site.
+inline uint64_t test_seed() {
+  if (const char* s = std::getenv("TOWERREC_TEST_SEED")) return std::strtoull(s, nullptr, 10);
+  static const uint64_t seed = std::random_device{}();
+  return seed;
+}
+
+// |got - want| <= abs_tol + rel_tol * |want|, reporting the first mismatches.
+inline ::testing::AssertionResult all_close(const std::vector<float>& got,
+                                            const std::vector<double>& want, double abs_tol,
+                                            double rel_tol) {
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
+  int bad = 0;
+  std::string msg;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = got[i], w = want[i];
+    if (!(std::fabs(g - w) <= abs_tol + rel_tol * std::fabs(w))) {
+      if (bad < 5)
+        msg += "\n  [" + std::to_string(i) + "] got " + std::to_string(g) + " want " +
+               std::to_string(w);
+      ++bad;
+    }
+  }
+  if (bad)
+    return ::testing::AssertionFailure() << bad << " of " << got.size() << " mismatched" << msg;
+  return ::testing::AssertionSuccess();
+}
+
+// Host <-> backend copies for tests.
+template <typename T>
+DeviceArray<T> upload(Backend& be, const std::vector<T>& v) {
+  DeviceArray<T> a(&be, static_cast<int64_t>(v.size()));
+  if (!v.empty()) be.to_device(a.data(), v.data(), v.size() * sizeof(T));
+  return a;
+}
+template <typename T>
+std::vector<T> download(Backend& be, const DeviceArray<T>& a) {
+  std::vector<T> v(static_cast<size_t>(a.size()));
+  if (!v.empty()) be.to_host(v.data(), a.data(), v.size() * sizeof(T));
+  return v;
+}
+// A backend array filled with the poison value.
+inline DeviceArray<float> poisoned(Backend& be, int64_t n) {
+  DeviceArray<float> a(&be, n);
+  if (n) be.fill(a.data(), n, poison());
+  return a;
+}
+
+// The MovieLens-100k directory: $TOWERREC_ML100K, else ../shared/data/ml-100k
+// relative to the source tree. Empty when absent.
+inline std::string ml100k_dir() {
+  if (const char* s = std::getenv("TOWERREC_ML100K")) return file_exists(std::string(s) + "/u.data") ? s : "";
+  const std::string d = std::string(TOWERREC_SOURCE_DIR) + "/../shared/data/ml-100k";
+  return file_exists(d + "/u.data") ? d : "";
+}
+#define TOWERREC_REQUIRE_ML100K(dir)                                                        \
+  const std::string dir = ::towerrec::testing::ml100k_dir();                                \
+  if (dir.empty())                                                                          \
+  GTEST_SKIP() << "MovieLens-100k not found: set TOWERREC_ML100K or place it at "           \
+                  "../shared/data/ml-100k"
+
+}  // namespace towerrec::testing

@@ -29,9 +29,18 @@ class InputError : public Error {
   static std::string format(const std::string& file, int64_t line, const std::string& field,
                             const std::string& what) {
     std::string s = file;
-    if (line > 0) s += ":" + std::to_string(line);
-    if (!field.empty()) s += ": field '" + field + "'";
-    return s + ": " + what;
+    if (line > 0) {
+      s += ':';
+      s += std::to_string(line);
+    }
+    if (!field.empty()) {
+      s += ": field '";
+      s += field;
+      s += '\'';
+    }
+    s += ": ";
+    s += what;
+    return s;
   }
   std::string file_;
   int64_t line_;

@@ -1,0 +1,50 @@
+// towerrec: train two-tower recommenders, rank all items for all users, and
+// benchmark the kernels that do it.
+#include <cstdio>
+#include <exception>
+#include <string>
+
+#include "host/cli/cli.h"
+#include "towerrec/error.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: towerrec <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  synth     write a synthetic data set with planted structure\n"
+    "  train     train a two-tower model\n"
+    "  info      show the build, the backends and the devices\n"
+    "\n"
+    "`towerrec <command> --help` lists a command's options.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace towerrec;
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string cmd = argv[1];
+  cli::Args args(argv + 2, argv + argc);
+  try {
+    if (cmd == "synth") return cli::cmd_synth(args);
+    if (cmd == "train") return cli::cmd_train(args);
+    if (cmd == "info") return cli::cmd_info(args);
+    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+      std::fputs(kUsage, stdout);
+      return 0;
+    }
+    if (cmd == "--version") {
+      std::printf("towerrec %s\n", TOWERREC_VERSION);
+      return 0;
+    }
+    std::fprintf(stderr, "towerrec: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "towerrec %s: error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

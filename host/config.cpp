@@ -1,0 +1,288 @@
+#include "towerrec/config.h"
+
+#include <charconv>
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "towerrec/error.h"
+#include "towerrec/io.h"
+
+namespace towerrec {
+namespace {
+
+using json = nlohmann::json;
+
+int64_t parse_int(const std::string& key, const std::string& v) {
+  int64_t x = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+  if (ec != std::errc() || p != v.data() + v.size())
+    throw Error("--" + key + ": expected an integer, got '" + v + "'");
+  return x;
+}
+
+float parse_float(const std::string& key, const std::string& v) {
+  char* end = nullptr;
+  const float x = std::strtof(v.c_str(), &end);
+  if (v.empty() || end != v.c_str() + v.size() || !std::isfinite(x))
+    throw Error("--" + key + ": expected a finite number, got '" + v + "'");
+  return x;
+}
+
+bool parse_bool(const std::string& key, const std::string& v) {
+  if (v == "true" || v == "1" || v == "yes" || v == "on") return true;
+  if (v == "false" || v == "0" || v == "no" || v == "off") return false;
+  throw Error("--" + key + ": expected true or false, got '" + v + "'");
+}
+
+std::vector<int> parse_int_list(const std::string& key, const std::string& v) {
+  std::vector<int> out;
+  if (v.empty() || v == "none") return out;
+  std::stringstream ss(v);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    const int64_t x = parse_int(key, part);
+    if (x <= 0) throw Error("--" + key + ": widths must be positive, got '" + part + "'");
+    out.push_back(static_cast<int>(x));
+  }
+  return out;
+}
+
+std::string quote(const std::string& s) { return json(s).dump(); }
+std::string num(double x) {
+  std::ostringstream ss;
+  ss.precision(9);
+  ss << x;
+  return ss.str();
+}
+
+ConfigKey str_key(const char* name, const char* help, std::string Config::*m) {
+  return {name, help, [m](Config& c, const std::string& v) { c.*m = v; },
+          [m](const Config& c) { return quote(c.*m); }};
+}
+
+template <typename Get>
+ConfigKey int_key(const char* name, const char* help, Get ref, int64_t lo, int64_t hi) {
+  return {name, help,
+          [=](Config& c, const std::string& v) {
+            const int64_t x = parse_int(name, v);
+            if (x < lo || x > hi)
+              throw Error(std::string("--") + name + ": " + v + " is outside [" +
+                          std::to_string(lo) + ", " + std::to_string(hi) + "]");
+            ref(c) = static_cast<std::remove_reference_t<decltype(ref(c))>>(x);
+          },
+          [=](const Config& c) { return std::to_string(ref(const_cast<Config&>(c))); }};
+}
+
+template <typename Get>
+ConfigKey float_key(const char* name, const char* help, Get ref, float lo, float hi) {
+  return {name, help,
+          [=](Config& c, const std::string& v) {
+            const float x = parse_float(name, v);
+            if (x < lo || x > hi)
+              throw Error(std::string("--") + name + ": " + v + " is outside [" + num(lo) +
+                          ", " + num(hi) + "]");
+            ref(c) = x;
+          },
+          [=](const Config& c) { return num(ref(const_cast<Config&>(c))); }};
+}
+
+template <typename Get>
+ConfigKey bool_key(const char* name, const char* help, Get ref) {
+  ConfigKey k{name, help, [=](Config& c, const std::string& v) { ref(c) = parse_bool(name, v); },
+              [=](const Config& c) { return std::string(ref(const_cast<Config&>(c)) ? "true" : "false"); }};
+  k.is_bool = true;
+  return k;
+}
+
+template <typename Get>
+ConfigKey choice_key(const char* name, const char* help, Get ref, std::vector<std::string> choices) {
+  return {name, help,
+          [=](Config& c, const std::string& v) {
+            for (const auto& ch : choices)
+              if (v == ch) {
+                ref(c) = v;
+                return;
+              }
+            std::string all;
+            for (const auto& ch : choices) all += (all.empty() ? "" : ", ") + ch;
+            throw Error(std::string("--") + name + ": '" + v + "' is not one of " + all);
+          },
+          [=](const Config& c) { return quote(ref(const_cast<Config&>(c))); }};
+}
+
+std::vector<ConfigKey> build_keys() {
+  std::vector<ConfigKey> k;
+  const float inf = 1e30f;
+  k.push_back(str_key("data", "input: MovieLens dir, `towerrec synth` dir, or interactions CSV", &Config::data));
+  k.push_back(str_key("user-features", "user feature CSV (with a CSV --data)", &Config::user_features));
+  k.push_back(str_key("item-features", "item feature CSV (with a CSV --data)", &Config::item_features));
+  k.push_back(float_key("rating-threshold", "keep interactions with rating >= this as positives",
+                        [](Config& c) -> float& { return c.rating_threshold; }, -inf, inf));
+  k.push_back(bool_key("features", "feed entity features to the towers",
+                       [](Config& c) -> bool& { return c.features; }));
+  k.push_back({"holdout", "per-user fraction of interactions held out and evaluated after training (0: none)",
+               [](Config& c, const std::string& v) {
+                 const float x = parse_float("holdout", v);
+                 if (x < 0 || x >= 1) throw Error("--holdout: must be in [0, 1)");
+                 c.holdout = x;
+               },
+               [](const Config& c) { return num(c.holdout); }});
+  k.push_back({"split-seed", "seed of the holdout split",
+               [](Config& c, const std::string& v) {
+                 const int64_t x = parse_int("split-seed", v);
+                 if (x < 0) throw Error("--split-seed: must be >= 0");
+                 c.split_seed = static_cast<uint64_t>(x);
+               },
+               [](const Config& c) { return std::to_string(c.split_seed); }});
+  k.push_back(int_key("id-dim", "ID embedding width (0: no ID embedding)",
+                      [](Config& c) -> int& { return c.tower.id_dim; }, 0, 4096));
+  k.push_back({"hidden", "hidden layer widths, comma-separated (none: a single linear layer)",
+               [](Config& c, const std::string& v) { c.tower.hidden = parse_int_list("hidden", v); },
+               [](const Config& c) {
+                 std::string s;
+                 for (int w : c.tower.hidden) s += (s.empty() ? "" : ",") + std::to_string(w);
+                 return quote(s.empty() ? "none" : s);
+               }});
+  k.push_back(int_key("dim", "output embedding width of both towers",
+                      [](Config& c) -> int& { return c.tower.out_dim; }, 1, 4096));
+  k.push_back(int_key("cat-dim", "embedding width of each categorical feature field",
+                      [](Config& c) -> int& { return c.tower.cat_dim; }, 1, 1024));
+  k.push_back(float_key("init-std", "std of embedding initialisation",
+                        [](Config& c) -> float& { return c.tower.init_std; }, 0.0f, 10.0f));
+  k.push_back(int_key("epochs", "training epochs", [](Config& c) -> int& { return c.train.epochs; }, 0, 100000));
+  k.push_back(int_key("batch-size", "positives per batch",
+                      [](Config& c) -> int64_t& { return c.train.batch_size; }, 1, 1 << 24));
+  k.push_back(int_key("negatives", "sampled negatives per positive",
+                      [](Config& c) -> int& { return c.train.negatives; }, 0, 4096));
+  k.push_back(choice_key("sampler", "negative sampler: uniform or popularity (count^alpha)",
+                         [](Config& c) -> std::string& { return c.train.sampler; }, {"uniform", "popularity"}));
+  k.push_back(float_key("pop-alpha", "exponent of the popularity sampler",
+                        [](Config& c) -> float& { return c.train.pop_alpha; }, 0.0f, 2.0f));
+  k.push_back(choice_key("optimizer", "adam or sgd",
+                         [](Config& c) -> std::string& { return c.train.optimizer.name; }, {"adam", "sgd"}));
+  k.push_back(float_key("lr", "learning rate", [](Config& c) -> float& { return c.train.optimizer.lr; }, 0.0f, 100.0f));
+  k.push_back(float_key("weight-decay", "decoupled weight decay of tower layers and feature tables",
+                        [](Config& c) -> float& { return c.train.optimizer.weight_decay; }, 0.0f, 10.0f));
+  k.push_back(float_key("embedding-decay", "decoupled weight decay of ID-embedding rows used in a batch",
+                        [](Config& c) -> float& { return c.train.optimizer.embedding_decay; }, 0.0f, 10.0f));
+  k.push_back({"seed", "random seed (initialisation, shuffling, negatives)",
+               [](Config& c, const std::string& v) {
+                 const int64_t x = parse_int("seed", v);
+                 if (x < 0) throw Error("--seed: must be >= 0");
+                 c.train.seed = static_cast<uint64_t>(x);
+               },
+               [](const Config& c) { return std::to_string(c.train.seed); }});
+  k.push_back(int_key("threads", "CPU threads (0: all cores)", [](Config& c) -> int& { return c.threads; }, 0, 4096));
+  k.push_back({"device", "auto, cpu, cuda or cuda:N",
+               [](Config& c, const std::string& v) {
+                 if (v != "auto" && v != "cpu" && v != "cuda" && v.rfind("cuda:", 0) != 0)
+                   throw Error("--device: '" + v + "' is not one of auto, cpu, cuda, cuda:N");
+                 c.device = v;
+               },
+               [](const Config& c) { return quote(c.device); }});
+  k.push_back(str_key("out", "output directory (model, config.json)", &Config::out));
+  k.push_back(bool_key("quiet", "no progress output", [](Config& c) -> bool& { return c.quiet; }));
+  k.push_back(int_key("log-every", "progress line every N steps",
+                      [](Config& c) -> int64_t& { return c.log_every; }, 1, int64_t(1) << 40));
+  return k;
+}
+
+const ConfigKey* find_key(const std::string& name) {
+  for (const auto& k : config_keys())
+    if (k.name == name) return &k;
+  return nullptr;
+}
+
+}  // namespace
+
+const std::vector<ConfigKey>& config_keys() {
+  static const std::vector<ConfigKey> keys = build_keys();
+  return keys;
+}
+
+void apply_json(Config& cfg, const std::string& text, const std::string& source) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    // e.byte is the 1-based offset of the error; turn it into a line number.
+    int64_t line = 1;
+    for (size_t i = 0; i < e.byte && i < text.size(); ++i) line += text[i] == '\n';
+    throw InputError(source, line, "", std::string("invalid JSON: ") + e.what());
+  }
+  if (!j.is_object()) throw InputError(source, 1, "", "expected a JSON object");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const ConfigKey* k = find_key(it.key());
+    if (!k) throw InputError(source, 0, it.key(), "unknown configuration key");
+    std::string v;
+    if (it->is_string()) v = it->get<std::string>();
+    else if (it->is_boolean()) v = it->get<bool>() ? "true" : "false";
+    else if (it->is_number_integer()) v = std::to_string(it->get<int64_t>());
+    else if (it->is_number()) v = num(it->get<double>());
+    else if (it->is_array()) {
+      for (const auto& e : *it) v += (v.empty() ? "" : ",") + (e.is_string() ? e.get<std::string>() : e.dump());
+      if (v.empty()) v = "none";
+    } else throw InputError(source, 0, it.key(), "unsupported value " + it->dump());
+    try {
+      k->set(cfg, v);
+    } catch (const Error& e) {
+      throw InputError(source, 0, it.key(), e.what());
+    }
+  }
+}
+
+std::vector<std::string> apply_flags(Config& cfg, const std::vector<std::string>& args) {
+  std::vector<std::string> positional;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a.rfind("--", 0) != 0 || a == "--") {
+      positional.push_back(a);
+      continue;
+    }
+    std::string name = a.substr(2), value;
+    bool has_value = false;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    const ConfigKey* k = name == "config" ? nullptr : find_key(name);
+    if (name != "config" && !k) throw Error("unknown option --" + name + " (see --help)");
+    const bool is_bool = k && k->is_bool;
+    if (!has_value) {
+      if (is_bool && (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0)) {
+        value = "true";
+      } else {
+        if (i + 1 >= args.size()) throw Error("option --" + name + " needs a value");
+        value = args[++i];
+      }
+    }
+    if (name == "config") apply_json(cfg, read_file(value), value);
+    else k->set(cfg, value);
+  }
+  return positional;
+}
+
+std::string to_json(const Config& cfg) {
+  std::string s = "{\n";
+  const auto& keys = config_keys();
+  for (size_t i = 0; i < keys.size(); ++i)
+    s += "  " + quote(keys[i].name) + ": " + keys[i].get(cfg) + (i + 1 < keys.size() ? ",\n" : "\n");
+  return s + "}\n";
+}
+
+std::string config_help() {
+  Config def;
+  std::string s;
+  for (const auto& k : config_keys()) {
+    std::string left = "  --" + k.name;
+    if (left.size() < 22) left.resize(22, ' ');
+    else left += "  ";
+    s += left + k.help + " [" + k.get(def) + "]\n";
+  }
+  s += "  --config FILE         JSON file with any of the keys above\n";
+  return s;
+}
+
+}  // namespace towerrec

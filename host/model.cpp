@@ -1,0 +1,329 @@
+#include "towerrec/model.h"
+
+#include <cmath>
+
+#include "towerrec/error.h"
+#include "towerrec/rng.h"
+
+namespace towerrec {
+
+TowerInputSpec make_input_spec(const EntityFeatures& f, int32_t n_entities, bool use_features) {
+  TowerInputSpec s;
+  s.n_entities = n_entities;
+  if (!use_features || f.empty()) return s;
+  TOWERREC_CHECK(f.n_entities == n_entities,
+                 "feature rows (" + std::to_string(f.n_entities) + ") != entities (" +
+                     std::to_string(n_entities) + ")");
+  s.dense_dim = f.dense_dim();
+  for (const auto& c : f.categorical) {
+    s.cat_vocab.push_back(c.vocab.size());
+    s.cat_names.push_back(c.name);
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// Tower
+
+Tower::Tower(TwoTowerModel& model, const std::string& name, const TowerInputSpec& spec,
+             int64_t& cursor)
+    : model_(&model), name_(name), spec_(spec) {
+  const TowerConfig& cfg = model.cfg_;
+  TOWERREC_CHECK(spec.n_entities > 0, name + " tower: no entities");
+  TOWERREC_CHECK(cfg.out_dim > 0, "out_dim must be positive");
+  const int n_fields = static_cast<int>(spec.cat_vocab.size());
+  in_dim_ = cfg.id_dim + spec.dense_dim + n_fields * cfg.cat_dim;
+  TOWERREC_CHECK(in_dim_ > 0, name + " tower has no input: enable the ID embedding or features");
+  for (int f = 0; f < n_fields; ++f) {
+    cat_off_.push_back(cursor);
+    cursor += static_cast<int64_t>(spec.cat_vocab[f]) * cfg.cat_dim;
+  }
+  int in = in_dim_;
+  std::vector<int> widths = cfg.hidden;
+  widths.push_back(cfg.out_dim);
+  for (size_t l = 0; l < widths.size(); ++l) {
+    TOWERREC_CHECK(widths[l] > 0, "layer widths must be positive");
+    Layer L;
+    L.in = in;
+    L.out = widths[l];
+    L.act = l + 1 < widths.size() ? Activation::kReLU : Activation::kNone;
+    L.w_off = cursor;
+    cursor += static_cast<int64_t>(L.in) * L.out;
+    L.b_off = cursor;
+    cursor += L.out;
+    layers_.push_back(L);
+    in = L.out;
+  }
+  act_.resize(layers_.size() + 1);
+  grad_act_.resize(layers_.size() + 1);
+  Backend* be = &model.backend();
+  if (cfg.id_dim > 0) {
+    const int64_t n = static_cast<int64_t>(spec.n_entities) * cfg.id_dim;
+    id_table_.reset(be, n);
+    id_m_.reset(be, n);
+    id_v_.reset(be, n);
+    be->fill(id_m_.data(), n, 0.0f);
+    be->fill(id_v_.data(), n, 0.0f);
+  }
+}
+
+void Tower::init_params(uint64_t seed, std::vector<float>& arena) {
+  const TowerConfig& cfg = model_->cfg_;
+  const uint64_t tower_seed = rng::mix64(seed ^ std::hash<std::string>{}(name_));
+  uint64_t counter = 0;
+  for (size_t f = 0; f < cat_off_.size(); ++f) {
+    const int64_t n = static_cast<int64_t>(spec_.cat_vocab[f]) * cfg.cat_dim;
+    for (int64_t j = 0; j < n; ++j)
+      arena[cat_off_[f] + j] = cfg.init_std * rng::normal(tower_seed, rng::kInit, counter++);
+  }
+  for (const Layer& L : layers_) {
+    // He-uniform for ReLU layers, Glorot-uniform for the linear output layer.
+    const double a = L.act == Activation::kReLU ? std::sqrt(6.0 / L.in)
+                                                : std::sqrt(6.0 / (L.in + L.out));
+    const int64_t n = static_cast<int64_t>(L.in) * L.out;
+    for (int64_t j = 0; j < n; ++j)
+      arena[L.w_off + j] =
+          static_cast<float>(a * (2.0 * rng::uniform(tower_seed, rng::kInit + 100, counter++) - 1.0));
+    for (int j = 0; j < L.out; ++j) arena[L.b_off + j] = 0.0f;
+  }
+  if (cfg.id_dim > 0) {
+    std::vector<float> t(static_cast<size_t>(id_table_.size()));
+    for (size_t j = 0; j < t.size(); ++j)
+      t[j] = cfg.init_std * rng::normal(tower_seed, rng::kInit + 200, j);
+    model_->be_->to_device(id_table_.data(), t.data(), t.size() * sizeof(float));
+  }
+}
+
+void Tower::upload_features(const EntityFeatures& f) {
+  Backend* be = model_->be_;
+  if (spec_.dense_dim > 0) {
+    TOWERREC_CHECK(static_cast<int64_t>(f.dense.size()) ==
+                       static_cast<int64_t>(spec_.n_entities) * spec_.dense_dim,
+                   name_ + " tower: dense feature size mismatch");
+    dense_feat_.reset(be, static_cast<int64_t>(f.dense.size()));
+    be->to_device(dense_feat_.data(), f.dense.data(), f.dense.size() * sizeof(float));
+  }
+  cat_offsets_.clear();
+  cat_values_.clear();
+  TOWERREC_CHECK(f.categorical.size() >= spec_.cat_vocab.size() || spec_.cat_vocab.empty(),
+                 name_ + " tower: categorical field count mismatch");
+  for (size_t c = 0; c < spec_.cat_vocab.size(); ++c) {
+    const CategoricalField& field = f.categorical[c];
+    TOWERREC_CHECK(static_cast<int64_t>(field.offsets.size()) == spec_.n_entities + 1,
+                   name_ + " tower: field " + field.name + " offsets size mismatch");
+    cat_offsets_.emplace_back(be, static_cast<int64_t>(field.offsets.size()));
+    be->to_device(cat_offsets_.back().data(), field.offsets.data(),
+                  field.offsets.size() * sizeof(int32_t));
+    cat_values_.emplace_back(be, static_cast<int64_t>(std::max<size_t>(field.values.size(), 1)));
+    if (!field.values.empty())
+      be->to_device(cat_values_.back().data(), field.values.data(),
+                    field.values.size() * sizeof(int32_t));
+  }
+}
+
+const float* Tower::forward(const int32_t* idx, int64_t n) {
+  Backend* be = model_->be_;
+  const TowerConfig& cfg = model_->cfg_;
+  TOWERREC_CHECK(n > 0, name_ + " tower: empty batch");
+  TOWERREC_CHECK(spec_.dense_dim == 0 || dense_feat_.data(),
+                 name_ + " tower: features not set (call set_features)");
+  act_[0].ensure(be, n * in_dim_);
+  grad_act_[0].ensure(be, n * in_dim_);
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    act_[l + 1].ensure(be, n * layers_[l].out);
+    grad_act_[l + 1].ensure(be, n * layers_[l].out);
+  }
+  float* X = act_[0].data();
+  int col = 0;
+  if (cfg.id_dim > 0) {
+    be->gather_rows(id_table_.data(), cfg.id_dim, idx, n, X, in_dim_, col);
+    col += cfg.id_dim;
+  }
+  if (spec_.dense_dim > 0) {
+    be->gather_rows(dense_feat_.data(), spec_.dense_dim, idx, n, X, in_dim_, col);
+    col += spec_.dense_dim;
+  }
+  const float* arena = model_->params_.data();
+  for (size_t f = 0; f < cat_off_.size(); ++f) {
+    be->bag_forward(arena + cat_off_[f], cfg.cat_dim, cat_offsets_[f].data(),
+                    cat_values_[f].data(), idx, n, X, in_dim_, col);
+    col += cfg.cat_dim;
+  }
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& L = layers_[l];
+    be->dense_forward(act_[l].data(), n, L.in, arena + L.w_off, arena + L.b_off, L.out, L.act,
+                      act_[l + 1].data());
+  }
+  last_idx_ = idx;
+  last_n_ = n;
+  return act_.back().data();
+}
+
+void Tower::backward() {
+  Backend* be = model_->be_;
+  const TowerConfig& cfg = model_->cfg_;
+  TOWERREC_CHECK(last_n_ > 0, name_ + " tower: backward without forward");
+  const int64_t n = last_n_;
+  const float* arena = model_->params_.data();
+  float* grads = model_->grads_.data();
+  const bool need_input_grad = cfg.id_dim > 0 || !cat_off_.empty();
+  for (size_t l = layers_.size(); l-- > 0;) {
+    const Layer& L = layers_[l];
+    float* dX = (l > 0 || need_input_grad) ? grad_act_[l].data() : nullptr;
+    be->dense_backward(act_[l].data(), n, L.in, arena + L.w_off, L.out, L.act,
+                       act_[l + 1].data(), grad_act_[l + 1].data(), grads + L.w_off,
+                       grads + L.b_off, dX);
+  }
+  if (!need_input_grad) return;
+  int col = cfg.id_dim + spec_.dense_dim;
+  for (size_t f = 0; f < cat_off_.size(); ++f) {
+    be->bag_backward(grad_act_[0].data(), in_dim_, col, cat_offsets_[f].data(),
+                     cat_values_[f].data(), last_idx_, n, cfg.cat_dim, grads + cat_off_[f]);
+    col += cfg.cat_dim;
+  }
+  pending_rows_ = cfg.id_dim > 0;
+}
+
+void Tower::sparse_step(const OptimizerConfig& opt, int64_t step) {
+  if (!pending_rows_) return;
+  Backend* be = model_->be_;
+  const int dim = model_->cfg_.id_dim;
+  if (opt.name == "sgd") {
+    be->sparse_sgd(id_table_.data(), dim, last_idx_, last_n_, grad_act_[0].data(), in_dim_, 0,
+                   opt.lr, opt.embedding_decay);
+  } else {
+    AdamParams p{opt.lr, opt.beta1, opt.beta2, opt.eps, opt.embedding_decay, step};
+    be->sparse_adam(id_table_.data(), id_m_.data(), id_v_.data(), dim, last_idx_, last_n_,
+                    grad_act_[0].data(), in_dim_, 0, p);
+  }
+  pending_rows_ = false;
+}
+
+// ---------------------------------------------------------------------------
+// TwoTowerModel
+
+TwoTowerModel::TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInputSpec& user_spec,
+                             const TowerInputSpec& item_spec, uint64_t seed)
+    : be_(&be), cfg_(cfg) {
+  TOWERREC_CHECK(cfg.id_dim >= 0 && cfg.cat_dim > 0, "bad embedding widths");
+  int64_t cursor = 0;
+  user_ = std::make_unique<Tower>(*this, "user", user_spec, cursor);
+  item_ = std::make_unique<Tower>(*this, "item", item_spec, cursor);
+  params_.reset(be_, cursor);
+  grads_.reset(be_, cursor);
+  m_.reset(be_, cursor);
+  v_.reset(be_, cursor);
+  std::vector<float> host(static_cast<size_t>(cursor), 0.0f);
+  user_->init_params(seed, host);
+  item_->init_params(seed, host);
+  be_->to_device(params_.data(), host.data(), host.size() * sizeof(float));
+  be_->fill(m_.data(), cursor, 0.0f);
+  be_->fill(v_.data(), cursor, 0.0f);
+  be_->fill(grads_.data(), cursor, 0.0f);
+}
+
+TwoTowerModel::~TwoTowerModel() = default;
+
+void TwoTowerModel::set_features(const EntityFeatures& users, const EntityFeatures& items) {
+  user_->upload_features(users);
+  item_->upload_features(items);
+}
+
+void TwoTowerModel::zero_grad() { be_->fill(grads_.data(), grads_.size(), 0.0f); }
+
+void TwoTowerModel::step(const OptimizerConfig& opt) {
+  ++steps_;
+  if (opt.name == "sgd") {
+    be_->sgd(params_.data(), grads_.data(), params_.size(), opt.lr, opt.weight_decay);
+  } else if (opt.name == "adam") {
+    AdamParams p{opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, steps_};
+    be_->adam(params_.data(), grads_.data(), m_.data(), v_.data(), params_.size(), p);
+  } else {
+    throw Error("unknown optimizer '" + opt.name + "': expected adam or sgd");
+  }
+  user_->sparse_step(opt, steps_);
+  item_->sparse_step(opt, steps_);
+}
+
+namespace {
+void embed_all(Backend& be, Tower& t, int out_dim, DeviceArray<float>& out, int64_t chunk) {
+  const int64_t n = t.spec().n_entities;
+  out.ensure(&be, n * out_dim);
+  chunk = std::max<int64_t>(1, std::min(chunk, n));
+  std::vector<int32_t> idx(static_cast<size_t>(chunk));
+  DeviceArray<int32_t> didx(&be, chunk);
+  for (int64_t s = 0; s < n; s += chunk) {
+    const int64_t m = std::min(chunk, n - s);
+    for (int64_t j = 0; j < m; ++j) idx[j] = static_cast<int32_t>(s + j);
+    be.to_device(didx.data(), idx.data(), static_cast<size_t>(m) * sizeof(int32_t));
+    const float* y = t.forward(didx.data(), m);
+    be.copy(out.data() + s * out_dim, y, static_cast<size_t>(m * out_dim) * sizeof(float));
+  }
+  be.synchronize();
+}
+}  // namespace
+
+void TwoTowerModel::embed_all_users(DeviceArray<float>& out, int64_t chunk) {
+  embed_all(*be_, *user_, cfg_.out_dim, out, chunk);
+}
+void TwoTowerModel::embed_all_items(DeviceArray<float>& out, int64_t chunk) {
+  embed_all(*be_, *item_, cfg_.out_dim, out, chunk);
+}
+
+namespace {
+std::vector<float> fetch(Backend& be, const DeviceArray<float>& a) {
+  std::vector<float> v(static_cast<size_t>(a.size()));
+  if (!v.empty()) be.to_host(v.data(), a.data(), a.bytes());
+  return v;
+}
+}  // namespace
+
+TwoTowerModel::State TwoTowerModel::save_state() const {
+  State s;
+  s.steps = steps_;
+  auto add = [&](const std::string& name, const DeviceArray<float>& a) {
+    s.names.push_back(name);
+    s.tensors.push_back(fetch(*be_, a));
+  };
+  add("arena.params", params_);
+  add("arena.adam_m", m_);
+  add("arena.adam_v", v_);
+  for (const Tower* t : {user_.get(), item_.get()}) {
+    if (cfg_.id_dim == 0) continue;
+    add(t->name_ + ".id", t->id_table_);
+    add(t->name_ + ".id_adam_m", t->id_m_);
+    add(t->name_ + ".id_adam_v", t->id_v_);
+  }
+  return s;
+}
+
+void TwoTowerModel::load_state(const State& s) {
+  TOWERREC_CHECK(s.names.size() == s.tensors.size(), "corrupt model state");
+  auto put = [&](const std::string& name, DeviceArray<float>& a) {
+    for (size_t j = 0; j < s.names.size(); ++j) {
+      if (s.names[j] != name) continue;
+      if (static_cast<int64_t>(s.tensors[j].size()) != a.size())
+        throw Error("parameter '" + name + "' has " + std::to_string(s.tensors[j].size()) +
+                    " values, the model expects " + std::to_string(a.size()));
+      if (a.size()) be_->to_device(a.data(), s.tensors[j].data(), a.bytes());
+      return;
+    }
+    throw Error("parameter '" + name + "' missing from the saved state");
+  };
+  put("arena.params", params_);
+  put("arena.adam_m", m_);
+  put("arena.adam_v", v_);
+  for (Tower* t : {user_.get(), item_.get()}) {
+    if (cfg_.id_dim == 0) continue;
+    put(t->name_ + ".id", t->id_table_);
+    put(t->name_ + ".id_adam_m", t->id_m_);
+    put(t->name_ + ".id_adam_v", t->id_v_);
+  }
+  steps_ = s.steps;
+}
+
+int64_t TwoTowerModel::parameter_count() const {
+  return params_.size() + user_->id_table_.size() + item_->id_table_.size();
+}
+
+}  // namespace towerrec

@@ -1,0 +1,35 @@
+// Checkpoints: everything needed to use or resume a model, in one versioned,
+// checksummed binary file written atomically (temp file, fsync, rename).
+//
+// Layout (little-endian):
+//   "TOWERREC" | u32 version | u32 section count
+//   per section: u32 name length | name | u64 payload length | payload
+//   u32 CRC-32 (zlib) of every byte before it
+// Sections: config (JSON text), meta (epochs done), users, items (ID lists),
+// user_features, item_features, state (named float tensors: parameters and
+// optimizer moments). Unknown sections are skipped, so later versions can add
+// sections without breaking older readers of the same major version.
+#pragma once
+
+#include <string>
+
+#include "towerrec/data.h"
+#include "towerrec/model.h"
+
+namespace towerrec {
+
+inline constexpr uint32_t kCheckpointVersion = 1;
+
+struct Checkpoint {
+  std::string config_json;
+  int32_t epochs_done = 0;
+  IdMap users, items;
+  EntityFeatures user_features, item_features;
+  TwoTowerModel::State state;
+};
+
+void save_checkpoint(const std::string& path, const Checkpoint& ck);
+// Throws Error naming the file on a missing, truncated, corrupted or foreign file.
+Checkpoint load_checkpoint(const std::string& path);
+
+}  // namespace towerrec

@@ -1,0 +1,59 @@
+// Run configuration. Every key can be given on the command line (--key value or
+// --key=value) or in a JSON file (--config FILE, keys spelled the same); flags
+// given after --config override the file. The effective configuration is saved
+// beside the model as config.json.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "towerrec/model.h"
+#include "towerrec/trainer.h"
+
+namespace towerrec {
+
+struct Config {
+  // data
+  std::string data;                // MovieLens dir, synth dir, or interactions CSV
+  std::string user_features;       // optional, for CSV input
+  std::string item_features;       // optional, for CSV input
+  float rating_threshold = -1e30f; // keep ratings >= this as positives
+  bool features = true;            // use entity features
+  double holdout = 0.0;            // per-user fraction held out for evaluation after training
+  uint64_t split_seed = 42;        // seed of the holdout split
+  // model
+  TowerConfig tower;
+  // training
+  TrainConfig train;
+  int threads = 0;                 // CPU threads (0: all cores)
+  std::string device = "auto";     // auto | cpu | cuda | cuda:N
+  // output
+  std::string out = "model";       // output directory
+  bool quiet = false;
+  int64_t log_every = 50;          // progress line every N steps
+};
+
+// One configuration key: its name, help text, and how to read and write it.
+struct ConfigKey {
+  std::string name;
+  std::string help;
+  std::function<void(Config&, const std::string&)> set;  // throws Error on a bad value
+  std::function<std::string(const Config&)> get;          // JSON literal
+  bool is_bool = false;  // a bare --name means true
+};
+
+const std::vector<ConfigKey>& config_keys();
+
+// Applies flags (argv-style, without the program and command names). Returns
+// the positional arguments. Handles --config FILE in place.
+std::vector<std::string> apply_flags(Config& cfg, const std::vector<std::string>& args);
+// Applies a JSON object (file contents). `source` names it in errors.
+void apply_json(Config& cfg, const std::string& json_text, const std::string& source);
+// The whole configuration as pretty JSON.
+std::string to_json(const Config& cfg);
+// Help text listing every key with its default.
+std::string config_help();
+
+}  // namespace towerrec

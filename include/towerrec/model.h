@@ -1,0 +1,148 @@
+// The two-tower model: a user tower and an item tower, each mapping an entity's
+// [ID embedding | dense features | categorical bag embeddings] through an MLP of
+// Linear+ReLU layers to an embedding; score(u, i) = <user(u), item(i)>.
+//
+// Parameters live in backend memory. All dense parameters of both towers (layer
+// weights and biases, categorical tables) share one flat arena, so a single
+// fused Adam call updates them all and checkpoints copy one block; the ID
+// embedding tables (large, sparsely updated) are separate.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "towerrec/backend.h"
+#include "towerrec/data.h"
+
+namespace towerrec {
+
+struct TowerConfig {
+  int id_dim = 64;                  // ID embedding width; 0 disables the ID embedding
+  std::vector<int> hidden = {128, 64};
+  int out_dim = 64;                 // final (linear) embedding width; equal in both towers
+  int cat_dim = 16;                 // width of each categorical field's embedding
+  bool use_features = true;         // feed dense and categorical features
+  float init_std = 0.1f;            // std of ID/categorical embedding initialisation
+};
+
+// What a tower sees of its entity kind. Built from EntityFeatures.
+struct TowerInputSpec {
+  int32_t n_entities = 0;
+  int dense_dim = 0;
+  std::vector<int32_t> cat_vocab;   // vocabulary size of each categorical field
+  std::vector<std::string> cat_names;
+};
+
+TowerInputSpec make_input_spec(const EntityFeatures& f, int32_t n_entities, bool use_features);
+
+struct OptimizerConfig {
+  std::string name = "adam";       // adam | sgd
+  float lr = 1e-3f;
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
+  float weight_decay = 0.0f;       // decoupled, on the dense arena
+  float embedding_decay = 0.0f;    // decoupled, on touched ID-embedding rows
+};
+
+class Tower;
+
+class TwoTowerModel {
+ public:
+  TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInputSpec& user_spec,
+                const TowerInputSpec& item_spec, uint64_t seed);
+  ~TwoTowerModel();
+  TwoTowerModel(const TwoTowerModel&) = delete;
+  TwoTowerModel& operator=(const TwoTowerModel&) = delete;
+
+  Backend& backend() { return *be_; }
+  const TowerConfig& config() const { return cfg_; }
+  Tower& user_tower() { return *user_; }
+  Tower& item_tower() { return *item_; }
+  int out_dim() const { return cfg_.out_dim; }
+
+  // Upload entity features (dense and categorical) for each tower. Must be
+  // called before forward when the spec has features.
+  void set_features(const EntityFeatures& users, const EntityFeatures& items);
+
+  // Zero the gradient arena (before each step's backward).
+  void zero_grad();
+  // One optimizer step: the dense arena, and the ID rows the towers' last
+  // backward touched.
+  void step(const OptimizerConfig& opt);
+  int64_t step_count() const { return steps_; }
+
+  // Embeddings of all entities, [n_entities x out_dim] in backend memory,
+  // computed in chunks of `chunk` rows.
+  void embed_all_users(DeviceArray<float>& out, int64_t chunk = 8192);
+  void embed_all_items(DeviceArray<float>& out, int64_t chunk = 8192);
+
+  // Parameters and optimizer state, for checkpoints: named host copies.
+  struct State {
+    int64_t steps = 0;
+    std::vector<std::string> names;
+    std::vector<std::vector<float>> tensors;
+  };
+  State save_state() const;
+  void load_state(const State& s);  // throws Error on any name or size mismatch
+  int64_t parameter_count() const;
+
+ private:
+  Backend* be_;
+  TowerConfig cfg_;
+  DeviceArray<float> params_, grads_, m_, v_;  // the dense arena
+  std::unique_ptr<Tower> user_, item_;
+  int64_t steps_ = 0;
+  friend class Tower;
+};
+
+// One tower. Holds its activations for the last forward (one owner), so
+// backward must follow the forward it belongs to.
+class Tower {
+ public:
+  Tower(TwoTowerModel& model, const std::string& name, const TowerInputSpec& spec,
+        int64_t& arena_cursor);
+
+  const std::string& name() const { return name_; }
+  const TowerInputSpec& spec() const { return spec_; }
+  int input_dim() const { return in_dim_; }
+
+  // Forward for n entities idx[0..n) (backend memory). Returns the output
+  // embeddings [n x out_dim], valid until the next forward.
+  const float* forward(const int32_t* idx, int64_t n);
+  // Gradient buffer for the last forward's output [n x out_dim]; fill it, then
+  // call backward(). The idx array passed to forward() must stay valid until the
+  // model's step().
+  float* output_grad() { return grad_act_.back().data(); }
+  // Backward through the layers and into the feature embeddings; records the
+  // ID rows to update in the next model step().
+  void backward();
+
+ private:
+  friend class TwoTowerModel;
+  struct Layer {
+    int in = 0, out = 0;
+    int64_t w_off = 0, b_off = 0;  // offsets in the arena
+    Activation act = Activation::kReLU;
+  };
+  void init_params(uint64_t seed, std::vector<float>& arena_host);
+  void upload_features(const EntityFeatures& f);
+  void sparse_step(const OptimizerConfig& opt, int64_t step);
+
+  TwoTowerModel* model_;
+  std::string name_;
+  TowerInputSpec spec_;
+  int in_dim_ = 0;
+  std::vector<Layer> layers_;
+  std::vector<int64_t> cat_off_;        // arena offset of each categorical table
+  DeviceArray<float> id_table_, id_m_, id_v_;
+  DeviceArray<float> dense_feat_;
+  std::vector<DeviceArray<int32_t>> cat_offsets_, cat_values_;
+  // Activations: act_[0] is the input X, act_[l+1] the output of layer l.
+  std::vector<DeviceArray<float>> act_, grad_act_;
+  const int32_t* last_idx_ = nullptr;
+  int64_t last_n_ = 0;
+  bool pending_rows_ = false;
+};
+
+}  // namespace towerrec

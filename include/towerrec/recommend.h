@@ -1,0 +1,71 @@
+// All-users top-K recommendation and full-ranking evaluation, on any backend.
+// Users are processed in blocks so memory stays bounded by block x items
+// whatever the user count; the backend's topk op does the selection.
+// Tie order everywhere: higher score first, then lower item index.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "towerrec/backend.h"
+#include "towerrec/data.h"
+#include "towerrec/model.h"
+
+namespace towerrec {
+
+// Sorted, de-duplicated items of each user (CSR).
+struct UserItems {
+  std::vector<int64_t> offsets;  // [n_users + 1]
+  std::vector<int32_t> items;
+  int32_t n_users() const { return static_cast<int32_t>(offsets.size()) - 1; }
+  int64_t count(int32_t u) const { return offsets[u + 1] - offsets[u]; }
+};
+UserItems group_by_user(const Interactions& x, int32_t n_users);
+
+// One block of results: users[b] got items[b*k .. b*k+k) (item -1 = none left).
+struct TopKBlock {
+  int k = 0;
+  std::vector<int32_t> users;
+  std::vector<int32_t> items;
+  std::vector<float> scores;
+};
+
+// Top-k items for `users` (all users when empty) from precomputed embeddings
+// U_all [n_users x d], V_all [n_items x d] in backend memory, excluding each
+// user's `exclude` items when given. `sink` receives blocks in user order.
+void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceArray<float>& V_all,
+                    int32_t n_users, int32_t n_items, int d, const std::vector<int32_t>& users,
+                    int k, const UserItems* exclude,
+                    const std::function<void(const TopKBlock&)>& sink, int64_t block_users = 0);
+
+// Full-ranking metrics over all items, excluding each user's training items.
+// Users with no test items are skipped (and counted).
+struct RankingMetrics {
+  std::vector<int> ks;
+  std::vector<double> precision, recall, ndcg, map, hit_rate;  // one per k
+  double mrr = 0;          // reciprocal rank of the first hit within the largest k (0 if none)
+  double coverage = 0;     // fraction of items recommended to anyone at the largest k
+  int64_t users_evaluated = 0;
+  int64_t users_skipped = 0;
+};
+RankingMetrics evaluate_ranking(Backend& be, const DeviceArray<float>& U_all,
+                                const DeviceArray<float>& V_all, int32_t n_users, int32_t n_items,
+                                int d, const UserItems& train, const UserItems& test,
+                                std::vector<int> ks);
+// Convenience: embeds all entities with the model first.
+RankingMetrics evaluate_ranking(TwoTowerModel& model, const UserItems& train,
+                                const UserItems& test, std::vector<int> ks);
+
+// The metrics of one user's ranked list against its relevant set (sorted).
+// Exposed for tests; evaluate_ranking averages these.
+struct UserMetrics {
+  double precision, recall, ndcg, ap, hit;
+};
+UserMetrics user_metrics(const int32_t* ranked, int k, const int32_t* relevant, int64_t n_relevant);
+
+// Popularity baseline: every user gets the most popular unseen items.
+RankingMetrics evaluate_popularity(const UserItems& train, const UserItems& test, int32_t n_items,
+                                   std::vector<int> ks);
+
+}  // namespace towerrec

@@ -1,0 +1,101 @@
+// The trainer: epochs over shuffled positives, k sampled negatives per
+// positive, the fused logistic loss, and an optimizer step per batch.
+//
+// Each batch runs each tower once per *unique* user and item it touches, not
+// once per pair; the loss indexes into those outputs and reduces the gradients
+// of repeated rows before the towers' backward. Batches are planned on the host
+// from counter-based random numbers, so a run is reproducible from its seed and
+// identical in its sampling on every backend.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "towerrec/backend.h"
+#include "towerrec/data.h"
+#include "towerrec/model.h"
+
+namespace towerrec {
+
+struct TrainConfig {
+  int epochs = 10;
+  int64_t batch_size = 1024;       // positives per batch
+  int negatives = 4;               // sampled negatives per positive
+  std::string sampler = "uniform"; // uniform | popularity (count^alpha)
+  float pop_alpha = 0.75f;
+  uint64_t seed = 42;
+  OptimizerConfig optimizer;
+};
+
+struct TrainProgress {
+  int epoch = 0;           // 1-based
+  int epochs = 0;
+  int64_t step = 0;        // 1-based within the epoch
+  int64_t steps = 0;
+  int64_t samples = 0;     // positives processed this epoch
+  double seconds = 0;      // since the epoch began
+  double loss = 0;         // mean loss per pair over the epoch so far
+};
+
+struct EpochStats {
+  int epoch = 0;
+  int64_t steps = 0;
+  int64_t samples = 0;     // positives
+  double seconds = 0;
+  double loss = 0;         // mean loss per pair
+  double samples_per_s = 0;
+};
+
+class Trainer {
+ public:
+  // `train` holds the positives; entity counts come from the model's towers.
+  Trainer(TwoTowerModel& model, const Interactions& train, const TrainConfig& cfg);
+  ~Trainer();
+
+  // Runs the next epoch. `progress` (optional) is called every `report_every`
+  // steps and at the end; reading the loss then costs one device sync.
+  EpochStats train_epoch(const std::function<void(const TrainProgress&)>& progress = {},
+                         int64_t report_every = 50);
+  int epochs_done() const { return epoch_; }
+  void set_epochs_done(int e) { epoch_ = e; }
+  int64_t steps_per_epoch() const;
+
+  // A planned batch, exposed for tests.
+  struct Batch {
+    std::vector<int32_t> users, items;            // unique entity indices
+    std::vector<int32_t> pair_user, pair_item;    // local indices
+    std::vector<float> label;
+    std::vector<int32_t> user_offsets, user_pairs, item_offsets, item_pairs;
+  };
+  // Plans batch `b` of epoch `epoch` (0-based) on the host.
+  void plan_batch(int epoch, int64_t b, Batch& out);
+
+ private:
+  void shuffle(int epoch);
+  int32_t sample_negative(uint64_t counter) const;
+  void run_step(const Batch& b, int64_t step_in_epoch);
+
+  TwoTowerModel& model_;
+  Backend& be_;
+  const Interactions& train_;
+  TrainConfig cfg_;
+  int32_t n_users_, n_items_;
+  int epoch_ = 0;
+  std::vector<int64_t> perm_;
+  int shuffled_epoch_ = -1;
+  // Alias table for popularity sampling.
+  std::vector<float> alias_prob_;
+  std::vector<int32_t> alias_idx_;
+  // Dedup scratch: stamp per entity and its local index.
+  std::vector<int64_t> user_stamp_, item_stamp_;
+  std::vector<int32_t> user_local_, item_local_;
+  int64_t stamp_ = 0;
+  // Device-side batch buffers.
+  std::vector<int32_t> packed_;
+  DeviceArray<int32_t> d_ints_;
+  DeviceArray<float> d_labels_, d_pair_grad_, d_losses_;
+};
+
+}  // namespace towerrec

@@ -1,0 +1,131 @@
+// The CUDA backend: towerrec::Backend on one device.
+//
+// Context: the device chosen at construction, one non-blocking stream on which
+// every copy, kernel and cuBLAS call is queued, a cuBLAS handle bound to that
+// stream with its own workspace, and a caching allocator (host/cuda) so that
+// steady-state training never calls cudaMalloc/cudaFree. Ops never synchronize
+// with the host; only to_host() and synchronize() wait.
+//
+// The ops are member functions defined one family per file:
+//   cuda_backend.cu  context, memory ops, factory
+//   dense.cu         dense_forward, dense_backward
+//   embedding.cu     gather_rows, bag_forward, bag_backward
+//   loss.cu          logistic_loss
+//   optim.cu         adam, sparse_adam, sgd, sparse_sgd
+//   topk.cu          topk
+// This header is internal to the backend (it includes CUDA headers); public
+// headers under include/towerrec never do.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "host/cuda/caching_allocator.h"
+#include "kernels/cuda/cuda_check.h"
+#include "towerrec/backend.h"
+
+namespace towerrec::cuda {
+
+// Threads per block for the simple elementwise kernels.
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over n elements: enough to fill the device,
+// never more than needed. The result depends only on n.
+inline unsigned grid_for(int64_t n, int threads = kThreads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  DeviceKind kind() const override { return DeviceKind::kCUDA; }
+  std::string describe() const override { return description_; }
+
+  void* allocate(size_t bytes) override;
+  void deallocate(void* p) noexcept override;
+  void to_device(void* dst, const void* host_src, size_t bytes) override;
+  void to_host(void* host_dst, const void* src, size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
+  void fill(float* p, int64_t n, float value) override;
+  void synchronize() override;
+
+  void dense_forward(const float* X, int64_t n, int in, const float* W, const float* b, int out,
+                     Activation act, float* Y) override;
+  void dense_backward(const float* X, int64_t n, int in, const float* W, int out,
+                      Activation act, const float* Y, float* dY, float* dW, float* db,
+                      float* dX) override;
+
+  void gather_rows(const float* src, int dim, const int32_t* idx, int64_t n, float* out,
+                   int ld_out, int col_off) override;
+  void bag_forward(const float* table, int dim, const int32_t* offsets, const int32_t* values,
+                   const int32_t* idx, int64_t n, float* out, int ld_out, int col_off) override;
+  void bag_backward(const float* dout, int ld_dout, int col_off, const int32_t* offsets,
+                    const int32_t* values, const int32_t* idx, int64_t n, int dim,
+                    float* dtable) override;
+
+  void logistic_loss(const float* U, const float* V, int d, const PairBatch& pb, float scale,
+                     float* dU, float* dV, float* pair_grad, float* loss_out) override;
+
+  void adam(float* param, const float* grad, float* m, float* v, int64_t n,
+            const AdamParams& p) override;
+  void sparse_adam(float* table, float* m, float* v, int dim, const int32_t* rows, int64_t n,
+                   const float* grad, int ld_grad, int col_off, const AdamParams& p) override;
+  void sgd(float* param, const float* grad, int64_t n, float lr, float weight_decay) override;
+  void sparse_sgd(float* table, int dim, const int32_t* rows, int64_t n, const float* grad,
+                  int ld_grad, int col_off, float lr, float weight_decay) override;
+
+  void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d, int k,
+            const int64_t* excl_offsets, const int32_t* excl_items, int32_t* out_items,
+            float* out_scores) override;
+
+  // ---- backend internals, used by the op files -------------------------------
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  int device() const { return device_; }
+  // Makes this backend's device current on the calling thread (every op's first line).
+  void activate() const;
+  CachingAllocator::Stats allocator_stats() const { return alloc_.stats(); }
+
+  // Tile of the top-K score matrix: users per block and items per chunk. The
+  // defaults bound the tile to 32 MiB; tests shrink them to cross chunk edges.
+  void set_topk_tiles(int64_t users, int64_t items);
+
+ private:
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  void* cublas_workspace_ = nullptr;
+  CachingAllocator alloc_;
+  std::string description_;
+  int64_t topk_users_per_tile_ = 512;
+  int64_t topk_items_per_tile_ = 16384;
+};
+
+// Host-side scratch buffer from the backend's allocator, returned on scope exit.
+// Safe to drop while kernels using it are queued: reuse is stream-ordered.
+template <typename T>
+class Scratch {
+ public:
+  Scratch(CudaBackend& be, int64_t n)
+      : be_(be), p_(n > 0 ? static_cast<T*>(be.allocate(sizeof(T) * static_cast<size_t>(n)))
+                          : nullptr) {}
+  ~Scratch() { be_.deallocate(p_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* get() const { return p_; }
+
+ private:
+  CudaBackend& be_;
+  T* p_;
+};
+
+}  // namespace towerrec::cuda

@@ -1,0 +1,135 @@
+// Optimizer updates, elementwise, in place.
+//
+// adam:        param/m/v[n] updated by math::adam_update (AdamW, decoupled decay);
+//              the bias corrections are computed once on the host by
+//              math::make_adam_step and passed by value. One grid-stride kernel.
+// sparse_adam: the same update on rows[0..n) of table/m/v[* x dim], with the
+//              gradient of rows[r] at grad[r * ld_grad + col_off ..]. One warp
+//              per row (rows are distinct, so warps never collide).
+// sgd:         p -= lr * (g + weight_decay * p). Grid-stride.
+// sparse_sgd:  the same on rows of a table, one warp per row.
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/math.h"
+
+namespace towerrec::cuda {
+
+namespace {
+
+constexpr int kWarpsPerBlock = 8;
+
+unsigned warp_grid(int64_t rows) {
+  const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
+}
+
+__global__ void adam_kernel(float* __restrict__ param, const float* __restrict__ grad,
+                            float* __restrict__ m, float* __restrict__ v, int64_t n,
+                            math::AdamStep s) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    float p = param[i], mi = m[i], vi = v[i];
+    math::adam_update(p, grad[i], mi, vi, s);
+    param[i] = p;
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+// block = (32, 8): one warp per row, lanes stride the columns.
+__global__ void sparse_adam_kernel(float* __restrict__ table, float* __restrict__ m,
+                                   float* __restrict__ v, int dim,
+                                   const int32_t* __restrict__ rows, int64_t n,
+                                   const float* __restrict__ grad, int ld_grad, int col_off,
+                                   math::AdamStep s) {
+  for (int64_t r = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.y; r < n;
+       r += int64_t{gridDim.x} * kWarpsPerBlock) {
+    const int64_t base = int64_t{rows[r]} * dim;
+    const float* g = grad + r * ld_grad + col_off;
+    for (int c = threadIdx.x; c < dim; c += 32) {
+      float p = table[base + c], mi = m[base + c], vi = v[base + c];
+      math::adam_update(p, g[c], mi, vi, s);
+      table[base + c] = p;
+      m[base + c] = mi;
+      v[base + c] = vi;
+    }
+  }
+}
+
+__global__ void sgd_kernel(float* __restrict__ param, const float* __restrict__ grad, int64_t n,
+                           float lr, float weight_decay) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const float p = param[i];
+    param[i] = p - lr * (grad[i] + weight_decay * p);
+  }
+}
+
+__global__ void sparse_sgd_kernel(float* __restrict__ table, int dim,
+                                  const int32_t* __restrict__ rows, int64_t n,
+                                  const float* __restrict__ grad, int ld_grad, int col_off,
+                                  float lr, float weight_decay) {
+  for (int64_t r = blockIdx.x * int64_t{kWarpsPerBlock} + threadIdx.y; r < n;
+       r += int64_t{gridDim.x} * kWarpsPerBlock) {
+    float* t = table + int64_t{rows[r]} * dim;
+    const float* g = grad + r * ld_grad + col_off;
+    for (int c = threadIdx.x; c < dim; c += 32) {
+      const float p = t[c];
+      t[c] = p - lr * (g[c] + weight_decay * p);
+    }
+  }
+}
+
+void check_rows(int dim, int64_t n, int ld_grad, int col_off, const char* op) {
+  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_grad,
+                 std::string(op) + ": bad shape dim=" + std::to_string(dim) +
+                     " ld_grad=" + std::to_string(ld_grad) + " col_off=" +
+                     std::to_string(col_off));
+}
+
+}  // namespace
+
+void CudaBackend::adam(float* param, const float* grad, float* m, float* v, int64_t n,
+                       const AdamParams& p) {
+  TOWERREC_CHECK(n >= 0 && p.step >= 1, "adam: bad size or step");
+  if (n == 0) return;
+  activate();
+  const math::AdamStep s =
+      math::make_adam_step(p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step);
+  adam_kernel<<<grid_for(n), kThreads, 0, stream_>>>(param, grad, m, v, n, s);
+  CUDA_CHECK_LAUNCH(stream_, "adam_kernel");
+}
+
+void CudaBackend::sparse_adam(float* table, float* m, float* v, int dim, const int32_t* rows,
+                              int64_t n, const float* grad, int ld_grad, int col_off,
+                              const AdamParams& p) {
+  check_rows(dim, n, ld_grad, col_off, "sparse_adam");
+  TOWERREC_CHECK(p.step >= 1, "sparse_adam: step must be >= 1");
+  if (n == 0) return;
+  activate();
+  const math::AdamStep s =
+      math::make_adam_step(p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step);
+  sparse_adam_kernel<<<warp_grid(n), dim3(32, kWarpsPerBlock), 0, stream_>>>(
+      table, m, v, dim, rows, n, grad, ld_grad, col_off, s);
+  CUDA_CHECK_LAUNCH(stream_, "sparse_adam_kernel");
+}
+
+void CudaBackend::sgd(float* param, const float* grad, int64_t n, float lr, float weight_decay) {
+  TOWERREC_CHECK(n >= 0, "sgd: negative size");
+  if (n == 0) return;
+  activate();
+  sgd_kernel<<<grid_for(n), kThreads, 0, stream_>>>(param, grad, n, lr, weight_decay);
+  CUDA_CHECK_LAUNCH(stream_, "sgd_kernel");
+}
+
+void CudaBackend::sparse_sgd(float* table, int dim, const int32_t* rows, int64_t n,
+                             const float* grad, int ld_grad, int col_off, float lr,
+                             float weight_decay) {
+  check_rows(dim, n, ld_grad, col_off, "sparse_sgd");
+  if (n == 0) return;
+  activate();
+  sparse_sgd_kernel<<<warp_grid(n), dim3(32, kWarpsPerBlock), 0, stream_>>>(
+      table, dim, rows, n, grad, ld_grad, col_off, lr, weight_decay);
+  CUDA_CHECK_LAUNCH(stream_, "sparse_sgd_kernel");
+}
+
+}  // namespace towerrec::cuda

@@ -1,0 +1,478 @@
+// The CPU reference backend (see cpu_backend.h and the op contract in
+// include/towerrec/backend.h).
+//
+// Determinism: every parallel loop writes disjoint outputs and every sum runs in
+// an order fixed by the data (row order, CSR order, fixed-size chunks), never by
+// the schedule. OpenBLAS sgemm is deterministic for a fixed thread count.
+// sgemm is always called outside OpenMP regions (the pthread OpenBLAS build
+// must not be entered from many OpenMP threads at once).
+//
+// cblas row-major convention used throughout: C[M x N] = op(A) . op(B) with
+// lda/ldb/ldc the row strides of A, B, C as stored.
+#include "kernels/cpu/cpu_backend.h"
+
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <sstream>
+#include <utility>
+
+#include "kernels/math.h"
+#include "towerrec/error.h"
+
+namespace towerrec {
+namespace {
+
+// Parallelise a loop only when it has at least this many scalar operations.
+constexpr int64_t kParallelWork = 1 << 15;
+
+bool worth_parallel(int64_t work) { return work >= kParallelWork; }
+
+void check_blas_dim(int64_t v, const char* what) {
+  TOWERREC_CHECK(v >= 0 && v <= INT_MAX, std::string(what) + " out of BLAS int range: " +
+                                             std::to_string(v));
+}
+
+std::string openblas_version() {
+  // openblas_get_config(): "OpenBLAS 0.3.21 DYNAMIC_ARCH ..."; keep the first two words.
+  std::istringstream in(openblas_get_config());
+  std::string name, version;
+  in >> name >> version;
+  return version.empty() ? "OpenBLAS" : name + " " + version;
+}
+
+// Ranking key of a score: NaN ranks like -inf.
+inline float rank_key(float s) { return std::isnan(s) ? -std::numeric_limits<float>::infinity() : s; }
+
+// Runs body(c0, c1) over a partition of [0, dim) into one contiguous column range
+// per thread. Used where different rows may hit the same output row, so rows must
+// be processed in order: each element still sees its updates in row order.
+template <typename Body>
+void for_column_ranges(int threads, int dim, int64_t work, Body body) {
+  if (!worth_parallel(work) || threads <= 1 || dim < 2) {
+    body(0, dim);
+    return;
+  }
+  const int parts = std::min(threads, dim);
+#pragma omp parallel for schedule(static) num_threads(parts)
+  for (int t = 0; t < parts; ++t) {
+    const int c0 = static_cast<int>(int64_t{dim} * t / parts);
+    const int c1 = static_cast<int>(int64_t{dim} * (t + 1) / parts);
+    body(c0, c1);
+  }
+}
+
+}  // namespace
+
+CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_num_procs()) {
+  if (threads_ < 1) threads_ = 1;
+  openblas_set_num_threads(threads_);
+}
+
+std::string CpuBackend::describe() const {
+  return "cpu (" + openblas_version() + ", " + std::to_string(threads_) +
+         (threads_ == 1 ? " thread)" : " threads)");
+}
+
+// ---- memory -------------------------------------------------------------------
+
+void* CpuBackend::allocate(size_t bytes) {
+  constexpr size_t kAlign = 64;
+  const size_t rounded = std::max<size_t>(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
+  TOWERREC_CHECK(rounded >= bytes, "allocation size overflow");
+  void* p = std::aligned_alloc(kAlign, rounded);
+  TOWERREC_CHECK(p != nullptr, "out of host memory allocating " + std::to_string(bytes) + " bytes");
+  return p;
+}
+
+void CpuBackend::deallocate(void* p) noexcept { std::free(p); }
+
+void CpuBackend::to_device(void* dst, const void* host_src, size_t bytes) {
+  if (bytes == 0) return;
+  TOWERREC_CHECK(dst && host_src, "to_device: null pointer");
+  std::memcpy(dst, host_src, bytes);
+}
+
+void CpuBackend::to_host(void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  TOWERREC_CHECK(host_dst && src, "to_host: null pointer");
+  std::memcpy(host_dst, src, bytes);
+}
+
+void CpuBackend::copy(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  TOWERREC_CHECK(dst && src, "copy: null pointer");
+  std::memmove(dst, src, bytes);
+}
+
+void CpuBackend::fill(float* p, int64_t n, float value) {
+  TOWERREC_CHECK(n >= 0, "fill: negative size");
+  if (n == 0) return;
+  TOWERREC_CHECK(p, "fill: null pointer");
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n))
+  for (int64_t i = 0; i < n; ++i) p[i] = value;
+}
+
+// ---- tower layers -------------------------------------------------------------
+
+void CpuBackend::dense_forward(const float* X, int64_t n, int in, const float* W, const float* b,
+                               int out, Activation act, float* Y) {
+  TOWERREC_CHECK(n >= 0 && in > 0 && out > 0, "dense_forward: bad shape n=" + std::to_string(n) +
+                                                   " in=" + std::to_string(in) +
+                                                   " out=" + std::to_string(out));
+  if (n == 0) return;
+  TOWERREC_CHECK(X && W && b && Y, "dense_forward: null pointer");
+  check_blas_dim(n, "dense_forward: n");
+  // Y[n x out] = X[n x in] . W[in x out]
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n), out, in, 1.0f, X,
+              in, W, out, 0.0f, Y, out);
+  const bool relu = act == Activation::kReLU;
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * out))
+  for (int64_t r = 0; r < n; ++r) {
+    float* y = Y + r * out;
+    if (relu) {
+      for (int c = 0; c < out; ++c) y[c] = math::relu(y[c] + b[c]);
+    } else {
+      for (int c = 0; c < out; ++c) y[c] += b[c];
+    }
+  }
+}
+
+void CpuBackend::dense_backward(const float* X, int64_t n, int in, const float* W, int out,
+                                Activation act, const float* Y, float* dY, float* dW, float* db,
+                                float* dX) {
+  TOWERREC_CHECK(n >= 0 && in > 0 && out > 0, "dense_backward: bad shape n=" +
+                                                  std::to_string(n) + " in=" + std::to_string(in) +
+                                                  " out=" + std::to_string(out));
+  TOWERREC_CHECK(dW && db, "dense_backward: null dW or db");
+  if (n == 0) {
+    fill(dW, int64_t{in} * out, 0.0f);
+    fill(db, out, 0.0f);
+    return;
+  }
+  TOWERREC_CHECK(X && W && dY, "dense_backward: null pointer");
+  TOWERREC_CHECK(act != Activation::kReLU || Y, "dense_backward: ReLU needs Y");
+  check_blas_dim(n, "dense_backward: n");
+
+  // dZ = dY * relu'(Z), in place. Y > 0 exactly where Z > 0.
+  if (act == Activation::kReLU) {
+    const int64_t total = n * out;
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(total))
+    for (int64_t i = 0; i < total; ++i)
+      if (!(Y[i] > 0.0f)) dY[i] = 0.0f;
+  }
+
+  // db[c] = sum_r dZ[r, c]: each thread owns a column range and sums rows in
+  // order (in double), so the result does not depend on the thread count.
+  for_column_ranges(threads_, out, n * out, [&](int c0, int c1) {
+    constexpr int kTile = 64;
+    double acc[kTile];
+    for (int t0 = c0; t0 < c1; t0 += kTile) {
+      const int w = std::min(kTile, c1 - t0);
+      for (int j = 0; j < w; ++j) acc[j] = 0.0;
+      for (int64_t r = 0; r < n; ++r) {
+        const float* row = dY + r * out + t0;
+        for (int j = 0; j < w; ++j) acc[j] += row[j];
+      }
+      for (int j = 0; j < w; ++j) db[t0 + j] = static_cast<float>(acc[j]);
+    }
+  });
+
+  // dW[in x out] = X^T[in x n] . dZ[n x out]
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, out, static_cast<int>(n), 1.0f, X, in,
+              dY, out, 0.0f, dW, out);
+  // dX[n x in] = dZ[n x out] . W^T[out x in]
+  if (dX)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), in, out, 1.0f, dY,
+                out, W, out, 0.0f, dX, in);
+}
+
+// ---- embeddings and features ----------------------------------------------------
+
+void CpuBackend::gather_rows(const float* src, int dim, const int32_t* idx, int64_t n, float* out,
+                             int ld_out, int col_off) {
+  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_out,
+                 "gather_rows: bad shape dim=" + std::to_string(dim) + " ld_out=" +
+                     std::to_string(ld_out) + " col_off=" + std::to_string(col_off));
+  if (n == 0) return;
+  TOWERREC_CHECK(src && idx && out, "gather_rows: null pointer");
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * dim))
+  for (int64_t r = 0; r < n; ++r)
+    std::memcpy(out + r * ld_out + col_off, src + int64_t{idx[r]} * dim, sizeof(float) * dim);
+}
+
+void CpuBackend::bag_forward(const float* table, int dim, const int32_t* offsets,
+                             const int32_t* values, const int32_t* idx, int64_t n, float* out,
+                             int ld_out, int col_off) {
+  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_out,
+                 "bag_forward: bad shape dim=" + std::to_string(dim) + " ld_out=" +
+                     std::to_string(ld_out) + " col_off=" + std::to_string(col_off));
+  if (n == 0) return;
+  TOWERREC_CHECK(table && offsets && idx && out, "bag_forward: null pointer");
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * dim * 4))
+  for (int64_t r = 0; r < n; ++r) {
+    float* o = out + r * ld_out + col_off;
+    const int32_t e = idx[r];
+    const int32_t begin = offsets[e], end = offsets[e + 1];
+    for (int c = 0; c < dim; ++c) o[c] = 0.0f;
+    if (end <= begin) continue;
+    for (int32_t j = begin; j < end; ++j) {
+      const float* t = table + int64_t{values[j]} * dim;
+      for (int c = 0; c < dim; ++c) o[c] += t[c];
+    }
+    const float inv = 1.0f / static_cast<float>(end - begin);
+    for (int c = 0; c < dim; ++c) o[c] *= inv;
+  }
+}
+
+void CpuBackend::bag_backward(const float* dout, int ld_dout, int col_off, const int32_t* offsets,
+                              const int32_t* values, const int32_t* idx, int64_t n, int dim,
+                              float* dtable) {
+  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_dout,
+                 "bag_backward: bad shape dim=" + std::to_string(dim) + " ld_dout=" +
+                     std::to_string(ld_dout) + " col_off=" + std::to_string(col_off));
+  if (n == 0) return;
+  TOWERREC_CHECK(dout && offsets && idx && dtable, "bag_backward: null pointer");
+  // Bags of different rows share table rows: partition over columns, rows in order.
+  for_column_ranges(threads_, dim, n * dim * 4, [&](int c0, int c1) {
+    for (int64_t r = 0; r < n; ++r) {
+      const int32_t e = idx[r];
+      const int32_t begin = offsets[e], end = offsets[e + 1];
+      if (end <= begin) continue;
+      const float inv = 1.0f / static_cast<float>(end - begin);
+      const float* g = dout + r * ld_dout + col_off;
+      for (int32_t j = begin; j < end; ++j) {
+        float* t = dtable + int64_t{values[j]} * dim;
+        for (int c = c0; c < c1; ++c) t[c] += g[c] * inv;
+      }
+    }
+  });
+}
+
+// ---- loss ------------------------------------------------------------------------
+
+void CpuBackend::logistic_loss(const float* U, const float* V, int d, const PairBatch& pb,
+                               float scale, float* dU, float* dV, float* pair_grad,
+                               float* loss_out) {
+  TOWERREC_CHECK(d > 0 && pb.n_pairs >= 0 && pb.n_users >= 0 && pb.n_items >= 0,
+                 "logistic_loss: bad shape");
+  TOWERREC_CHECK(loss_out, "logistic_loss: null loss_out");
+  const int64_t np = pb.n_pairs;
+  if (np > 0)
+    TOWERREC_CHECK(U && V && pair_grad && pb.user && pb.item && pb.label,
+                   "logistic_loss: null pointer");
+  if (pb.n_users > 0) TOWERREC_CHECK(dU && pb.user_offsets, "logistic_loss: null dU/user CSR");
+  if (pb.n_items > 0) TOWERREC_CHECK(dV && pb.item_offsets, "logistic_loss: null dV/item CSR");
+  if (np > 0) {
+    TOWERREC_CHECK(pb.user_pairs && pb.item_pairs, "logistic_loss: null CSR pair lists");
+    TOWERREC_CHECK(pb.n_users > 0 && pb.user_offsets[pb.n_users] == np,
+                   "logistic_loss: user CSR does not cover the pairs");
+    TOWERREC_CHECK(pb.n_items > 0 && pb.item_offsets[pb.n_items] == np,
+                   "logistic_loss: item CSR does not cover the pairs");
+  }
+
+  // Pass 1: scores, pair gradients, and the loss summed in double over fixed
+  // chunks of pairs (chunk partials are added in chunk order).
+  constexpr int64_t kChunk = 1024;
+  const int64_t n_chunks = (np + kChunk - 1) / kChunk;
+  std::vector<double> partial(static_cast<size_t>(n_chunks), 0.0);
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np * d))
+  for (int64_t ch = 0; ch < n_chunks; ++ch) {
+    const int64_t p1 = std::min(np, (ch + 1) * kChunk);
+    double sum = 0.0;
+    for (int64_t p = ch * kChunk; p < p1; ++p) {
+      const float* u = U + int64_t{pb.user[p]} * d;
+      const float* v = V + int64_t{pb.item[p]} * d;
+      float s = 0.0f;
+      for (int c = 0; c < d; ++c) s += u[c] * v[c];
+      const float y = pb.label[p];
+      sum += static_cast<double>(math::logistic_loss(s, y));
+      pair_grad[p] = scale * math::logistic_grad(s, y);
+    }
+    partial[static_cast<size_t>(ch)] = sum;
+  }
+  double total = 0.0;
+  for (double x : partial) total += x;
+  *loss_out = static_cast<float>(static_cast<double>(scale) * total);
+
+  // Pass 2: per-row reductions in CSR (increasing pair) order; no atomics.
+  const int32_t nu = pb.n_users, ni = pb.n_items;
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np * d))
+  for (int32_t u = 0; u < nu; ++u) {
+    float* g = dU + int64_t{u} * d;
+    for (int c = 0; c < d; ++c) g[c] = 0.0f;
+    for (int32_t q = pb.user_offsets[u]; q < pb.user_offsets[u + 1]; ++q) {
+      const int32_t p = pb.user_pairs[q];
+      const float w = pair_grad[p];
+      const float* v = V + int64_t{pb.item[p]} * d;
+      for (int c = 0; c < d; ++c) g[c] += w * v[c];
+    }
+  }
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np * d))
+  for (int32_t i = 0; i < ni; ++i) {
+    float* g = dV + int64_t{i} * d;
+    for (int c = 0; c < d; ++c) g[c] = 0.0f;
+    for (int32_t q = pb.item_offsets[i]; q < pb.item_offsets[i + 1]; ++q) {
+      const int32_t p = pb.item_pairs[q];
+      const float w = pair_grad[p];
+      const float* u = U + int64_t{pb.user[p]} * d;
+      for (int c = 0; c < d; ++c) g[c] += w * u[c];
+    }
+  }
+}
+
+// ---- optimizers ----------------------------------------------------------------------
+
+void CpuBackend::adam(float* param, const float* grad, float* m, float* v, int64_t n,
+                      const AdamParams& p) {
+  TOWERREC_CHECK(n >= 0 && p.step >= 1, "adam: bad size or step");
+  if (n == 0) return;
+  TOWERREC_CHECK(param && grad && m && v, "adam: null pointer");
+  const math::AdamStep s =
+      math::make_adam_step(p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step);
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * 4))
+  for (int64_t i = 0; i < n; ++i) math::adam_update(param[i], grad[i], m[i], v[i], s);
+}
+
+void CpuBackend::sparse_adam(float* table, float* m, float* v, int dim, const int32_t* rows,
+                             int64_t n, const float* grad, int ld_grad, int col_off,
+                             const AdamParams& p) {
+  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_grad &&
+                     p.step >= 1,
+                 "sparse_adam: bad shape or step");
+  if (n == 0) return;
+  TOWERREC_CHECK(table && m && v && rows && grad, "sparse_adam: null pointer");
+  const math::AdamStep s =
+      math::make_adam_step(p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step);
+  // Rows are distinct (contract), so rows can be updated in parallel.
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * dim * 4))
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t base = int64_t{rows[r]} * dim;
+    const float* g = grad + r * ld_grad + col_off;
+    for (int c = 0; c < dim; ++c) math::adam_update(table[base + c], g[c], m[base + c], v[base + c], s);
+  }
+}
+
+void CpuBackend::sgd(float* param, const float* grad, int64_t n, float lr, float weight_decay) {
+  TOWERREC_CHECK(n >= 0, "sgd: negative size");
+  if (n == 0) return;
+  TOWERREC_CHECK(param && grad, "sgd: null pointer");
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n))
+  for (int64_t i = 0; i < n; ++i) param[i] -= lr * (grad[i] + weight_decay * param[i]);
+}
+
+void CpuBackend::sparse_sgd(float* table, int dim, const int32_t* rows, int64_t n,
+                            const float* grad, int ld_grad, int col_off, float lr,
+                            float weight_decay) {
+  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_grad,
+                 "sparse_sgd: bad shape");
+  if (n == 0) return;
+  TOWERREC_CHECK(table && rows && grad, "sparse_sgd: null pointer");
+  // The contract does not require distinct rows here: apply updates in row order,
+  // parallel only over columns.
+  for_column_ranges(threads_, dim, n * dim, [&](int c0, int c1) {
+    for (int64_t r = 0; r < n; ++r) {
+      float* t = table + int64_t{rows[r]} * dim;
+      const float* g = grad + r * ld_grad + col_off;
+      for (int c = c0; c < c1; ++c) t[c] -= lr * (g[c] + weight_decay * t[c]);
+    }
+  });
+}
+
+// ---- ranking ----------------------------------------------------------------------------
+//
+// Users are processed in blocks: one sgemm scores the block against every item
+// into a scratch of at most kTopkScratchFloats floats, then each user of the block
+// (in parallel) collects its non-excluded items as (key, item) pairs and selects
+// the k best with nth_element + sort under (key desc, item asc). The key is the
+// score with NaN mapped to -inf; out_scores reports the raw score.
+
+void CpuBackend::topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d,
+                      int k, const int64_t* excl_offsets, const int32_t* excl_items,
+                      int32_t* out_items, float* out_scores) {
+  TOWERREC_CHECK(n_users >= 0 && n_items >= 0 && d > 0 && k > 0,
+                 "topk: bad shape n_users=" + std::to_string(n_users) + " n_items=" +
+                     std::to_string(n_items) + " d=" + std::to_string(d) +
+                     " k=" + std::to_string(k));
+  if (n_users == 0) return;
+  TOWERREC_CHECK(U && out_items && out_scores, "topk: null pointer");
+  TOWERREC_CHECK(n_items == 0 || V, "topk: null V");
+  check_blas_dim(n_items, "topk: n_items");
+  if (excl_offsets) {
+    TOWERREC_CHECK(excl_offsets[n_users] == 0 || excl_items, "topk: null excl_items");
+    for (int64_t r = 0; r < n_users; ++r)
+      TOWERREC_CHECK(excl_offsets[r] <= excl_offsets[r + 1], "topk: excl_offsets not monotone");
+    for (int64_t j = excl_offsets[0]; j < excl_offsets[n_users]; ++j)
+      TOWERREC_CHECK(excl_items[j] >= 0 && excl_items[j] < n_items,
+                     "topk: excluded item " + std::to_string(excl_items[j]) + " out of range");
+  }
+
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const int64_t block = std::max<int64_t>(
+      1, std::min(kTopkUserBlock, n_items > 0 ? kTopkScratchFloats / n_items : kTopkUserBlock));
+  if (n_items > 0) topk_scores_.resize(static_cast<size_t>(std::min(block, n_users) * n_items));
+
+  for (int64_t u0 = 0; u0 < n_users; u0 += block) {
+    const int64_t nb = std::min(block, n_users - u0);
+    // scores[nb x n_items] = U[u0 .. u0+nb) . V^T
+    if (n_items > 0)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nb),
+                  static_cast<int>(n_items), d, 1.0f, U + u0 * d, d, V, d, 0.0f,
+                  topk_scores_.data(), static_cast<int>(n_items));
+#pragma omp parallel num_threads(threads_) if (worth_parallel(nb * n_items))
+    {
+      std::vector<std::pair<float, int32_t>> cand;
+      std::vector<uint8_t> excluded;
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < nb; ++b) {
+        const int64_t r = u0 + b;
+        const float* scores = topk_scores_.data() + b * n_items;
+        int64_t e0 = 0, e1 = 0;
+        if (excl_offsets) {
+          e0 = excl_offsets[r];
+          e1 = excl_offsets[r + 1];
+        }
+        if (e1 > e0) {
+          excluded.assign(static_cast<size_t>(n_items), 0);
+          for (int64_t j = e0; j < e1; ++j) excluded[static_cast<size_t>(excl_items[j])] = 1;
+        }
+        cand.clear();
+        cand.reserve(static_cast<size_t>(n_items));
+        for (int64_t j = 0; j < n_items; ++j)
+          if (e1 == e0 || !excluded[static_cast<size_t>(j)])
+            cand.emplace_back(rank_key(scores[j]), static_cast<int32_t>(j));
+        const auto better = [](const std::pair<float, int32_t>& a,
+                               const std::pair<float, int32_t>& c) {
+          return a.first > c.first || (a.first == c.first && a.second < c.second);
+        };
+        const size_t kk = std::min(static_cast<size_t>(k), cand.size());
+        if (kk < cand.size())
+          std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(kk),
+                           cand.end(), better);
+        std::sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(kk), better);
+        int32_t* oi = out_items + r * k;
+        float* os = out_scores + r * k;
+        for (size_t j = 0; j < kk; ++j) {
+          oi[j] = cand[j].second;
+          os[j] = scores[cand[j].second];
+        }
+        for (size_t j = kk; j < static_cast<size_t>(k); ++j) {
+          oi[j] = -1;
+          os[j] = neg_inf;
+        }
+      }
+    }
+  }
+}
+
+std::unique_ptr<Backend> make_cpu_backend(int threads) {
+  return std::make_unique<CpuBackend>(threads);
+}
+
+}  // namespace towerrec

@@ -1,0 +1,76 @@
+// The CPU reference backend: every op of the contract in include/towerrec/backend.h,
+// with matrix products through CBLAS (OpenBLAS) and the element-wise loops
+// parallelised with OpenMP (static schedules, no scheduling-dependent float
+// reductions: for a fixed thread count every op is bit-for-bit deterministic).
+//
+// Memory is ordinary host memory (64-byte aligned); to_device/to_host/copy are
+// memcpy and synchronize() does nothing.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "towerrec/backend.h"
+
+namespace towerrec {
+
+class CpuBackend final : public Backend {
+ public:
+  // threads <= 0: all cores.
+  explicit CpuBackend(int threads);
+
+  int threads() const { return threads_; }
+
+  DeviceKind kind() const override { return DeviceKind::kCPU; }
+  std::string describe() const override;
+
+  void* allocate(size_t bytes) override;
+  void deallocate(void* p) noexcept override;
+  void to_device(void* dst, const void* host_src, size_t bytes) override;
+  void to_host(void* host_dst, const void* src, size_t bytes) override;
+  void copy(void* dst, const void* src, size_t bytes) override;
+  void fill(float* p, int64_t n, float value) override;
+  void synchronize() override {}
+
+  void dense_forward(const float* X, int64_t n, int in, const float* W, const float* b, int out,
+                     Activation act, float* Y) override;
+  void dense_backward(const float* X, int64_t n, int in, const float* W, int out, Activation act,
+                      const float* Y, float* dY, float* dW, float* db, float* dX) override;
+
+  void gather_rows(const float* src, int dim, const int32_t* idx, int64_t n, float* out,
+                   int ld_out, int col_off) override;
+  void bag_forward(const float* table, int dim, const int32_t* offsets, const int32_t* values,
+                   const int32_t* idx, int64_t n, float* out, int ld_out, int col_off) override;
+  void bag_backward(const float* dout, int ld_dout, int col_off, const int32_t* offsets,
+                    const int32_t* values, const int32_t* idx, int64_t n, int dim,
+                    float* dtable) override;
+
+  void logistic_loss(const float* U, const float* V, int d, const PairBatch& pb, float scale,
+                     float* dU, float* dV, float* pair_grad, float* loss_out) override;
+
+  void adam(float* param, const float* grad, float* m, float* v, int64_t n,
+            const AdamParams& p) override;
+  void sparse_adam(float* table, float* m, float* v, int dim, const int32_t* rows, int64_t n,
+                   const float* grad, int ld_grad, int col_off, const AdamParams& p) override;
+  void sgd(float* param, const float* grad, int64_t n, float lr, float weight_decay) override;
+  void sparse_sgd(float* table, int dim, const int32_t* rows, int64_t n, const float* grad,
+                  int ld_grad, int col_off, float lr, float weight_decay) override;
+
+  void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d, int k,
+            const int64_t* excl_offsets, const int32_t* excl_items, int32_t* out_items,
+            float* out_scores) override;
+
+  // Most users whose scores topk materialises at once (the scratch holds
+  // block x n_items floats; the block shrinks for very large catalogues).
+  static constexpr int64_t kTopkUserBlock = 64;
+  // Upper bound on the topk score scratch, in floats (64 MiB).
+  static constexpr int64_t kTopkScratchFloats = int64_t{16} << 20;
+
+ private:
+  int threads_;
+  std::vector<float> topk_scores_;  // [block x n_items] scratch, reused across calls
+};
+
+}  // namespace towerrec

@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -17,15 +19,24 @@ class IdMap {
  public:
   // Index of id, adding it when new.
   int32_t add(const std::string& id);
+  int32_t add(std::string_view id);
+  int32_t add(const char* id) { return add(std::string_view(id)); }
   // Index of id, or -1.
   int32_t find(const std::string& id) const;
+  int32_t find(std::string_view id) const;
+  int32_t find(const char* id) const { return find(std::string_view(id)); }
   const std::string& id(int32_t index) const { return ids_[static_cast<size_t>(index)]; }
   int32_t size() const { return static_cast<int32_t>(ids_.size()); }
   const std::vector<std::string>& ids() const { return ids_; }
 
  private:
+  // Transparent hashing: lookups by string_view allocate nothing.
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
   std::vector<std::string> ids_;
-  std::unordered_map<std::string, int32_t> index_;
+  std::unordered_map<std::string, int32_t, Hash, std::equal_to<>> index_;
 };
 
 // Interaction log in dense indices. rating and timestamp are empty when the
@@ -108,6 +119,7 @@ struct SynthOptions {
   int latent_dim = 8;
   double popularity_skew = 1.0;  // Zipf-like exponent of item popularity
   double noise = 0.5;            // feature noise
+  double temperature = 0.5;      // softmax temperature of the preference score (lower: sharper)
   uint64_t seed = 1;
 };
 struct SynthSummary {

@@ -1,0 +1,670 @@
+// The CUDA backend against the CPU reference backend, op by op, on fresh random
+// inputs (seed: TOWERREC_TEST_SEED, else random and printed on failure). Sizes
+// are deliberately not multiples of the kernels' tiles (n = 1, 7, 33, 257;
+// widths 1, 5, 17, 64, 130, 300 so both dense_forward paths run). Outputs are
+// poisoned with NaN first, so an element an op fails to write fails the test.
+//
+// Tolerances (fp32, both backends sum in different orders):
+//   dense:  |got - want| <= 1e-6 * (reduction length + 1) + 1e-5 * |want|
+//   masks, gathers, bag means, SGD, Adam: at most a few ulps (1e-6 abs, 1e-5 rel)
+//   logistic loss: loss 1e-5 rel; pair gradients 1e-5 abs + 1e-4 rel; dU/dV
+//           1e-5 * (pairs in the row + 1) abs + 1e-4 rel
+//   top-K:  scores within 2e-6 * d of the CPU's score at the same rank and of a
+//           float64 recomputation; items may differ from the CPU's only where
+//           the two scores tie within that tolerance; with integer-valued inputs
+//           (exact scores, many exact ties) items must match exactly.
+// Every test skips when no CUDA device is present.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "tests/test_util.h"
+#include "towerrec/backend.h"
+#include "towerrec/error.h"
+#if TOWERREC_HAVE_CUDA
+#include "kernels/cuda/cuda_testing.h"
+#endif
+
+namespace towerrec {
+namespace {
+
+using testing::all_close;
+using testing::download;
+using testing::poisoned;
+using testing::random_floats;
+using testing::random_ints;
+using testing::test_seed;
+using testing::upload;
+
+#define TOWERREC_REQUIRE_CUDA()                                                          \
+  if (!::towerrec::cuda_available())                                                     \
+  GTEST_SKIP() << "no CUDA device: the CUDA backend is compared with the CPU backend only " \
+                  "where a device is present"
+
+std::string seed_note() { return "TOWERREC_TEST_SEED=" + std::to_string(test_seed()); }
+
+std::vector<double> as_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+const int kWidths[] = {1, 5, 17, 64, 130, 300};
+const int64_t kRows[] = {1, 7, 33, 257};
+
+// A host buffer whose columns [col_off, col_off + dim) of every row are NaN and
+// whose other columns hold random values: checks both "written" and "untouched".
+std::vector<float> strided_poisoned(std::mt19937_64& g, int64_t n, int ld, int col_off, int dim) {
+  std::vector<float> v = random_floats(g, static_cast<size_t>(n * ld));
+  for (int64_t r = 0; r < n; ++r)
+    for (int c = col_off; c < col_off + dim; ++c) v[r * ld + c] = testing::poison();
+  return v;
+}
+
+// ---- context and memory ------------------------------------------------------------
+
+TEST(CudaBackend, DescribeAndBadDevice) {
+  TOWERREC_REQUIRE_CUDA();
+  auto gpu = make_cuda_backend(0);
+  EXPECT_EQ(gpu->kind(), DeviceKind::kCUDA);
+  EXPECT_EQ(gpu->describe().rfind("cuda:0 ", 0), 0u) << gpu->describe();
+  EXPECT_THROW(make_cuda_backend(1 << 20), Error);
+  EXPECT_THROW(make_cuda_backend(-1), Error);
+}
+
+TEST(CudaBackend, MemoryRoundTrip) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{257}, int64_t{100003}}) {
+    const std::vector<float> h = random_floats(g, static_cast<size_t>(n));
+    auto a = upload(*gpu, h);
+    auto b = poisoned(*gpu, n);
+    gpu->copy(b.data(), a.data(), sizeof(float) * static_cast<size_t>(n));
+    EXPECT_TRUE(all_close(download(*gpu, b), as_double(h), 0, 0));
+    gpu->fill(b.data(), n, 2.5f);
+    EXPECT_TRUE(all_close(download(*gpu, b), std::vector<double>(h.size(), 2.5), 0, 0));
+  }
+  gpu->synchronize();
+}
+
+// ---- dense --------------------------------------------------------------------------
+
+TEST(CudaOps, DenseForward) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : kRows)
+    for (int in : kWidths)
+      for (int out : kWidths)
+        for (Activation act : {Activation::kNone, Activation::kReLU}) {
+          SCOPED_TRACE("n=" + std::to_string(n) + " in=" + std::to_string(in) + " out=" +
+                       std::to_string(out) + " relu=" + std::to_string(act == Activation::kReLU));
+          const auto X = random_floats(g, static_cast<size_t>(n * in));
+          const auto W = random_floats(g, static_cast<size_t>(in) * out);
+          const auto b = random_floats(g, static_cast<size_t>(out));
+          auto run = [&](Backend& be) {
+            auto dX = upload(be, X);
+            auto dW = upload(be, W);
+            auto db = upload(be, b);
+            auto Y = poisoned(be, n * out);
+            be.dense_forward(dX.data(), n, in, dW.data(), db.data(), out, act, Y.data());
+            return download(be, Y);
+          };
+          const auto want = run(*cpu);
+          EXPECT_TRUE(all_close(run(*gpu), as_double(want), 1e-6 * (in + 1), 1e-5));
+        }
+}
+
+TEST(CudaOps, DenseBackward) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : kRows)
+    for (int in : kWidths)
+      for (int out : kWidths)
+        for (Activation act : {Activation::kNone, Activation::kReLU}) {
+          const bool with_dx = (n + in + out) % 3 != 0;  // also cover dX == nullptr
+          SCOPED_TRACE("n=" + std::to_string(n) + " in=" + std::to_string(in) + " out=" +
+                       std::to_string(out) + " relu=" + std::to_string(act == Activation::kReLU) +
+                       " dX=" + std::to_string(with_dx));
+          const auto X = random_floats(g, static_cast<size_t>(n * in));
+          const auto W = random_floats(g, static_cast<size_t>(in) * out);
+          auto Y = random_floats(g, static_cast<size_t>(n * out));
+          for (float& y : Y) y = std::max(y, 0.0f);  // a ReLU output: about half zeros
+          const auto dY = random_floats(g, static_cast<size_t>(n * out));
+          struct Out {
+            std::vector<float> dz, dw, db, dx;
+          };
+          auto run = [&](Backend& be) {
+            auto dX_in = upload(be, X);
+            auto dW_in = upload(be, W);
+            auto dY_in = upload(be, Y);
+            auto grad = upload(be, dY);
+            auto dW = poisoned(be, int64_t{in} * out);
+            auto db = poisoned(be, out);
+            auto dX = poisoned(be, with_dx ? n * in : 0);
+            be.dense_backward(dX_in.data(), n, in, dW_in.data(), out, act, dY_in.data(),
+                              grad.data(), dW.data(), db.data(), with_dx ? dX.data() : nullptr);
+            return Out{download(be, grad), download(be, dW), download(be, db),
+                       download(be, dX)};
+          };
+          const Out want = run(*cpu), got = run(*gpu);
+          EXPECT_TRUE(all_close(got.dz, as_double(want.dz), 0, 0)) << "dZ";
+          EXPECT_TRUE(all_close(got.dw, as_double(want.dw), 1e-6 * (n + 1), 1e-5)) << "dW";
+          EXPECT_TRUE(all_close(got.db, as_double(want.db), 1e-6 * (n + 1), 1e-5)) << "db";
+          EXPECT_TRUE(all_close(got.dx, as_double(want.dx), 1e-6 * (out + 1), 1e-5)) << "dX";
+        }
+}
+
+// ---- embeddings -------------------------------------------------------------------------
+
+TEST(CudaOps, GatherRows) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : kRows)
+    for (int dim : {1, 5, 17, 64, 130}) {
+      const int col_off = static_cast<int>(n % 4), ld = col_off + dim + 3;
+      const int32_t rows = 50;
+      SCOPED_TRACE("n=" + std::to_string(n) + " dim=" + std::to_string(dim));
+      const auto src = random_floats(g, static_cast<size_t>(rows) * dim);
+      const auto idx = random_ints(g, static_cast<size_t>(n), 0, rows - 1);
+      const auto init = strided_poisoned(g, n, ld, col_off, dim);
+      auto run = [&](Backend& be) {
+        auto s = upload(be, src);
+        auto i = upload(be, idx);
+        auto o = upload(be, init);
+        be.gather_rows(s.data(), dim, i.data(), n, o.data(), ld, col_off);
+        return download(be, o);
+      };
+      const auto want = run(*cpu);
+      EXPECT_TRUE(all_close(run(*gpu), as_double(want), 0, 0));
+    }
+}
+
+// Bags for n_entities entities over a vocabulary of `vocab` values; some empty.
+struct Bags {
+  std::vector<int32_t> offsets, values;
+};
+Bags random_bags(std::mt19937_64& g, int32_t n_entities, int32_t vocab) {
+  Bags b;
+  b.offsets.push_back(0);
+  std::uniform_int_distribution<int> len(0, 5);
+  for (int32_t e = 0; e < n_entities; ++e) {
+    const int l = e % 7 == 3 ? 0 : len(g);
+    for (int j = 0; j < l; ++j) b.values.push_back(random_ints(g, 1, 0, vocab - 1)[0]);
+    b.offsets.push_back(static_cast<int32_t>(b.values.size()));
+  }
+  if (b.values.empty()) b.values.push_back(0);  // keep the upload non-empty
+  return b;
+}
+
+TEST(CudaOps, BagForward) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : kRows)
+    for (int dim : {1, 5, 17, 64, 130}) {
+      SCOPED_TRACE("n=" + std::to_string(n) + " dim=" + std::to_string(dim));
+      const int32_t entities = 40, vocab = 30;
+      const int col_off = 2, ld = col_off + dim + 1;
+      const Bags bags = random_bags(g, entities, vocab);
+      const auto table = random_floats(g, static_cast<size_t>(vocab) * dim);
+      const auto idx = random_ints(g, static_cast<size_t>(n), 0, entities - 1);
+      const auto init = strided_poisoned(g, n, ld, col_off, dim);
+      auto run = [&](Backend& be) {
+        auto t = upload(be, table);
+        auto off = upload(be, bags.offsets);
+        auto val = upload(be, bags.values);
+        auto i = upload(be, idx);
+        auto o = upload(be, init);
+        be.bag_forward(t.data(), dim, off.data(), val.data(), i.data(), n, o.data(), ld, col_off);
+        return download(be, o);
+      };
+      const auto want = run(*cpu);
+      EXPECT_TRUE(all_close(run(*gpu), as_double(want), 1e-6, 1e-5));
+    }
+}
+
+TEST(CudaOps, BagBackward) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : kRows)
+    for (int dim : {1, 5, 17, 64, 130}) {
+      SCOPED_TRACE("n=" + std::to_string(n) + " dim=" + std::to_string(dim));
+      const int32_t entities = 40, vocab = 30;
+      const int col_off = 1, ld = col_off + dim + 2;
+      const Bags bags = random_bags(g, entities, vocab);
+      const auto dout = random_floats(g, static_cast<size_t>(n * ld));
+      const auto idx = random_ints(g, static_cast<size_t>(n), 0, entities - 1);
+      const auto dtable0 = random_floats(g, static_cast<size_t>(vocab) * dim);  // accumulated into
+      auto run = [&](Backend& be) {
+        auto d = upload(be, dout);
+        auto off = upload(be, bags.offsets);
+        auto val = upload(be, bags.values);
+        auto i = upload(be, idx);
+        auto t = upload(be, dtable0);
+        be.bag_backward(d.data(), ld, col_off, off.data(), val.data(), i.data(), n, dim, t.data());
+        return download(be, t);
+      };
+      const auto want = run(*cpu);
+      // Atomic accumulation on the device: the order of additions varies.
+      EXPECT_TRUE(all_close(run(*gpu), as_double(want), 1e-5, 1e-5));
+    }
+}
+
+// ---- loss ---------------------------------------------------------------------------------
+
+struct HostPairs {
+  int32_t n_users = 0, n_items = 0;
+  std::vector<int32_t> user, item, user_offsets, user_pairs, item_offsets, item_pairs;
+  std::vector<float> label;
+};
+
+// CSR of `key` (values in [0, n)): offsets[n + 1] and pair indices in increasing order.
+void build_csr(const std::vector<int32_t>& key, int32_t n, std::vector<int32_t>& offsets,
+               std::vector<int32_t>& pairs) {
+  offsets.assign(static_cast<size_t>(n) + 1, 0);
+  for (int32_t k : key) ++offsets[static_cast<size_t>(k) + 1];
+  for (int32_t i = 0; i < n; ++i) offsets[i + 1] += offsets[i];
+  std::vector<int32_t> pos(offsets.begin(), offsets.end() - 1);
+  pairs.assign(key.size(), 0);
+  for (size_t p = 0; p < key.size(); ++p) pairs[static_cast<size_t>(pos[key[p]]++)] = int32_t(p);
+}
+
+HostPairs random_pairs(std::mt19937_64& g, int64_t n_pairs, int32_t n_users, int32_t n_items) {
+  HostPairs h;
+  h.n_users = n_users;
+  h.n_items = n_items;
+  // Leave the last user and item without pairs: their gradient rows must be zero.
+  h.user = random_ints(g, static_cast<size_t>(n_pairs), 0, std::max(0, n_users - 2));
+  h.item = random_ints(g, static_cast<size_t>(n_pairs), 0, std::max(0, n_items - 2));
+  for (int64_t p = 0; p < n_pairs; ++p) h.label.push_back(random_ints(g, 1, 0, 1)[0] ? 1.0f : -1.0f);
+  build_csr(h.user, n_users, h.user_offsets, h.user_pairs);
+  build_csr(h.item, n_items, h.item_offsets, h.item_pairs);
+  return h;
+}
+
+TEST(CudaOps, LogisticLoss) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  struct Case {
+    int64_t pairs;
+    int32_t users, items;
+  };
+  for (const Case c : {Case{0, 3, 2}, Case{1, 2, 2}, Case{7, 3, 5}, Case{33, 9, 20},
+                       Case{257, 40, 130}, Case{5000, 300, 1200}})
+    for (int d : {1, 17, 64, 130}) {
+      SCOPED_TRACE("pairs=" + std::to_string(c.pairs) + " d=" + std::to_string(d));
+      const HostPairs hp = random_pairs(g, c.pairs, c.users, c.items);
+      const auto U = random_floats(g, static_cast<size_t>(c.users) * d);
+      const auto V = random_floats(g, static_cast<size_t>(c.items) * d);
+      const float scale = c.pairs > 0 ? 1.0f / static_cast<float>(c.pairs) : 1.0f;
+      struct Out {
+        std::vector<float> dU, dV, pg, loss;
+      };
+      auto run = [&](Backend& be) {
+        auto dUi = upload(be, U);
+        auto dVi = upload(be, V);
+        auto user = upload(be, hp.user);
+        auto item = upload(be, hp.item);
+        auto label = upload(be, hp.label);
+        auto uo = upload(be, hp.user_offsets);
+        auto up = upload(be, hp.user_pairs);
+        auto io = upload(be, hp.item_offsets);
+        auto ip = upload(be, hp.item_pairs);
+        PairBatch pb;
+        pb.n_pairs = c.pairs;
+        pb.user = user.data();
+        pb.item = item.data();
+        pb.label = label.data();
+        pb.n_users = c.users;
+        pb.user_offsets = uo.data();
+        pb.user_pairs = up.data();
+        pb.n_items = c.items;
+        pb.item_offsets = io.data();
+        pb.item_pairs = ip.data();
+        auto dU = poisoned(be, int64_t{c.users} * d);
+        auto dV = poisoned(be, int64_t{c.items} * d);
+        auto pg = poisoned(be, c.pairs);
+        auto loss = poisoned(be, 1);
+        be.logistic_loss(dUi.data(), dVi.data(), d, pb, scale, dU.data(), dV.data(), pg.data(),
+                         loss.data());
+        return Out{download(be, dU), download(be, dV), download(be, pg), download(be, loss)};
+      };
+      const Out want = run(*cpu), got = run(*gpu);
+      int max_row = 1;
+      for (size_t i = 0; i + 1 < hp.user_offsets.size(); ++i)
+        max_row = std::max(max_row, hp.user_offsets[i + 1] - hp.user_offsets[i]);
+      for (size_t i = 0; i + 1 < hp.item_offsets.size(); ++i)
+        max_row = std::max(max_row, hp.item_offsets[i + 1] - hp.item_offsets[i]);
+      EXPECT_TRUE(all_close(got.loss, as_double(want.loss), 1e-6, 1e-5)) << "loss";
+      EXPECT_TRUE(all_close(got.pg, as_double(want.pg), 1e-5 * scale, 1e-4)) << "pair_grad";
+      const double row_tol = 1e-5 * scale * (max_row + 1);
+      EXPECT_TRUE(all_close(got.dU, as_double(want.dU), row_tol, 1e-4)) << "dU";
+      EXPECT_TRUE(all_close(got.dV, as_double(want.dV), row_tol, 1e-4)) << "dV";
+    }
+}
+
+// ---- optimizers ------------------------------------------------------------------------
+
+TEST(CudaOps, Adam) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{33}, int64_t{257}, int64_t{100003}})
+    for (int64_t step : {int64_t{1}, int64_t{10}})
+      for (float wd : {0.0f, 0.01f}) {
+        SCOPED_TRACE("n=" + std::to_string(n) + " step=" + std::to_string(step));
+        const auto p0 = random_floats(g, static_cast<size_t>(n));
+        const auto gr = random_floats(g, static_cast<size_t>(n));
+        const auto m0 = random_floats(g, static_cast<size_t>(n), -0.1f, 0.1f);
+        const auto v0 = random_floats(g, static_cast<size_t>(n), 0.0f, 0.1f);
+        AdamParams ap;
+        ap.lr = 0.01f;
+        ap.weight_decay = wd;
+        ap.step = step;
+        struct Out {
+          std::vector<float> p, m, v;
+        };
+        auto run = [&](Backend& be) {
+          auto p = upload(be, p0);
+          auto gg = upload(be, gr);
+          auto m = upload(be, m0);
+          auto v = upload(be, v0);
+          be.adam(p.data(), gg.data(), m.data(), v.data(), n, ap);
+          return Out{download(be, p), download(be, m), download(be, v)};
+        };
+        const Out want = run(*cpu), got = run(*gpu);
+        EXPECT_TRUE(all_close(got.p, as_double(want.p), 1e-6, 1e-5)) << "param";
+        EXPECT_TRUE(all_close(got.m, as_double(want.m), 1e-7, 1e-5)) << "m";
+        EXPECT_TRUE(all_close(got.v, as_double(want.v), 1e-8, 1e-5)) << "v";
+      }
+}
+
+TEST(CudaOps, SparseAdam) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  const int32_t table_rows = 300;
+  for (int64_t n : kRows)
+    for (int dim : {1, 5, 17, 64, 130}) {
+      SCOPED_TRACE("n=" + std::to_string(n) + " dim=" + std::to_string(dim));
+      std::vector<int32_t> rows(table_rows);
+      std::iota(rows.begin(), rows.end(), 0);
+      std::shuffle(rows.begin(), rows.end(), g);
+      rows.resize(static_cast<size_t>(n));  // distinct rows
+      const int col_off = 3, ld = col_off + dim + 1;
+      const size_t tn = static_cast<size_t>(table_rows) * dim;
+      const auto t0 = random_floats(g, tn), m0 = random_floats(g, tn, -0.1f, 0.1f);
+      const auto v0 = random_floats(g, tn, 0.0f, 0.1f);
+      const auto gr = random_floats(g, static_cast<size_t>(n * ld));
+      AdamParams ap;
+      ap.lr = 0.02f;
+      ap.weight_decay = 0.01f;
+      ap.step = 3;
+      struct Out {
+        std::vector<float> t, m, v;
+      };
+      auto run = [&](Backend& be) {
+        auto t = upload(be, t0);
+        auto m = upload(be, m0);
+        auto v = upload(be, v0);
+        auto r = upload(be, rows);
+        auto gg = upload(be, gr);
+        be.sparse_adam(t.data(), m.data(), v.data(), dim, r.data(), n, gg.data(), ld, col_off, ap);
+        return Out{download(be, t), download(be, m), download(be, v)};
+      };
+      const Out want = run(*cpu), got = run(*gpu);
+      EXPECT_TRUE(all_close(got.t, as_double(want.t), 1e-6, 1e-5)) << "table";
+      EXPECT_TRUE(all_close(got.m, as_double(want.m), 1e-7, 1e-5)) << "m";
+      EXPECT_TRUE(all_close(got.v, as_double(want.v), 1e-8, 1e-5)) << "v";
+    }
+}
+
+TEST(CudaOps, Sgd) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{33}, int64_t{257}, int64_t{100003}})
+    for (float wd : {0.0f, 0.01f}) {
+      SCOPED_TRACE("n=" + std::to_string(n));
+      const auto p0 = random_floats(g, static_cast<size_t>(n));
+      const auto gr = random_floats(g, static_cast<size_t>(n));
+      auto run = [&](Backend& be) {
+        auto p = upload(be, p0);
+        auto gg = upload(be, gr);
+        be.sgd(p.data(), gg.data(), n, 0.05f, wd);
+        return download(be, p);
+      };
+      const auto want = run(*cpu);
+      EXPECT_TRUE(all_close(run(*gpu), as_double(want), 1e-7, 1e-6));
+    }
+}
+
+TEST(CudaOps, SparseSgd) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  const int32_t table_rows = 300;
+  for (int64_t n : kRows)
+    for (int dim : {1, 5, 17, 64, 130}) {
+      SCOPED_TRACE("n=" + std::to_string(n) + " dim=" + std::to_string(dim));
+      std::vector<int32_t> rows(table_rows);
+      std::iota(rows.begin(), rows.end(), 0);
+      std::shuffle(rows.begin(), rows.end(), g);
+      rows.resize(static_cast<size_t>(n));
+      const int col_off = 2, ld = col_off + dim;
+      const auto t0 = random_floats(g, static_cast<size_t>(table_rows) * dim);
+      const auto gr = random_floats(g, static_cast<size_t>(n * ld));
+      auto run = [&](Backend& be) {
+        auto t = upload(be, t0);
+        auto r = upload(be, rows);
+        auto gg = upload(be, gr);
+        be.sparse_sgd(t.data(), dim, r.data(), n, gg.data(), ld, col_off, 0.05f, 0.01f);
+        return download(be, t);
+      };
+      const auto want = run(*cpu);
+      EXPECT_TRUE(all_close(run(*gpu), as_double(want), 1e-7, 1e-6));
+    }
+}
+
+// ---- top-K ---------------------------------------------------------------------------------
+
+struct TopkCase {
+  int64_t users, items;
+  int d, k;
+  bool exclude;      // random exclusions; user 0 excludes every item, user 1 none
+  bool integer;      // integer-valued inputs: exact scores, many exact ties
+};
+
+struct TopkOut {
+  std::vector<int32_t> items;
+  std::vector<float> scores;
+};
+
+TopkOut run_topk(Backend& be, const std::vector<float>& U, const std::vector<float>& V,
+                 const TopkCase& c, const std::vector<int64_t>& eoff,
+                 const std::vector<int32_t>& eitems) {
+  auto u = upload(be, U);
+  auto v = upload(be, V);
+  auto eo = upload(be, eoff);
+  auto ei = upload(be, eitems);
+  auto oi = upload(be, std::vector<int32_t>(static_cast<size_t>(c.users * c.k), -7));
+  auto os = poisoned(be, c.users * c.k);
+  be.topk(u.data(), c.users, c.items > 0 ? v.data() : nullptr, c.items, c.d, c.k,
+          c.exclude ? eo.data() : nullptr, c.exclude && !eitems.empty() ? ei.data() : nullptr,
+          oi.data(), os.data());
+  return TopkOut{download(be, oi), download(be, os)};
+}
+
+// Checks `got` against the CPU result `want` and a float64 recomputation.
+::testing::AssertionResult topk_agrees(const TopkOut& got, const TopkOut& want,
+                                       const std::vector<float>& U, const std::vector<float>& V,
+                                       const TopkCase& c, const std::vector<int64_t>& eoff,
+                                       const std::vector<int32_t>& eitems) {
+  const double tol = c.integer ? 0.0 : 2e-6 * c.d;
+  auto ref = [&](int64_t r, int32_t j) {
+    double s = 0;
+    for (int t = 0; t < c.d; ++t) s += double(U[r * c.d + t]) * double(V[int64_t{j} * c.d + t]);
+    return s;
+  };
+  std::string msg;
+  int bad = 0;
+  auto fail = [&](int64_t r, int j, const std::string& what) {
+    if (bad++ < 8) msg += "\n  user " + std::to_string(r) + " rank " + std::to_string(j) + ": " + what;
+  };
+  for (int64_t r = 0; r < c.users; ++r) {
+    std::set<int32_t> excl;
+    if (c.exclude) excl.insert(eitems.begin() + eoff[r], eitems.begin() + eoff[r + 1]);
+    const int64_t valid = std::min<int64_t>(c.k, c.items - int64_t(excl.size()));
+    std::set<int32_t> seen;
+    for (int j = 0; j < c.k; ++j) {
+      const size_t at = static_cast<size_t>(r * c.k + j);
+      const int32_t item = got.items[at], want_item = want.items[at];
+      const float s = got.scores[at];
+      if (j >= valid) {
+        if (item != -1 || !(std::isinf(s) && s < 0)) fail(r, j, "expected padding -1/-inf");
+        continue;
+      }
+      if (item < 0 || item >= c.items) {
+        fail(r, j, "item " + std::to_string(item) + " out of range");
+        continue;
+      }
+      if (excl.count(item)) fail(r, j, "excluded item " + std::to_string(item));
+      if (!seen.insert(item).second) fail(r, j, "duplicate item " + std::to_string(item));
+      if (std::fabs(s - ref(r, item)) > tol) fail(r, j, "score differs from float64 recompute");
+      if (std::fabs(double(s) - double(want.scores[at])) > tol)
+        fail(r, j, "score " + std::to_string(s) + " vs CPU " + std::to_string(want.scores[at]));
+      if (item != want_item) {
+        if (c.integer)
+          fail(r, j, "item " + std::to_string(item) + " vs CPU " + std::to_string(want_item) +
+                         " with exact scores");
+        else if (want_item < 0 || std::fabs(ref(r, item) - ref(r, want_item)) > tol)
+          fail(r, j, "item " + std::to_string(item) + " vs CPU " + std::to_string(want_item) +
+                         " and the scores do not tie");
+      }
+      if (j > 0) {
+        const float prev = got.scores[at - 1];
+        if (s > prev || (s == prev && item < got.items[at - 1])) fail(r, j, "out of order");
+      }
+    }
+  }
+  if (bad) return ::testing::AssertionFailure() << bad << " problems" << msg;
+  return ::testing::AssertionSuccess();
+}
+
+TEST(CudaOps, Topk) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  const TopkCase cases[] = {
+      {1, 1, 1, 1, false, false},      {7, 33, 5, 1, false, false},
+      {33, 257, 17, 10, true, false},  {257, 1000, 64, 100, true, false},
+      {5, 20, 8, 30, true, false},     // k > remaining items
+      {3, 0, 4, 5, false, false},      // no items at all
+      {9, 3000, 16, 1024, true, false},  // largest k
+      {40, 5000, 33, 1, true, false},
+      {33, 257, 3, 20, true, true},    // exact ties
+      {20, 2000, 2, 300, true, true},
+  };
+  for (const TopkCase& c : cases) {
+    SCOPED_TRACE("users=" + std::to_string(c.users) + " items=" + std::to_string(c.items) +
+                 " d=" + std::to_string(c.d) + " k=" + std::to_string(c.k));
+    auto values = [&](size_t n) {
+      if (!c.integer) return random_floats(g, n);
+      std::vector<float> v(n);
+      for (auto& x : v) x = static_cast<float>(random_ints(g, 1, -2, 2)[0]);
+      return v;
+    };
+    const auto U = values(static_cast<size_t>(c.users * c.d));
+    const auto V = values(static_cast<size_t>(c.items * c.d));
+    std::vector<int64_t> eoff{0};
+    std::vector<int32_t> eitems;
+    for (int64_t r = 0; r < c.users; ++r) {
+      if (c.exclude && c.items > 0) {
+        if (r == 0 && c.items <= 3000) {
+          for (int32_t j = 0; j < c.items; ++j) eitems.push_back(j);
+        } else if (r != 1) {
+          std::set<int32_t> s;
+          const int cnt = random_ints(g, 1, 0, static_cast<int32_t>(std::min<int64_t>(c.items, 12)))[0];
+          while (int(s.size()) < cnt) s.insert(random_ints(g, 1, 0, int32_t(c.items - 1))[0]);
+          std::vector<int32_t> e(s.begin(), s.end());
+          std::shuffle(e.begin(), e.end(), g);  // not required to be sorted
+          eitems.insert(eitems.end(), e.begin(), e.end());
+        }
+      }
+      eoff.push_back(static_cast<int64_t>(eitems.size()));
+    }
+    const TopkOut want = run_topk(*cpu, U, V, c, eoff, eitems);
+    EXPECT_TRUE(topk_agrees(run_topk(*gpu, U, V, c, eoff, eitems), want, U, V, c, eoff, eitems))
+        << "default tiles";
+#if TOWERREC_HAVE_CUDA
+    // Small tiles that divide nothing evenly: crosses user-block and item-chunk edges.
+    cuda::set_topk_tiles(*gpu, 5, 37);
+    EXPECT_TRUE(topk_agrees(run_topk(*gpu, U, V, c, eoff, eitems), want, U, V, c, eoff, eitems))
+        << "tiles 5 x 37";
+    cuda::set_topk_tiles(*gpu, 512, 16384);
+#endif
+  }
+}
+
+// ---- allocator ---------------------------------------------------------------------------
+
+#if TOWERREC_HAVE_CUDA
+TEST(CudaBackend, SteadyStateDoesNotMalloc) {
+  TOWERREC_REQUIRE_CUDA();
+  std::mt19937_64 g(test_seed());
+  auto gpu = make_cuda_backend(0);
+  const int64_t n = 257;
+  const int in = 130, out = 300;
+  auto step = [&] {
+    auto X = upload(*gpu, random_floats(g, static_cast<size_t>(n * in)));
+    auto W = upload(*gpu, random_floats(g, static_cast<size_t>(in) * out));
+    auto b = upload(*gpu, random_floats(g, static_cast<size_t>(out)));
+    DeviceArray<float> Y(gpu.get(), n * out), dW(gpu.get(), int64_t{in} * out),
+        db(gpu.get(), out), dX(gpu.get(), n * in);
+    gpu->dense_forward(X.data(), n, in, W.data(), b.data(), out, Activation::kReLU, Y.data());
+    gpu->dense_backward(X.data(), n, in, W.data(), out, Activation::kReLU, Y.data(), Y.data(),
+                        dW.data(), db.data(), dX.data());
+    DeviceArray<int32_t> items(gpu.get(), n * 10);
+    DeviceArray<float> scores(gpu.get(), n * 10);
+    gpu->topk(X.data(), n, X.data(), n, in, 10, nullptr, nullptr, items.data(), scores.data());
+    gpu->synchronize();
+  };
+  step();
+  const int64_t mallocs = cuda::allocator_mallocs(*gpu);
+  for (int i = 0; i < 5; ++i) step();
+  EXPECT_EQ(cuda::allocator_mallocs(*gpu), mallocs);
+}
+#endif
+
+}  // namespace
+}  // namespace towerrec

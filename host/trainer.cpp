@@ -149,7 +149,7 @@ void Trainer::plan_batch(int epoch, int64_t b, Batch& out) {
   csr(out.pair_item, out.items.size(), out.item_offsets, out.item_pairs);
 }
 
-void Trainer::run_step(const Batch& b, int64_t step_in_epoch) {
+void Trainer::forward_backward(const Batch& b, float* loss_slot) {
   // One upload of every index array of the batch.
   const size_t nu = b.users.size(), ni = b.items.size(), np = b.pair_user.size();
   const size_t total = nu + ni + 4 * np + (nu + 1) + (ni + 1);
@@ -188,10 +188,17 @@ void Trainer::run_step(const Batch& b, int64_t step_in_epoch) {
   pb.item_offsets = base + o_io;
   pb.item_pairs = base + o_ip;
   be_.logistic_loss(U, V, model_.out_dim(), pb, 1.0f / static_cast<float>(np), ut.output_grad(),
-                    it.output_grad(), d_pair_grad_.data(), d_losses_.data() + step_in_epoch);
+                    it.output_grad(), d_pair_grad_.data(), loss_slot);
   ut.backward();
   it.backward();
-  model_.step(cfg_.optimizer);
+}
+
+float Trainer::loss_and_gradients(const Batch& b) {
+  d_losses_.ensure(&be_, 1);
+  forward_backward(b, d_losses_.data());
+  float loss = 0;
+  be_.to_host(&loss, d_losses_.data(), sizeof(float));
+  return loss;
 }
 
 EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>& progress,
@@ -211,7 +218,8 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
   };
   for (int64_t s = 0; s < steps; ++s) {
     plan_batch(epoch, s, batch);
-    run_step(batch, s);
+    forward_backward(batch, d_losses_.data() + s);
+    model_.step(cfg_.optimizer);
     samples += static_cast<int64_t>(batch.pair_user.size()) / (1 + cfg_.negatives);
     if (progress && report_every > 0 && (s + 1) % report_every == 0 && s + 1 < steps) {
       TrainProgress pr{epoch + 1, cfg_.epochs, s + 1, steps, samples,

@@ -87,6 +87,11 @@ class TwoTowerModel {
   void load_state(const State& s);  // throws Error on any name or size mismatch
   int64_t parameter_count() const;
 
+  // The dense arena (all layer weights and biases, categorical tables) and its
+  // gradient, in backend memory; for tests and diagnostics.
+  DeviceArray<float>& arena() { return params_; }
+  const DeviceArray<float>& arena_grad() const { return grads_; }
+
  private:
   Backend* be_;
   TowerConfig cfg_;
@@ -114,6 +119,10 @@ class Tower {
   // call backward(). The idx array passed to forward() must stay valid until the
   // model's step().
   float* output_grad() { return grad_act_.back().data(); }
+  // dLoss/dInput [n x input_dim] of the last backward (ID-embedding columns first).
+  const float* input_grad() const { return grad_act_[0].data(); }
+  // The ID-embedding table [n_entities x id_dim] (null when id_dim is 0).
+  float* id_table() { return id_table_.data(); }
   // Backward through the layers and into the feature embeddings; records the
   // ID rows to update in the next model step().
   void backward();

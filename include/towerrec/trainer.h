@@ -71,11 +71,16 @@ class Trainer {
   };
   // Plans batch `b` of epoch `epoch` (0-based) on the host.
   void plan_batch(int epoch, int64_t b, Batch& out);
+  // Forward, loss and backward of one batch, leaving the gradients in the model
+  // (no optimizer step); returns the batch's mean loss per pair (syncs). For
+  // tests and diagnostics.
+  float loss_and_gradients(const Batch& b);
 
  private:
   void shuffle(int epoch);
   int32_t sample_negative(uint64_t counter) const;
-  void run_step(const Batch& b, int64_t step_in_epoch);
+  // Uploads the batch and runs forward, loss and backward; the loss goes to *loss_slot.
+  void forward_backward(const Batch& b, float* loss_slot);
 
   TwoTowerModel& model_;
   Backend& be_;

@@ -115,6 +115,48 @@ class Backend {
                              float scale, float* dU, float* dV, float* pair_grad,
                              float* loss_out) = 0;
 
+  // Fused BPR (pairwise) loss forward + backward. The pairs of `pb` come in
+  // groups of `group` = 1 + k: the positive first, then its k negatives, all
+  // with the same user (labels are ignored). For each group g with positive
+  // score s_+ and each negative score s_j:
+  //   l_gj = softplus(-(s_+ - s_j)),   *loss_out = scale * sum_gj l_gj
+  //   pair_grad: g_+ = -scale * sum_j sigmoid(-(s_+ - s_j)),
+  //              g_j = +scale * sigmoid(-(s_+ - s_j))
+  // dU and dV are reduced from pair_grad exactly as in logistic_loss.
+  // n_pairs must be a multiple of group; group >= 2.
+  virtual void bpr_loss(const float* U, const float* V, int d, const PairBatch& pb, int group,
+                        float scale, float* dU, float* dV, float* pair_grad,
+                        float* loss_out);
+
+  // Sampled softmax over the batch's items (in-batch negatives) with logQ
+  // correction. Each pair p of `pb` is a positive (labels ignored); its logits
+  // over every local item j < pb.n_items are
+  //   z_pj = <U[user_p], V[j]> / temperature - log_q[j]
+  // and l_p = logsumexp_j z_pj - z_p,item_p. (log_q may be null: no correction.)
+  //   *loss_out = scale * sum_p l_p
+  //   dU[u] = sum_{p: user_p = u} sum_j scale (softmax_pj - [j = item_p]) V[j] / temperature
+  //   dV[j] = sum_p scale (softmax_pj - [j = item_p]) U[user_p] / temperature
+  // Scratch: logits [n_pairs x n_items], pair_rows [n_pairs x d].
+  virtual void softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
+                            const float* log_q, float temperature, float scale, float* dU,
+                            float* dV, float* logits, float* pair_rows, float* loss_out);
+
+  // (The ops from bpr_loss to dropout have default bodies that throw, so a
+  // backend can be built before it implements them.)
+
+  // ---- embedding transforms ------------------------------------------------------
+  // Y[r] = X[r] / max(||X[r]||, 1e-12) for r < n rows of width d; inv_norm[r]
+  // receives 1 / max(||X[r]||, 1e-12). Y may alias X.
+  virtual void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv_norm);
+  // Backward of l2_normalize given its output Y and inv_norm:
+  //   dX[r] = inv_norm[r] * (dY[r] - <dY[r], Y[r]> Y[r]).   dX may alias dY.
+  virtual void l2_normalize_backward(const float* Y, const float* inv_norm, const float* dY,
+                                     int64_t n, int d, float* dX);
+  // Inverted dropout in place on n elements: x[j] = keep_j ? x[j] / (1 - p) : 0,
+  // keep_j = rng::uniform(seed, rng::kDropout, offset + j) >= p (include/towerrec/rng.h).
+  // Applying it with the same (seed, offset) to a gradient gives the backward.
+  virtual void dropout(float* x, int64_t n, float p, uint64_t seed, uint64_t offset);
+
   // ---- optimizers --------------------------------------------------------------
   // Dense Adam(W) over n contiguous parameters.
   virtual void adam(float* param, const float* grad, float* m, float* v, int64_t n,

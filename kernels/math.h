@@ -37,6 +37,27 @@ TR_HD float logistic_loss(float s, float y) { return softplus(-y * s); }
 // d/ds of logistic_loss: -y * sigmoid(-y s).
 TR_HD float logistic_grad(float s, float y) { return -y * sigmoid(-y * s); }
 
+// BPR loss of one (positive, negative) score pair: softplus(-(s_pos - s_neg)).
+TR_HD float bpr_loss(float s_pos, float s_neg) { return softplus(-(s_pos - s_neg)); }
+// Weight of one negative in the BPR gradient: sigmoid(-(s_pos - s_neg)), so that
+// d/ds_neg = +bpr_weight and d/ds_pos = -bpr_weight.
+TR_HD float bpr_weight(float s_pos, float s_neg) { return sigmoid(-(s_pos - s_neg)); }
+
+// Gradient of one sampled-softmax logit: scale * (prob - [positive]) / temperature,
+// with prob = exp(z - max) / sum_exp (the caller passes exp(z - max) and
+// inv_sum = 1 / sum_exp).
+TR_HD float softmax_logit_grad(float e, float inv_sum, bool positive, float scale_over_t) {
+  return scale_over_t * (e * inv_sum - (positive ? 1.0f : 0.0f));
+}
+
+// 1 / max(||x||, 1e-12) from the sum of squares of x.
+TR_HD float l2_inv_norm(float sumsq) { return 1.0f / fmaxf(sqrtf(sumsq), 1e-12f); }
+TR_HD double l2_inv_norm(double sumsq) { return 1.0 / fmax(sqrt(sumsq), 1e-12); }
+
+// Inverted dropout of one element given its uniform draw u in [0, 1):
+// kept (u >= p) elements are divided by 1 - p, dropped ones become 0.
+TR_HD float dropout(float x, float u, float p) { return u >= p ? x / (1.0f - p) : 0.0f; }
+
 TR_HD float relu(float x) { return x > 0.0f ? x : 0.0f; }
 
 // Bias-correction factors of Adam for 1-based step t: 1 - beta^t.

@@ -49,6 +49,16 @@ class CpuBackend final : public Backend {
 
   void logistic_loss(const float* U, const float* V, int d, const PairBatch& pb, float scale,
                      float* dU, float* dV, float* pair_grad, float* loss_out) override;
+  void bpr_loss(const float* U, const float* V, int d, const PairBatch& pb, int group,
+                float scale, float* dU, float* dV, float* pair_grad, float* loss_out) override;
+  void softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
+                    const float* log_q, float temperature, float scale, float* dU, float* dV,
+                    float* logits, float* pair_rows, float* loss_out) override;
+
+  void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv_norm) override;
+  void l2_normalize_backward(const float* Y, const float* inv_norm, const float* dY, int64_t n,
+                             int d, float* dX) override;
+  void dropout(float* x, int64_t n, float p, uint64_t seed, uint64_t offset) override;
 
   void adam(float* param, const float* grad, float* m, float* v, int64_t n,
             const AdamParams& p) override;

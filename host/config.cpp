@@ -159,6 +159,26 @@ std::vector<ConfigKey> build_keys() {
                          [](Config& c) -> std::string& { return c.train.sampler; }, {"uniform", "popularity"}));
   k.push_back(float_key("pop-alpha", "exponent of the popularity sampler",
                         [](Config& c) -> float& { return c.train.pop_alpha; }, 0.0f, 2.0f));
+  k.push_back(bool_key("reject-hits", "resample negatives that are training positives of the user",
+                       [](Config& c) -> bool& { return c.train.reject_hits; }));
+  k.push_back(choice_key("loss", "logistic (pointwise), bpr (pairwise) or softmax (sampled softmax over the batch's items)",
+                         [](Config& c) -> std::string& { return c.train.loss; }, {"logistic", "bpr", "softmax"}));
+  k.push_back(float_key("temperature", "softmax: logits are scores / temperature",
+                        [](Config& c) -> float& { return c.train.temperature; }, 1e-4f, 1e4f));
+  k.push_back(bool_key("logq", "softmax: correct logits by each item's log sampling rate",
+                       [](Config& c) -> bool& { return c.train.logq; }));
+  k.push_back(bool_key("normalize", "L2-normalise output embeddings (cosine scores; softmax loss only)",
+                       [](Config& c) -> bool& { return c.tower.normalize; }));
+  k.push_back(float_key("dropout", "dropout rate after each hidden layer while training",
+                        [](Config& c) -> float& { return c.tower.dropout; }, 0.0f, 0.95f));
+  k.push_back(choice_key("lr-schedule", "constant, cosine (decay to 0) or step",
+                         [](Config& c) -> std::string& { return c.train.lr_schedule; }, {"constant", "cosine", "step"}));
+  k.push_back(float_key("warmup-epochs", "linear learning-rate warm-up, in epochs",
+                        [](Config& c) -> float& { return c.train.warmup_epochs; }, 0.0f, 1e6f));
+  k.push_back(int_key("lr-step-epochs", "step schedule: epochs between decays",
+                      [](Config& c) -> int& { return c.train.lr_step_epochs; }, 1, 1000000));
+  k.push_back(float_key("lr-gamma", "step schedule: decay factor",
+                        [](Config& c) -> float& { return c.train.lr_gamma; }, 1e-6f, 1.0f));
   k.push_back(choice_key("optimizer", "adam or sgd",
                          [](Config& c) -> std::string& { return c.train.optimizer.name; }, {"adam", "sgd"}));
   k.push_back(float_key("lr", "learning rate", [](Config& c) -> float& { return c.train.optimizer.lr; }, 0.0f, 100.0f));

@@ -149,14 +149,32 @@ const float* Tower::forward(const int32_t* idx, int64_t n) {
                     cat_values_[f].data(), idx, n, X, in_dim_, col);
     col += cfg.cat_dim;
   }
+  const bool drop = model_->training_ && cfg.dropout > 0.0f;
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     be->dense_forward(act_[l].data(), n, L.in, arena + L.w_off, arena + L.b_off, L.out, L.act,
                       act_[l + 1].data());
+    // Dropout in place after hidden layers: a dropped unit reads as inactive to
+    // the next ReLU mask, so backward only needs the same mask on the gradient.
+    if (drop && L.act == Activation::kReLU)
+      be->dropout(act_[l + 1].data(), n * L.out, cfg.dropout, dropout_seed(l), 0);
   }
   last_idx_ = idx;
   last_n_ = n;
+  last_training_ = model_->training_;
+  if (cfg.normalize) {
+    norm_out_.ensure(be, n * cfg.out_dim);
+    norm_inv_.ensure(be, n);
+    norm_grad_.ensure(be, n * cfg.out_dim);
+    be->l2_normalize(act_.back().data(), n, cfg.out_dim, norm_out_.data(), norm_inv_.data());
+    return norm_out_.data();
+  }
   return act_.back().data();
+}
+
+uint64_t Tower::dropout_seed(size_t layer) const {
+  return rng::mix64(model_->seed_ ^ rng::mix64(static_cast<uint64_t>(model_->steps_) * 64 + layer) ^
+                    std::hash<std::string>{}(name_));
 }
 
 void Tower::backward() {
@@ -167,8 +185,14 @@ void Tower::backward() {
   const float* arena = model_->params_.data();
   float* grads = model_->grads_.data();
   const bool need_input_grad = cfg.id_dim > 0 || !cat_off_.empty();
+  if (cfg.normalize)
+    be->l2_normalize_backward(norm_out_.data(), norm_inv_.data(), norm_grad_.data(), n,
+                              cfg.out_dim, grad_act_.back().data());
+  const bool drop = last_training_ && cfg.dropout > 0.0f;
   for (size_t l = layers_.size(); l-- > 0;) {
     const Layer& L = layers_[l];
+    if (drop && L.act == Activation::kReLU)
+      be->dropout(grad_act_[l + 1].data(), n * L.out, cfg.dropout, dropout_seed(l), 0);
     float* dX = (l > 0 || need_input_grad) ? grad_act_[l].data() : nullptr;
     be->dense_backward(act_[l].data(), n, L.in, arena + L.w_off, L.out, L.act,
                        act_[l + 1].data(), grad_act_[l + 1].data(), grads + L.w_off,
@@ -204,8 +228,9 @@ void Tower::sparse_step(const OptimizerConfig& opt, int64_t step) {
 
 TwoTowerModel::TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInputSpec& user_spec,
                              const TowerInputSpec& item_spec, uint64_t seed)
-    : be_(&be), cfg_(cfg) {
+    : be_(&be), cfg_(cfg), seed_(seed) {
   TOWERREC_CHECK(cfg.id_dim >= 0 && cfg.cat_dim > 0, "bad embedding widths");
+  TOWERREC_CHECK(cfg.dropout >= 0.0f && cfg.dropout < 1.0f, "dropout must be in [0, 1)");
   int64_t cursor = 0;
   user_ = std::make_unique<Tower>(*this, "user", user_spec, cursor);
   item_ = std::make_unique<Tower>(*this, "item", item_spec, cursor);
@@ -264,10 +289,16 @@ void embed_all(Backend& be, Tower& t, int out_dim, DeviceArray<float>& out, int6
 }  // namespace
 
 void TwoTowerModel::embed_all_users(DeviceArray<float>& out, int64_t chunk) {
+  const bool was = training_;
+  training_ = false;
   embed_all(*be_, *user_, cfg_.out_dim, out, chunk);
+  training_ = was;
 }
 void TwoTowerModel::embed_all_items(DeviceArray<float>& out, int64_t chunk) {
+  const bool was = training_;
+  training_ = false;
   embed_all(*be_, *item_, cfg_.out_dim, out, chunk);
+  training_ = was;
 }
 
 namespace {

@@ -23,12 +23,27 @@ Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainCon
                        train.item[j] >= 0 && train.item[j] < n_items_,
                    "interaction " + std::to_string(j) + " refers to an entity outside the model");
   }
+  TOWERREC_CHECK(cfg.loss == "logistic" || cfg.loss == "bpr" || cfg.loss == "softmax",
+                 "unknown loss '" + cfg.loss + "': expected logistic, bpr or softmax");
+  TOWERREC_CHECK(cfg.loss != "bpr" || cfg.negatives >= 1, "the bpr loss needs --negatives >= 1");
+  TOWERREC_CHECK(cfg.temperature > 0.0f, "temperature must be positive");
+  TOWERREC_CHECK(!model.config().normalize || cfg.loss == "softmax",
+                 "normalised embeddings (cosine scores in [-1, 1]) need the softmax loss, whose "
+                 "temperature scales them");
+  TOWERREC_CHECK(cfg.lr_schedule == "constant" || cfg.lr_schedule == "cosine" ||
+                     cfg.lr_schedule == "step",
+                 "unknown lr schedule '" + cfg.lr_schedule + "': expected constant, cosine or step");
+  TOWERREC_CHECK(cfg.warmup_epochs >= 0.0f && cfg.lr_step_epochs > 0 && cfg.lr_gamma > 0.0f,
+                 "bad learning-rate schedule parameters");
+  // Probability that one negative draw is item i.
+  std::vector<double> neg_prob(static_cast<size_t>(n_items_), 1.0 / n_items_);
   if (cfg.sampler == "popularity") {
     // Vose's alias method over count^alpha (+1 so unseen items keep a chance).
     std::vector<double> w(static_cast<size_t>(n_items_), 1.0);
     for (int32_t i : train.item) w[i] += 1.0;
     double total = 0;
     for (auto& x : w) total += (x = std::pow(x, static_cast<double>(cfg.pop_alpha)));
+    for (size_t i = 0; i < w.size(); ++i) neg_prob[i] = w[i] / total;
     alias_prob_.assign(w.size(), 0.0f);
     alias_idx_.assign(w.size(), 0);
     std::vector<double> p(w.size());
@@ -52,6 +67,26 @@ Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainCon
     for (int32_t i : small) alias_prob_[i] = 1.0f, alias_idx_[i] = i;
   } else if (cfg.sampler != "uniform") {
     throw Error("unknown sampler '" + cfg.sampler + "': expected uniform or popularity");
+  }
+  if (cfg.loss == "softmax") {
+    // Expected appearances of item i in a batch of B positives with k negatives
+    // each: B * count_i / N + B * k * neg_prob_i (the constant B cancels).
+    std::vector<double> count(static_cast<size_t>(n_items_), 0.0);
+    for (int32_t i : train.item) count[i] += 1.0;
+    log_q_.resize(static_cast<size_t>(n_items_));
+    const double n = static_cast<double>(train.size());
+    for (int32_t i = 0; i < n_items_; ++i)
+      log_q_[i] = static_cast<float>(std::log(count[i] / n + cfg.negatives * neg_prob[i] + 1e-12));
+  }
+  if (cfg.reject_hits) {
+    seen_offsets_.assign(static_cast<size_t>(n_users_) + 1, 0);
+    for (int32_t u : train.user) ++seen_offsets_[static_cast<size_t>(u) + 1];
+    for (int32_t u = 0; u < n_users_; ++u) seen_offsets_[u + 1] += seen_offsets_[u];
+    seen_items_.resize(train.item.size());
+    std::vector<int64_t> fill(seen_offsets_.begin(), seen_offsets_.end() - 1);
+    for (int64_t j = 0; j < train.size(); ++j) seen_items_[fill[train.user[j]]++] = train.item[j];
+    for (int32_t u = 0; u < n_users_; ++u)
+      std::sort(seen_items_.begin() + seen_offsets_[u], seen_items_.begin() + seen_offsets_[u + 1]);
   }
   user_stamp_.assign(static_cast<size_t>(n_users_), -1);
   item_stamp_.assign(static_cast<size_t>(n_items_), -1);
@@ -79,6 +114,29 @@ void Trainer::shuffle(int epoch) {
   shuffled_epoch_ = epoch;
 }
 
+bool Trainer::is_seen(int32_t user, int32_t item) const {
+  return std::binary_search(seen_items_.begin() + seen_offsets_[user],
+                            seen_items_.begin() + seen_offsets_[user + 1], item);
+}
+
+float Trainer::learning_rate(int64_t global_step) const {
+  const double base = cfg_.optimizer.lr;
+  const double spe = static_cast<double>(steps_per_epoch());
+  const double warm = cfg_.warmup_epochs * spe;
+  const double t = static_cast<double>(global_step);
+  double lr = base;
+  if (cfg_.lr_schedule == "cosine") {
+    const double total = std::max(1.0, spe * cfg_.epochs - warm);
+    const double x = std::clamp((t - warm) / total, 0.0, 1.0);
+    lr = base * 0.5 * (1.0 + std::cos(3.141592653589793 * x));
+  } else if (cfg_.lr_schedule == "step") {
+    lr = base * std::pow(static_cast<double>(cfg_.lr_gamma),
+                         std::floor(t / spe / cfg_.lr_step_epochs));
+  }
+  if (warm > 0 && t < warm) lr *= (t + 1.0) / warm;
+  return static_cast<float>(lr);
+}
+
 int32_t Trainer::sample_negative(uint64_t counter) const {
   if (alias_prob_.empty())
     return static_cast<int32_t>(rng::below(cfg_.seed, rng::kNegatives, counter, static_cast<uint64_t>(n_items_)));
@@ -95,7 +153,10 @@ void Trainer::plan_batch(int epoch, int64_t b, Batch& out) {
   const int64_t hi = std::min(n, lo + cfg_.batch_size);
   TOWERREC_CHECK(lo < hi, "batch index out of range");
   const int k = cfg_.negatives;
-  const int64_t n_pairs = (hi - lo) * (1 + k);
+  // The softmax loss scores each positive against every item of the batch, so
+  // its negatives join the batch's items but not its pairs.
+  const bool negatives_are_pairs = cfg_.loss != "softmax";
+  const int64_t n_pairs = (hi - lo) * (negatives_are_pairs ? 1 + k : 1);
   out.users.clear();
   out.items.clear();
   out.pair_user.resize(static_cast<size_t>(n_pairs));
@@ -128,9 +189,15 @@ void Trainer::plan_batch(int epoch, int64_t b, Batch& out) {
     ++p;
     const uint64_t c0 = (static_cast<uint64_t>(epoch) * static_cast<uint64_t>(n) + static_cast<uint64_t>(t)) *
                         static_cast<uint64_t>(k);
+    const int32_t user = train_.user[row];
     for (int j = 0; j < k; ++j) {
+      int32_t neg = sample_negative(c0 + static_cast<uint64_t>(j));
+      for (uint64_t attempt = 1; cfg_.reject_hits && attempt < 8 && is_seen(user, neg); ++attempt)
+        neg = sample_negative(c0 + static_cast<uint64_t>(j) + (attempt << 56));
+      const int32_t li = local_item(neg);
+      if (!negatives_are_pairs) continue;
       out.pair_user[p] = lu;
-      out.pair_item[p] = local_item(sample_negative(c0 + static_cast<uint64_t>(j)));
+      out.pair_item[p] = li;
       out.label[p] = -1.0f;
       ++p;
     }
@@ -187,8 +254,30 @@ void Trainer::forward_backward(const Batch& b, float* loss_slot) {
   pb.n_items = static_cast<int32_t>(ni);
   pb.item_offsets = base + o_io;
   pb.item_pairs = base + o_ip;
-  be_.logistic_loss(U, V, model_.out_dim(), pb, 1.0f / static_cast<float>(np), ut.output_grad(),
-                    it.output_grad(), d_pair_grad_.data(), loss_slot);
+  const int d = model_.out_dim();
+  if (cfg_.loss == "logistic") {
+    be_.logistic_loss(U, V, d, pb, 1.0f / static_cast<float>(np), ut.output_grad(),
+                      it.output_grad(), d_pair_grad_.data(), loss_slot);
+  } else if (cfg_.loss == "bpr") {
+    const int group = 1 + cfg_.negatives;
+    const float scale = 1.0f / static_cast<float>(np / group * cfg_.negatives);
+    be_.bpr_loss(U, V, d, pb, group, scale, ut.output_grad(), it.output_grad(),
+                 d_pair_grad_.data(), loss_slot);
+  } else {
+    const float* log_q = nullptr;
+    if (cfg_.logq) {
+      batch_log_q_.resize(ni);
+      for (size_t j = 0; j < ni; ++j) batch_log_q_[j] = log_q_[b.items[j]];
+      d_log_q_.ensure(&be_, static_cast<int64_t>(ni));
+      be_.to_device(d_log_q_.data(), batch_log_q_.data(), ni * sizeof(float));
+      log_q = d_log_q_.data();
+    }
+    d_logits_.ensure(&be_, static_cast<int64_t>(np * ni));
+    d_pair_rows_.ensure(&be_, static_cast<int64_t>(np) * d);
+    be_.softmax_loss(U, V, d, pb, log_q, cfg_.temperature, 1.0f / static_cast<float>(np),
+                     ut.output_grad(), it.output_grad(), d_logits_.data(), d_pair_rows_.data(),
+                     loss_slot);
+  }
   ut.backward();
   it.backward();
 }
@@ -216,11 +305,14 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
     for (int64_t s = 0; s < upto; ++s) sum += losses[s];
     return upto ? sum / static_cast<double>(upto) : 0.0;
   };
+  model_.set_training(true);
+  OptimizerConfig opt = cfg_.optimizer;
   for (int64_t s = 0; s < steps; ++s) {
     plan_batch(epoch, s, batch);
     forward_backward(batch, d_losses_.data() + s);
-    model_.step(cfg_.optimizer);
-    samples += static_cast<int64_t>(batch.pair_user.size()) / (1 + cfg_.negatives);
+    opt.lr = learning_rate(static_cast<int64_t>(epoch) * steps + s);
+    model_.step(opt);
+    samples += std::min(cfg_.batch_size, train_.size() - s * cfg_.batch_size);
     if (progress && report_every > 0 && (s + 1) % report_every == 0 && s + 1 < steps) {
       TrainProgress pr{epoch + 1, cfg_.epochs, s + 1, steps, samples,
                        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
@@ -228,6 +320,7 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
       progress(pr);
     }
   }
+  model_.set_training(false);
   EpochStats st;
   st.epoch = epoch + 1;
   st.steps = steps;

@@ -25,6 +25,8 @@ struct TowerConfig {
   int cat_dim = 16;                 // width of each categorical field's embedding
   bool use_features = true;         // feed dense and categorical features
   float init_std = 0.1f;            // std of ID/categorical embedding initialisation
+  float dropout = 0.0f;             // dropout after each hidden layer while training
+  bool normalize = false;           // L2-normalise the output embeddings (cosine score)
 };
 
 // What a tower sees of its entity kind. Built from EntityFeatures.
@@ -71,6 +73,10 @@ class TwoTowerModel {
   // backward touched.
   void step(const OptimizerConfig& opt);
   int64_t step_count() const { return steps_; }
+  // Training mode turns dropout on; inference (the default) turns it off.
+  void set_training(bool on) { training_ = on; }
+  bool training() const { return training_; }
+  uint64_t seed() const { return seed_; }
 
   // Embeddings of all entities, [n_entities x out_dim] in backend memory,
   // computed in chunks of `chunk` rows.
@@ -98,6 +104,8 @@ class TwoTowerModel {
   DeviceArray<float> params_, grads_, m_, v_;  // the dense arena
   std::unique_ptr<Tower> user_, item_;
   int64_t steps_ = 0;
+  bool training_ = false;
+  uint64_t seed_ = 0;
   friend class Tower;
 };
 
@@ -118,7 +126,7 @@ class Tower {
   // Gradient buffer for the last forward's output [n x out_dim]; fill it, then
   // call backward(). The idx array passed to forward() must stay valid until the
   // model's step().
-  float* output_grad() { return grad_act_.back().data(); }
+  float* output_grad() { return model_->cfg_.normalize ? norm_grad_.data() : grad_act_.back().data(); }
   // dLoss/dInput [n x input_dim] of the last backward (ID-embedding columns first).
   const float* input_grad() const { return grad_act_[0].data(); }
   // The ID-embedding table [n_entities x id_dim] (null when id_dim is 0).
@@ -149,8 +157,12 @@ class Tower {
   std::vector<DeviceArray<int32_t>> cat_offsets_, cat_values_;
   // Activations: act_[0] is the input X, act_[l+1] the output of layer l.
   std::vector<DeviceArray<float>> act_, grad_act_;
+  // L2-normalised output, its inverse norms and its gradient (normalize only).
+  DeviceArray<float> norm_out_, norm_inv_, norm_grad_;
   const int32_t* last_idx_ = nullptr;
   int64_t last_n_ = 0;
+  bool last_training_ = false;
+  uint64_t dropout_seed(size_t layer) const;
   bool pending_rows_ = false;
 };
 

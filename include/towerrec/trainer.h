@@ -25,6 +25,22 @@ struct TrainConfig {
   int negatives = 4;               // sampled negatives per positive
   std::string sampler = "uniform"; // uniform | popularity (count^alpha)
   float pop_alpha = 0.75f;
+  // Resample a sampled negative that is a training positive of its user (up to
+  // a few tries).
+  bool reject_hits = false;
+  // logistic: pointwise, each positive and negative pair
+  // bpr:      pairwise, each positive against each of its negatives
+  // softmax:  sampled softmax over all items of the batch (the other positives'
+  //           items and the sampled negatives), with logQ correction
+  std::string loss = "logistic";
+  float temperature = 1.0f;        // softmax logits are scores / temperature
+  bool logq = true;                // softmax: subtract log of each item's sampling rate
+  // Learning-rate schedule: constant | cosine (to 0 at the last step) | step
+  // (times lr_gamma every lr_step_epochs); linear warm-up over warmup_epochs.
+  std::string lr_schedule = "constant";
+  float warmup_epochs = 0.0f;
+  int lr_step_epochs = 10;
+  float lr_gamma = 0.5f;
   uint64_t seed = 42;
   OptimizerConfig optimizer;
 };
@@ -61,6 +77,8 @@ class Trainer {
   int epochs_done() const { return epoch_; }
   void set_epochs_done(int e) { epoch_ = e; }
   int64_t steps_per_epoch() const;
+  // Learning rate at a global step (0-based) under the schedule.
+  float learning_rate(int64_t global_step) const;
 
   // A planned batch, exposed for tests.
   struct Batch {
@@ -90,6 +108,14 @@ class Trainer {
   int epoch_ = 0;
   std::vector<int64_t> perm_;
   int shuffled_epoch_ = -1;
+  // Each user's training items (sorted), for rejecting accidental hits.
+  std::vector<int64_t> seen_offsets_;
+  std::vector<int32_t> seen_items_;
+  bool is_seen(int32_t user, int32_t item) const;
+  // log of each item's rate of appearing in a batch (softmax logQ correction).
+  std::vector<float> log_q_;
+  std::vector<float> batch_log_q_;
+  DeviceArray<float> d_log_q_, d_logits_, d_pair_rows_;
   // Alias table for popularity sampling.
   std::vector<float> alias_prob_;
   std::vector<int32_t> alias_idx_;

@@ -9,6 +9,10 @@
 //   masks, gathers, bag means, SGD, Adam: at most a few ulps (1e-6 abs, 1e-5 rel)
 //   logistic loss: loss 1e-5 rel; pair gradients 1e-5 abs + 1e-4 rel; dU/dV
 //           1e-5 * (pairs in the row + 1) abs + 1e-4 rel
+//   BPR: as logistic, scaled by the group size
+//   softmax: loss and gradients allow d ulps of each logit (GEMMs in different
+//           orders) plus one ulp per term of each gradient reduction
+//   L2 normalisation: a few ulps; dropout: bit-identical (same generator, same division)
 //   top-K:  scores within 2e-6 * d of the CPU's score at the same rank and of a
 //           float64 recomputation; items may differ from the CPU's only where
 //           the two scores tie within that tolerance; with integer-valued inputs
@@ -361,6 +365,275 @@ TEST(CudaOps, LogisticLoss) {
       EXPECT_TRUE(all_close(got.dU, as_double(want.dU), row_tol, 1e-4)) << "dU";
       EXPECT_TRUE(all_close(got.dV, as_double(want.dV), row_tol, 1e-4)) << "dV";
     }
+}
+
+// The arrays of a HostPairs in a backend's memory, and the PairBatch over them.
+struct DevicePairs {
+  DeviceArray<int32_t> user, item, uo, up, io, ip;
+  DeviceArray<float> label;
+  PairBatch pb;
+  DevicePairs(Backend& be, const HostPairs& hp)
+      : user(upload(be, hp.user)), item(upload(be, hp.item)), uo(upload(be, hp.user_offsets)),
+        up(upload(be, hp.user_pairs)), io(upload(be, hp.item_offsets)),
+        ip(upload(be, hp.item_pairs)), label(upload(be, hp.label)) {
+    pb.n_pairs = static_cast<int64_t>(hp.user.size());
+    pb.user = user.data();
+    pb.item = item.data();
+    pb.label = label.data();
+    pb.n_users = hp.n_users;
+    pb.user_offsets = uo.data();
+    pb.user_pairs = up.data();
+    pb.n_items = hp.n_items;
+    pb.item_offsets = io.data();
+    pb.item_pairs = ip.data();
+  }
+};
+
+// Longest CSR row of either side (the longest reduction of a gradient row).
+int max_csr_row(const HostPairs& hp) {
+  int m = 1;
+  for (size_t i = 0; i + 1 < hp.user_offsets.size(); ++i)
+    m = std::max(m, hp.user_offsets[i + 1] - hp.user_offsets[i]);
+  for (size_t i = 0; i + 1 < hp.item_offsets.size(); ++i)
+    m = std::max(m, hp.item_offsets[i + 1] - hp.item_offsets[i]);
+  return m;
+}
+
+// n_groups groups of `group` pairs: one user per group, the positive first.
+HostPairs random_groups(std::mt19937_64& g, int64_t n_groups, int group, int32_t n_users,
+                        int32_t n_items) {
+  HostPairs h;
+  h.n_users = n_users;
+  h.n_items = n_items;
+  for (int64_t gi = 0; gi < n_groups; ++gi) {
+    const int32_t u = random_ints(g, 1, 0, std::max(0, n_users - 2))[0];
+    for (int j = 0; j < group; ++j) {
+      h.user.push_back(u);
+      h.item.push_back(random_ints(g, 1, 0, std::max(0, n_items - 2))[0]);
+      h.label.push_back(j == 0 ? 1.0f : -1.0f);
+    }
+  }
+  build_csr(h.user, n_users, h.user_offsets, h.user_pairs);
+  build_csr(h.item, n_items, h.item_offsets, h.item_pairs);
+  return h;
+}
+
+TEST(CudaOps, BprLoss) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  struct Case {
+    int64_t groups;
+    int group;
+    int32_t users, items;
+  };
+  for (const Case c : {Case{0, 2, 3, 2}, Case{1, 2, 2, 3}, Case{7, 5, 3, 9}, Case{33, 2, 9, 20},
+                       Case{257, 9, 40, 300}, Case{1000, 5, 300, 1200}})
+    for (int d : {1, 17, 64, 130}) {
+      SCOPED_TRACE("groups=" + std::to_string(c.groups) + " group=" + std::to_string(c.group) +
+                   " d=" + std::to_string(d));
+      const HostPairs hp = random_groups(g, c.groups, c.group, c.users, c.items);
+      const int64_t n_pairs = c.groups * c.group;
+      const auto U = random_floats(g, static_cast<size_t>(c.users) * d);
+      const auto V = random_floats(g, static_cast<size_t>(c.items) * d);
+      const float scale = c.groups > 0 ? 1.0f / static_cast<float>(c.groups) : 1.0f;
+      struct Out {
+        std::vector<float> dU, dV, pg, loss;
+      };
+      auto run = [&](Backend& be) {
+        auto dUi = upload(be, U);
+        auto dVi = upload(be, V);
+        DevicePairs dp(be, hp);
+        auto dU = poisoned(be, int64_t{c.users} * d);
+        auto dV = poisoned(be, int64_t{c.items} * d);
+        auto pg = poisoned(be, n_pairs);
+        auto loss = poisoned(be, 1);
+        be.bpr_loss(dUi.data(), dVi.data(), d, dp.pb, c.group, scale, dU.data(), dV.data(),
+                    pg.data(), loss.data());
+        return Out{download(be, dU), download(be, dV), download(be, pg), download(be, loss)};
+      };
+      const Out want = run(*cpu), got = run(*gpu);
+      EXPECT_TRUE(all_close(got.loss, as_double(want.loss), 1e-6, 1e-5)) << "loss";
+      EXPECT_TRUE(all_close(got.pg, as_double(want.pg), 1e-5 * scale * c.group, 1e-4))
+          << "pair_grad";
+      const double row_tol = 1e-5 * scale * c.group * (max_csr_row(hp) + 1);
+      EXPECT_TRUE(all_close(got.dU, as_double(want.dU), row_tol, 1e-4)) << "dU";
+      EXPECT_TRUE(all_close(got.dV, as_double(want.dV), row_tol, 1e-4)) << "dV";
+    }
+  // Contract violations are refused.
+  const HostPairs hp = random_groups(g, 3, 3, 4, 6);
+  auto U = upload(*gpu, random_floats(g, 4 * 8));
+  auto V = upload(*gpu, random_floats(g, 6 * 8));
+  DevicePairs dp(*gpu, hp);
+  DeviceArray<float> dU(gpu.get(), 4 * 8), dV(gpu.get(), 6 * 8), pg(gpu.get(), 9),
+      loss(gpu.get(), 1);
+  EXPECT_THROW(gpu->bpr_loss(U.data(), V.data(), 8, dp.pb, 2, 1.0f, dU.data(), dV.data(),
+                             pg.data(), loss.data()),
+               Error);
+  EXPECT_THROW(gpu->bpr_loss(U.data(), V.data(), 8, dp.pb, 1, 1.0f, dU.data(), dV.data(),
+                             pg.data(), loss.data()),
+               Error);
+}
+
+TEST(CudaOps, SoftmaxLoss) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  struct Case {
+    int64_t pairs;
+    int32_t users, items;
+  };
+  for (const Case c : {Case{0, 3, 2}, Case{1, 2, 2}, Case{7, 3, 5}, Case{33, 9, 20},
+                       Case{257, 40, 300}, Case{1000, 300, 2000}})
+    for (int d : {1, 17, 64, 130})
+      for (const bool with_q : {false, true})
+        for (const float temp : {1.0f, 0.2f}) {
+          SCOPED_TRACE("pairs=" + std::to_string(c.pairs) + " items=" + std::to_string(c.items) +
+                       " d=" + std::to_string(d) + " logq=" + std::to_string(with_q) +
+                       " T=" + std::to_string(temp));
+          HostPairs hp = random_pairs(g, c.pairs, c.users, c.items);
+          const auto U = random_floats(g, static_cast<size_t>(c.users) * d);
+          const auto V = random_floats(g, static_cast<size_t>(c.items) * d);
+          // log q of a popularity-like sampling distribution: log of values in (0, 1].
+          std::vector<float> log_q = random_floats(g, static_cast<size_t>(c.items), 1e-3f, 1.0f);
+          for (float& q : log_q) q = std::log(q);
+          const float scale = c.pairs > 0 ? 1.0f / static_cast<float>(c.pairs) : 1.0f;
+          struct Out {
+            std::vector<float> dU, dV, loss;
+          };
+          auto run = [&](Backend& be) {
+            auto dUi = upload(be, U);
+            auto dVi = upload(be, V);
+            auto lq = upload(be, log_q);
+            DevicePairs dp(be, hp);
+            auto dU = poisoned(be, int64_t{c.users} * d);
+            auto dV = poisoned(be, int64_t{c.items} * d);
+            auto logits = poisoned(be, c.pairs * c.items);
+            auto rows = poisoned(be, c.pairs * d);
+            auto loss = poisoned(be, 1);
+            be.softmax_loss(dUi.data(), dVi.data(), d, dp.pb, with_q ? lq.data() : nullptr, temp,
+                            scale, dU.data(), dV.data(), logits.data(), rows.data(),
+                            loss.data());
+            return Out{download(be, dU), download(be, dV), download(be, loss)};
+          };
+          const Out want = run(*cpu), got = run(*gpu);
+          // Logits are dot products of length d (GEMMs in different orders), so
+          // the loss and every gradient element carry about d ulps of |logit|.
+          const double logit_tol = 1e-6 * (d + 1) / temp;
+          EXPECT_TRUE(all_close(got.loss, as_double(want.loss), 4 * logit_tol, 1e-5)) << "loss";
+          // dU sums over the user's pairs and all items, dV over all pairs.
+          const double g_unit = scale / temp;
+          const int64_t u_len = int64_t{max_csr_row(hp)} * c.items, v_len = c.pairs;
+          EXPECT_TRUE(all_close(got.dU, as_double(want.dU),
+                                g_unit * (1e-6 * double(u_len + 1) + 4 * logit_tol * max_csr_row(hp)),
+                                1e-4))
+              << "dU";
+          EXPECT_TRUE(all_close(got.dV, as_double(want.dV),
+                                g_unit * (1e-6 * double(v_len + 1) + 4 * logit_tol), 1e-4))
+              << "dV";
+        }
+}
+
+TEST(CudaOps, L2Normalize) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : kRows)
+    for (int d : kWidths)
+      for (const bool in_place : {false, true}) {
+        SCOPED_TRACE("n=" + std::to_string(n) + " d=" + std::to_string(d) +
+                     " in_place=" + std::to_string(in_place));
+        auto X = random_floats(g, static_cast<size_t>(n * d));
+        for (int c = 0; c < d; ++c) X[static_cast<size_t>((n - 1) * d + c)] = 0.0f;  // a zero row
+        struct Out {
+          std::vector<float> y, inv;
+        };
+        auto run = [&](Backend& be) {
+          auto x = upload(be, X);
+          auto y = poisoned(be, n * d);
+          auto inv = poisoned(be, n);
+          float* dst = in_place ? x.data() : y.data();
+          be.l2_normalize(x.data(), n, d, dst, inv.data());
+          return Out{download(be, in_place ? x : y), download(be, inv)};
+        };
+        const Out want = run(*cpu), got = run(*gpu);
+        EXPECT_TRUE(all_close(got.y, as_double(want.y), 1e-6, 1e-5)) << "Y";
+        EXPECT_TRUE(all_close(got.inv, as_double(want.inv), 0, 1e-5)) << "inv_norm";
+        for (int c = 0; c < d; ++c)
+          EXPECT_EQ(got.y[static_cast<size_t>((n - 1) * d + c)], 0.0f) << "zero row";
+      }
+}
+
+TEST(CudaOps, L2NormalizeBackward) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : kRows)
+    for (int d : kWidths)
+      for (const bool in_place : {false, true}) {
+        SCOPED_TRACE("n=" + std::to_string(n) + " d=" + std::to_string(d) +
+                     " in_place=" + std::to_string(in_place));
+        // Y: unit rows (the forward's output); inv_norm: positive.
+        auto Y = random_floats(g, static_cast<size_t>(n * d));
+        for (int64_t r = 0; r < n; ++r) {
+          double ss = 0;
+          for (int c = 0; c < d; ++c) ss += double(Y[r * d + c]) * Y[r * d + c];
+          for (int c = 0; c < d; ++c) Y[r * d + c] = float(Y[r * d + c] / std::sqrt(ss + 1e-30));
+        }
+        const auto inv = random_floats(g, static_cast<size_t>(n), 0.1f, 3.0f);
+        const auto dY = random_floats(g, static_cast<size_t>(n * d));
+        auto run = [&](Backend& be) {
+          auto y = upload(be, Y);
+          auto iv = upload(be, inv);
+          auto gy = upload(be, dY);
+          auto dx = poisoned(be, n * d);
+          be.l2_normalize_backward(y.data(), iv.data(), gy.data(), n, d,
+                                   in_place ? gy.data() : dx.data());
+          return download(be, in_place ? gy : dx);
+        };
+        const auto want = run(*cpu);
+        EXPECT_TRUE(all_close(run(*gpu), as_double(want), 3e-6 * (d + 1) * 3.0, 1e-5));
+      }
+}
+
+TEST(CudaOps, Dropout) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{257}, int64_t{100003}})
+    for (const float p : {0.0f, 0.1f, 0.5f, 0.9f})
+      for (const uint64_t offset : {uint64_t{0}, uint64_t{123456789012345}}) {
+        SCOPED_TRACE("n=" + std::to_string(n) + " p=" + std::to_string(p) +
+                     " offset=" + std::to_string(offset));
+        auto x0 = random_floats(g, static_cast<size_t>(n));
+        for (float& v : x0)
+          if (v == 0.0f) v = 0.5f;  // a zero output then always means "dropped"
+        const uint64_t seed = g();
+        auto run = [&](Backend& be) {
+          auto x = upload(be, x0);
+          be.dropout(x.data(), n, p, seed, offset);
+          return download(be, x);
+        };
+        const auto want = run(*cpu), got = run(*gpu);
+        // The mask comes from the same counter-based generator and the kept
+        // values from the same division: bit-identical.
+        EXPECT_TRUE(all_close(got, as_double(want), 0, 0));
+        int64_t dropped = 0;
+        for (float v : got) dropped += v == 0.0f;
+        if (n >= 100000) {
+          EXPECT_NEAR(double(dropped) / double(n), p, 0.01) << "dropped fraction";
+        }
+      }
 }
 
 // ---- optimizers ------------------------------------------------------------------------

@@ -10,7 +10,8 @@
 //   cuda_backend.cu  context, memory ops, factory
 //   dense.cu         dense_forward, dense_backward
 //   embedding.cu     gather_rows, bag_forward, bag_backward
-//   loss.cu          logistic_loss
+//   loss.cu          logistic_loss, bpr_loss, softmax_loss
+//   transform.cu     l2_normalize, l2_normalize_backward, dropout
 //   optim.cu         adam, sparse_adam, sgd, sparse_sgd
 //   topk.cu          topk
 // This header is internal to the backend (it includes CUDA headers); public
@@ -74,6 +75,16 @@ class CudaBackend final : public Backend {
 
   void logistic_loss(const float* U, const float* V, int d, const PairBatch& pb, float scale,
                      float* dU, float* dV, float* pair_grad, float* loss_out) override;
+  void bpr_loss(const float* U, const float* V, int d, const PairBatch& pb, int group,
+                float scale, float* dU, float* dV, float* pair_grad, float* loss_out) override;
+  void softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
+                    const float* log_q, float temperature, float scale, float* dU, float* dV,
+                    float* logits, float* pair_rows, float* loss_out) override;
+
+  void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv_norm) override;
+  void l2_normalize_backward(const float* Y, const float* inv_norm, const float* dY, int64_t n,
+                             int d, float* dX) override;
+  void dropout(float* x, int64_t n, float p, uint64_t seed, uint64_t offset) override;
 
   void adam(float* param, const float* grad, float* m, float* v, int64_t n,
             const AdamParams& p) override;

@@ -1,11 +1,11 @@
-// Fused logistic loss, forward and backward, over the pairs of a PairBatch.
+// Losses over the pairs of a PairBatch, forward and backward fused. Every op
+// here is deterministic: fixed grids, fixed reduction orders, no atomics.
 //
+// logistic_loss (version 1, three launches):
 //   s_p = <U[user_p], V[item_p]>          U[n_users x d], V[n_items x d]
 //   g_p = scale * logistic_grad(s_p, y_p) -> pair_grad[n_pairs]
 //   *loss_out = scale * sum_p logistic_loss(s_p, y_p)
 //   dU[u] = sum_{p in CSR row u} g_p V[item_p],  dV[i] = sum_{p in CSR row i} g_p U[user_p]
-//
-// Three launches, no host synchronization, deterministic:
 //   1. pair_loss_kernel: one warp per pair (lanes split the dot product, a
 //      shuffle reduction joins it); lane 0 writes g_p and adds the loss (in
 //      double) to its warp's sum; each block writes one partial. The grid
@@ -15,7 +15,30 @@
 //   3. row_grad_kernel: one warp per row of dU then dV; lanes stride the d
 //      columns; each walks its row's CSR pair list in increasing pair order
 //      (the same order as the CPU reference), so no atomics are needed.
+//
+// bpr_loss: pairs come in groups of `group` (positive first, then its
+//   negatives, one user). bpr_group_kernel: one warp per group computes the
+//   group's scores (warp dot products), then lane 0 walks the negatives in
+//   order: l_gj = softplus(-(s_+ - s_j)), g_j = scale * sigmoid(-(s_+ - s_j)),
+//   g_+ = -sum_j g_j; block partials of the loss in double. Then steps 2 and 3
+//   of logistic_loss unchanged.
+//
+// softmax_loss (in-batch sampled softmax with logQ correction):
+//   1. pair_rows[P x d] = U[user_p]                       (gather_rows)
+//   2. logits[P x I] = pair_rows . V^T / T                (cuBLAS sgemm, alpha = 1/T)
+//   3. softmax_row_kernel, one block per pair row: z = logit - log_q, the row
+//      max and the sum of exp(z - max) by block reductions (the sum in double),
+//      l_p = logsumexp - z_item (double, one partial per row), and the row is
+//      overwritten in place with G_pj = scale * (softmax_pj - [j = item_p]) / T.
+//   4. dV[I x d] = G^T . pair_rows                        (cuBLAS sgemm)
+//   5. pair_rows := dPairRows[P x d] = G . V              (cuBLAS sgemm, after 4 reads it)
+//   6. csr_row_sum_kernel: dU[u] = sum over the user's CSR pairs, in pair
+//      order, of dPairRows[p]; loss_finish_kernel adds the row losses.
 // Scalar math (softplus, sigmoid) comes from kernels/math.h, shared with the CPU.
+#include <climits>
+#include <cmath>
+#include <string>
+
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/math.h"
 
@@ -109,6 +132,179 @@ __global__ void row_grad_kernel(const float* __restrict__ U, const float* __rest
   }
 }
 
+// ---- BPR ---------------------------------------------------------------------------
+
+__device__ __forceinline__ float warp_dot(const float* __restrict__ u, const float* __restrict__ v,
+                                          int d) {
+  float s = 0.0f;
+  for (int c = threadIdx.x % 32; c < d; c += 32) s = fmaf(u[c], v[c], s);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  return s;  // every lane holds the sum
+}
+
+// One warp per group of `group` consecutive pairs; block partials as in
+// pair_loss_kernel. pair_grad first receives the scores, then the gradients.
+__global__ void __launch_bounds__(32 * kLossWarps)
+    bpr_group_kernel(const float* __restrict__ U, const float* __restrict__ V, int d,
+                     int64_t n_groups, int group, const int32_t* __restrict__ user,
+                     const int32_t* __restrict__ item, float scale,
+                     float* __restrict__ pair_grad, double* __restrict__ partial) {
+  __shared__ double warp_sum[kLossWarps];
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  double sum = 0.0;
+  for (int64_t gi = int64_t{blockIdx.x} * kLossWarps + warp; gi < n_groups;
+       gi += int64_t{gridDim.x} * kLossWarps) {
+    const int64_t p0 = gi * group;
+    for (int j = 0; j < group; ++j) {
+      const int64_t p = p0 + j;
+      const float s = warp_dot(U + int64_t{user[p]} * d, V + int64_t{item[p]} * d, d);
+      if (lane == 0) pair_grad[p] = s;
+    }
+    __syncwarp();
+    if (lane == 0) {
+      const float s_pos = pair_grad[p0];
+      float w_pos = 0.0f;
+      for (int j = 1; j < group; ++j) {
+        const float s_neg = pair_grad[p0 + j];
+        const float w = math::bpr_weight(s_pos, s_neg);
+        sum += static_cast<double>(math::bpr_loss(s_pos, s_neg));
+        w_pos += w;
+        pair_grad[p0 + j] = scale * w;
+      }
+      const float g_pos = -scale * w_pos;
+      pair_grad[p0] = g_pos;
+    }
+  }
+  if (lane == 0) warp_sum[warp] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+#pragma unroll
+    for (int w = 0; w < kLossWarps; ++w) t += warp_sum[w];
+    partial[blockIdx.x] = t;
+  }
+}
+
+// ---- sampled softmax ---------------------------------------------------------------
+
+constexpr int kSoftmaxThreads = 256;
+
+// Block-wide reduction of one value per thread; every thread gets the result.
+// `red` holds one slot per warp; the combination order is fixed.
+template <typename T, typename Op>
+__device__ __forceinline__ T block_reduce(T x, T* red, Op op) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = op(x, __shfl_xor_sync(0xffffffffu, x, o));
+  __syncthreads();  // red may still be read from a previous reduction
+  if (lane == 0) red[warp] = x;
+  __syncthreads();
+  T t = red[0];
+  for (int w = 1; w < kSoftmaxThreads / 32; ++w) t = op(t, red[w]);
+  return t;
+}
+
+// grid = n_pairs (one block per row of logits[P x I]); block = 256.
+// On entry the row holds <U[user_p], V[j]> / T; on exit G_pj (see the file
+// header). The arithmetic follows the CPU reference: max in float, the sum of
+// exp(z - max) in double, l_p = (max - z_pos) + log(sum) in double, and
+// G = softmax_logit_grad(exp(z - max), float(1 / sum), j = item_p, scale / T).
+__global__ void __launch_bounds__(kSoftmaxThreads)
+    softmax_row_kernel(float* __restrict__ logits, int64_t n_items,
+                       const float* __restrict__ log_q, const int32_t* __restrict__ item,
+                       float scale_over_t, double* __restrict__ row_loss) {
+  __shared__ float redf[kSoftmaxThreads / 32];
+  __shared__ double redd[kSoftmaxThreads / 32];
+  const int64_t p = blockIdx.x;
+  float* row = logits + p * n_items;
+  // Pass 1: apply the logQ correction, find the max.
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < n_items; j += kSoftmaxThreads) {
+    float z = row[j];
+    if (log_q != nullptr) {
+      z -= log_q[j];
+      row[j] = z;
+    }
+    mx = fmaxf(mx, z);
+  }
+  mx = block_reduce(mx, redf, [](float a, float b) { return fmaxf(a, b); });
+  // Pass 2: e_j = exp(z_j - max) kept in the row, their sum in double.
+  const int32_t pos = item[p];
+  const float z_pos = row[pos];  // read by every thread before any overwrites it
+  __syncthreads();
+  double se = 0.0;
+  for (int64_t j = threadIdx.x; j < n_items; j += kSoftmaxThreads) {
+    const float e = expf(row[j] - mx);
+    row[j] = e;
+    se += static_cast<double>(e);
+  }
+  se = block_reduce(se, redd, [](double a, double b) { return a + b; });
+  // Pass 3: the gradient of the logits (each thread rewrites its own elements).
+  const float inv_s = static_cast<float>(1.0 / se);
+  for (int64_t j = threadIdx.x; j < n_items; j += kSoftmaxThreads)
+    row[j] = math::softmax_logit_grad(row[j], inv_s, j == pos, scale_over_t);
+  if (threadIdx.x == 0)
+    row_loss[p] = (static_cast<double>(mx) - static_cast<double>(z_pos)) + log(se);
+}
+
+// One warp per row u of dst[n_rows x d]: dst[u] = sum over the CSR pairs of u,
+// in increasing pair order, of src[p] (src[n_pairs x d]); 0 for a row without pairs.
+__global__ void csr_row_sum_kernel(const float* __restrict__ src, int d, int32_t n_rows,
+                                   const int32_t* __restrict__ offsets,
+                                   const int32_t* __restrict__ pairs, float* __restrict__ dst) {
+  const int warps_per_block = blockDim.x / 32;
+  for (int64_t r = int64_t{blockIdx.x} * warps_per_block + threadIdx.x / 32; r < n_rows;
+       r += int64_t{gridDim.x} * warps_per_block) {
+    const int32_t q0 = offsets[r], q1 = offsets[r + 1];
+    for (int c = threadIdx.x % 32; c < d; c += 32) {
+      float g = 0.0f;
+      for (int32_t q = q0; q < q1; ++q) g += src[int64_t{pairs[q]} * d + c];
+      dst[r * d + c] = g;
+    }
+  }
+}
+
+unsigned warp_rows_grid(int64_t rows, int warps_per_block) {
+  const int64_t b = (rows + warps_per_block - 1) / warps_per_block;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 ? 65535 : b));
+}
+
+// Launches row_grad_kernel over the n_users + n_items rows of dU and dV.
+void launch_row_grad(const float* U, const float* V, int d, const PairBatch& pb,
+                     const float* pair_grad, float* dU, float* dV, cudaStream_t stream) {
+  const int64_t rows = int64_t{pb.n_users} + pb.n_items;
+  if (rows == 0) return;
+  constexpr int kRowWarps = 8;
+  row_grad_kernel<<<warp_rows_grid(rows, kRowWarps), 32 * kRowWarps, 0, stream>>>(
+      U, V, d, pb.user, pb.item, pair_grad, pb.n_users, pb.user_offsets, pb.user_pairs,
+      pb.n_items, pb.item_offsets, pb.item_pairs, dU, dV);
+  CUDA_CHECK_LAUNCH(stream, "row_grad_kernel");
+}
+
+// Shape and pointer checks of a pair loss; `item_csr`: the loss reduces dV
+// through the item CSR (softmax_loss does not).
+void check_pairs(const float* U, const float* V, int d, const PairBatch& pb, float* dU,
+                 float* dV, float* loss_out, const char* op, bool item_csr) {
+  TOWERREC_CHECK(d > 0 && pb.n_pairs >= 0 && pb.n_users >= 0 && pb.n_items >= 0,
+                 std::string(op) + ": bad shape d=" + std::to_string(d) +
+                     " n_pairs=" + std::to_string(pb.n_pairs));
+  TOWERREC_CHECK(loss_out != nullptr, std::string(op) + ": null loss_out");
+  if (pb.n_users > 0)
+    TOWERREC_CHECK(dU && pb.user_offsets, std::string(op) + ": null dU/user CSR");
+  if (pb.n_items > 0)
+    TOWERREC_CHECK(dV && (!item_csr || pb.item_offsets), std::string(op) + ": null dV/item CSR");
+  if (pb.n_pairs > 0)
+    TOWERREC_CHECK(U && V && pb.user && pb.item && pb.user_pairs && (!item_csr || pb.item_pairs),
+                   std::string(op) + ": null pointer");
+}
+
+int loss_blocks(int64_t n_warps) {
+  const int64_t b = (n_warps + kLossWarps - 1) / kLossWarps;
+  return static_cast<int>(b < 1 ? 1 : (b > kMaxLossBlocks ? kMaxLossBlocks : b));
+}
+
 }  // namespace
 
 void CudaBackend::logistic_loss(const float* U, const float* V, int d, const PairBatch& pb,
@@ -136,16 +332,86 @@ void CudaBackend::logistic_loss(const float* U, const float* V, int d, const Pai
   loss_finish_kernel<<<1, kFinishThreads, 0, stream_>>>(partial.get(), blocks, scale, loss_out);
   CUDA_CHECK_LAUNCH(stream_, "loss_finish_kernel");
 
-  const int64_t rows = int64_t{pb.n_users} + pb.n_items;
-  if (rows == 0) return;
-  constexpr int kRowWarps = 8;
-  const int64_t row_blocks = (rows + kRowWarps - 1) / kRowWarps;
-  row_grad_kernel<<<static_cast<unsigned>(row_blocks > 65535 ? 65535 : row_blocks),
-                    32 * kRowWarps, 0, stream_>>>(U, V, d, pb.user, pb.item, pair_grad,
-                                                  pb.n_users, pb.user_offsets, pb.user_pairs,
-                                                  pb.n_items, pb.item_offsets, pb.item_pairs,
-                                                  dU, dV);
-  CUDA_CHECK_LAUNCH(stream_, "row_grad_kernel");
+  launch_row_grad(U, V, d, pb, pair_grad, dU, dV, stream_);
+}
+
+
+void CudaBackend::bpr_loss(const float* U, const float* V, int d, const PairBatch& pb, int group,
+                           float scale, float* dU, float* dV, float* pair_grad,
+                           float* loss_out) {
+  check_pairs(U, V, d, pb, dU, dV, loss_out, "bpr_loss", true);
+  TOWERREC_CHECK(group >= 2 && pb.n_pairs % group == 0,
+                 "bpr_loss: n_pairs=" + std::to_string(pb.n_pairs) +
+                     " is not a multiple of group=" + std::to_string(group) + " (group >= 2)");
+  if (pb.n_pairs > 0) TOWERREC_CHECK(pair_grad != nullptr, "bpr_loss: null pair_grad");
+  activate();
+
+  const int64_t n_groups = pb.n_pairs / group;
+  const int blocks = loss_blocks(n_groups);
+  Scratch<double> partial(*this, blocks);
+  bpr_group_kernel<<<blocks, 32 * kLossWarps, 0, stream_>>>(
+      U, V, d, n_groups, group, pb.user, pb.item, scale, pair_grad, partial.get());
+  CUDA_CHECK_LAUNCH(stream_, "bpr_group_kernel");
+  loss_finish_kernel<<<1, kFinishThreads, 0, stream_>>>(partial.get(), blocks, scale, loss_out);
+  CUDA_CHECK_LAUNCH(stream_, "loss_finish_kernel");
+  launch_row_grad(U, V, d, pb, pair_grad, dU, dV, stream_);
+}
+
+void CudaBackend::softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
+                               const float* log_q, float temperature, float scale, float* dU,
+                               float* dV, float* logits, float* pair_rows, float* loss_out) {
+  check_pairs(U, V, d, pb, dU, dV, loss_out, "softmax_loss", false);
+  TOWERREC_CHECK(temperature > 0.0f && std::isfinite(temperature),
+                 "softmax_loss: temperature must be positive, got " + std::to_string(temperature));
+  const int64_t P = pb.n_pairs, I = pb.n_items;
+  if (P > 0) {
+    TOWERREC_CHECK(I > 0, "softmax_loss: pairs but no items");
+    TOWERREC_CHECK(logits && pair_rows, "softmax_loss: null scratch");
+    TOWERREC_CHECK(P <= INT_MAX && I <= INT_MAX && P * I <= int64_t{1} << 40,
+                   "softmax_loss: logits too large (" + std::to_string(P) + " x " +
+                       std::to_string(I) + ")");
+  }
+  activate();
+
+  if (P == 0) {
+    // No pairs: zero loss, zero gradients.
+    if (pb.n_users > 0)
+      CUDA_CHECK(cudaMemsetAsync(dU, 0, sizeof(float) * size_t(pb.n_users) * d, stream_));
+    if (I > 0) CUDA_CHECK(cudaMemsetAsync(dV, 0, sizeof(float) * size_t(I) * d, stream_));
+    fill(loss_out, 1, 0.0f);
+    return;
+  }
+
+  const int p = static_cast<int>(P), ni = static_cast<int>(I);
+  const float inv_temp = 1.0f / temperature, one = 1.0f, zero = 0.0f;  // as on the CPU
+  // 1. pair_rows[P x d] = U[user_p].
+  gather_rows(U, d, pb.user, P, pair_rows, d, 0);
+  // 2. logits[P x I] = pair_rows . V^T / T  <=>  column-major logits^T[I x P] =
+  //    (V, column-major [d x I], OP_T) . (pair_rows, column-major [d x P]).
+  CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, ni, p, d, &inv_temp, V, d,
+                           pair_rows, d, &zero, logits, ni));
+  // 3. Row softmax, loss per row, G in place.
+  Scratch<double> row_loss(*this, P);
+  softmax_row_kernel<<<static_cast<unsigned>(P), kSoftmaxThreads, 0, stream_>>>(
+      logits, I, log_q, pb.item, scale / temperature, row_loss.get());
+  CUDA_CHECK_LAUNCH(stream_, "softmax_row_kernel");
+  loss_finish_kernel<<<1, kFinishThreads, 0, stream_>>>(row_loss.get(), p, scale, loss_out);
+  CUDA_CHECK_LAUNCH(stream_, "loss_finish_kernel");
+  // 4. dV[I x d] = G^T . pair_rows  <=>  column-major dV^T[d x I] =
+  //    (pair_rows, column-major [d x P]) . (G, column-major [I x P], OP_T).
+  CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_T, d, ni, p, &one, pair_rows, d,
+                           logits, ni, &zero, dV, d));
+  // 5. pair_rows := G . V  <=>  column-major [d x P] = (V, column-major [d x I]) .
+  //    (G, column-major [I x P]). Queued after step 4, which reads pair_rows.
+  CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, d, p, ni, &one, V, d, logits, ni,
+                           &zero, pair_rows, d));
+  // 6. dU[u] = sum of the user's pair rows, in pair order.
+  if (pb.n_users > 0) {
+    constexpr int kRowWarps = 8;
+    csr_row_sum_kernel<<<warp_rows_grid(pb.n_users, kRowWarps), 32 * kRowWarps, 0, stream_>>>(
+        pair_rows, d, pb.n_users, pb.user_offsets, pb.user_pairs, dU);
+    CUDA_CHECK_LAUNCH(stream_, "csr_row_sum_kernel");
+  }
 }
 
 }  // namespace towerrec::cuda

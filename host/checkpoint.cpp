@@ -174,6 +174,13 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
     }
     sections.emplace_back("state", std::move(w.buf()));
   }
+  if (ck.has_seen()) {
+    TOWERREC_CHECK(ck.seen.n_users() == ck.users.size(), "checkpoint: seen lists do not match the users");
+    Writer w;
+    w.vec(ck.seen.offsets);
+    w.vec(ck.seen.items);
+    sections.emplace_back("seen", std::move(w.buf()));
+  }
   Writer head;
   head.raw(kMagic, 8);
   head.u32(kCheckpointVersion);
@@ -260,6 +267,17 @@ Checkpoint load_checkpoint(const std::string& path) {
         ck.state.tensors.push_back(r.vec<float>());
       }
       seen_state = true;
+    } else if (name == "seen") {
+      ck.seen.offsets = r.vec<int64_t>();
+      ck.seen.items = r.vec<int32_t>();
+      const auto& o = ck.seen.offsets;
+      if (o.empty() || o.front() != 0 || static_cast<uint64_t>(o.back()) != ck.seen.items.size())
+        r.fail("seen offsets disagree");
+      for (size_t u = 0; u + 1 < o.size(); ++u) {
+        if (o[u] > o[u + 1]) r.fail("seen offsets decrease");
+        for (int64_t j = o[u] + 1; j < o[u + 1]; ++j)
+          if (ck.seen.items[j - 1] >= ck.seen.items[j]) r.fail("seen items not sorted");
+      }
     } else {
       continue;  // a section from a newer writer
     }
@@ -268,6 +286,13 @@ Checkpoint load_checkpoint(const std::string& path) {
   if (!top.done()) top.fail("unexpected bytes after the last section");
   if (!seen_state || !seen_users || !seen_items)
     throw Error(path + ": incomplete checkpoint (missing sections)");
+  if (ck.has_seen()) {
+    if (ck.seen.n_users() != ck.users.size())
+      throw Error(path + ": corrupt checkpoint (section 'seen': user count disagrees)");
+    for (int32_t it : ck.seen.items)
+      if (it < 0 || it >= ck.items.size())
+        throw Error(path + ": corrupt checkpoint (section 'seen': item index out of range)");
+  }
   return ck;
 }
 

@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "towerrec/error.h"
+#include "towerrec/rng.h"
 
 namespace towerrec {
 
@@ -232,6 +233,143 @@ RankingMetrics evaluate_popularity(const UserItems& train, const UserItems& test
     acc.add(ranked.data(), test, u);
   }
   return acc.finish();
+}
+
+// ---- Sampled protocol ----------------------------------------------------------
+
+namespace {
+
+// Random stream of evaluation negatives (distinct from the named training streams).
+constexpr uint64_t kEvalNegativeStream = 0x4556414C4E454731ull;
+
+// -log sigmoid(x), stable for any x.
+double softplus_neg(double x) { return std::max(-x, 0.0) + std::log1p(std::exp(-std::fabs(x))); }
+
+}  // namespace
+
+std::vector<int32_t> sample_eval_negatives(int32_t user, int64_t case_index, int32_t n_items,
+                                           const std::vector<int32_t>& seen, int negatives,
+                                           uint64_t seed) {
+  TOWERREC_CHECK(negatives >= 0, "negatives must be >= 0");
+  const int64_t available = static_cast<int64_t>(n_items) - static_cast<int64_t>(seen.size());
+  std::vector<int32_t> out;
+  if (available <= 0 || negatives == 0) return out;
+  const uint64_t case_seed =
+      rng::mix64(seed ^ rng::mix64((static_cast<uint64_t>(static_cast<uint32_t>(user)) << 32) ^
+                                   static_cast<uint64_t>(case_index)));
+  auto is_seen = [&](int32_t it) { return std::binary_search(seen.begin(), seen.end(), it); };
+  if (available <= 4 * static_cast<int64_t>(negatives) || 2 * available < n_items) {
+    // Few unseen items: list them and take a partial Fisher-Yates prefix.
+    std::vector<int32_t> pool;
+    pool.reserve(static_cast<size_t>(available));
+    for (int32_t it = 0; it < n_items; ++it)
+      if (!is_seen(it)) pool.push_back(it);
+    const int64_t take = std::min<int64_t>(negatives, available);
+    for (int64_t j = 0; j < take; ++j) {
+      const auto r = static_cast<int64_t>(rng::below(case_seed, kEvalNegativeStream, static_cast<uint64_t>(j),
+                                                      static_cast<uint64_t>(available - j)));
+      std::swap(pool[static_cast<size_t>(j)], pool[static_cast<size_t>(j + r)]);
+    }
+    out.assign(pool.begin(), pool.begin() + take);
+  } else {
+    // Mostly unseen items: rejection sampling; more than a quarter of the draws
+    // are accepted (at least half the items are unseen, at most a quarter of
+    // the unseen ones are already taken).
+    out.reserve(static_cast<size_t>(negatives));
+    for (uint64_t attempt = 0; static_cast<int>(out.size()) < negatives; ++attempt) {
+      const auto it = static_cast<int32_t>(
+          rng::below(case_seed, kEvalNegativeStream, attempt, static_cast<uint64_t>(n_items)));
+      if (is_seen(it) || std::find(out.begin(), out.end(), it) != out.end()) continue;
+      out.push_back(it);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+SampledCase sampled_case(float pos_score, int32_t pos_item, const float* neg_scores,
+                         const int32_t* neg_items, int64_t n) {
+  SampledCase c;
+  double wins = 0;
+  c.log_loss = softplus_neg(pos_score);
+  for (int64_t j = 0; j < n; ++j) {
+    const float s = neg_scores[j];
+    if (s > pos_score || (s == pos_score && neg_items[j] < pos_item)) ++c.rank;
+    if (s < pos_score) wins += 1.0;
+    else if (s == pos_score) wins += 0.5;
+    c.log_loss += softplus_neg(-static_cast<double>(s));
+  }
+  c.auc = n > 0 ? wins / static_cast<double>(n) : 1.0;
+  return c;
+}
+
+SampledMetrics evaluate_sampled(Backend& be, const DeviceArray<float>& U_all,
+                                const DeviceArray<float>& V_all, int32_t n_users, int32_t n_items,
+                                int d, const UserItems& train, const UserItems& test,
+                                std::vector<int> ks, int negatives, uint64_t seed) {
+  TOWERREC_CHECK(!ks.empty(), "no cutoffs given");
+  TOWERREC_CHECK(negatives >= 1, "the sampled protocol needs at least one negative");
+  std::sort(ks.begin(), ks.end());
+  ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
+  TOWERREC_CHECK(ks.front() > 0, "cutoffs must be positive");
+  SampledMetrics m;
+  m.ks = ks;
+  m.negatives = negatives;
+  m.hit_rate.assign(ks.size(), 0.0);
+  m.ndcg.assign(ks.size(), 0.0);
+  // The embeddings come to the host once; each case scores 1 + N items.
+  std::vector<float> U(static_cast<size_t>(n_users) * d), V(static_cast<size_t>(n_items) * d);
+  be.to_host(U.data(), U_all.data(), sizeof(float) * U.size());
+  be.to_host(V.data(), V_all.data(), sizeof(float) * V.size());
+  auto score = [&](int32_t u, int32_t i) {
+    const float* a = U.data() + static_cast<size_t>(u) * d;
+    const float* b = V.data() + static_cast<size_t>(i) * d;
+    float s = 0;
+    for (int c = 0; c < d; ++c) s += a[c] * b[c];
+    return s;
+  };
+  double loss_sum = 0, auc_sum = 0;
+  int64_t loss_terms = 0;
+  std::vector<int32_t> seen;
+  std::vector<float> neg_scores;
+  for (int32_t u = 0; u < std::min(n_users, test.n_users()); ++u) {
+    if (test.count(u) == 0) continue;
+    ++m.users_evaluated;
+    const int32_t* tb = test.items.data() + test.offsets[u];
+    const int32_t* te = tb + test.count(u);
+    seen.assign(tb, te);
+    if (u < train.n_users())
+      seen.insert(seen.end(), train.items.begin() + train.offsets[u], train.items.begin() + train.offsets[u + 1]);
+    std::sort(seen.begin(), seen.end());
+    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
+    for (const int32_t* p = tb; p != te; ++p) {
+      TOWERREC_CHECK(*p >= 0 && *p < n_items, "test item index out of range");
+      const std::vector<int32_t> neg = sample_eval_negatives(u, p - tb, n_items, seen, negatives, seed);
+      neg_scores.resize(neg.size());
+      for (size_t j = 0; j < neg.size(); ++j) neg_scores[j] = score(u, neg[j]);
+      const SampledCase c = sampled_case(score(u, *p), *p, neg_scores.data(), neg.data(),
+                                         static_cast<int64_t>(neg.size()));
+      for (size_t j = 0; j < ks.size(); ++j) {
+        if (c.rank < ks[j]) {
+          m.hit_rate[j] += 1.0;
+          m.ndcg[j] += 1.0 / std::log2(static_cast<double>(c.rank) + 2.0);
+        }
+      }
+      auc_sum += c.auc;
+      loss_sum += c.log_loss;
+      loss_terms += 1 + static_cast<int64_t>(neg.size());
+      if (static_cast<int>(neg.size()) < negatives) ++m.short_cases;
+      ++m.cases;
+    }
+  }
+  if (m.cases > 0) {
+    const double n = static_cast<double>(m.cases);
+    for (auto& x : m.hit_rate) x /= n;
+    for (auto& x : m.ndcg) x /= n;
+    m.auc = auc_sum / n;
+    m.log_loss = loss_sum / static_cast<double>(loss_terms);
+  }
+  return m;
 }
 
 }  // namespace towerrec

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "towerrec/error.h"
 #include "towerrec/rng.h"
@@ -51,6 +52,59 @@ Split split_per_user_ratio(const Interactions& x, int32_t n_users, double test_f
   std::sort(train_rows.begin(), train_rows.end());
   std::sort(test_rows.begin(), test_rows.end());
   return Split{select_rows(x, train_rows), select_rows(x, test_rows)};
+}
+
+namespace {
+
+void require_timestamps(const Interactions& x, const char* method) {
+  if (x.size() > 0 && x.timestamp.size() != x.user.size())
+    throw Error(std::string("the ") + method +
+                " split needs timestamps, and these interactions have none (use --method ratio)");
+}
+
+}  // namespace
+
+Split split_leave_one_out(const Interactions& x, int32_t n_users) {
+  require_timestamps(x, "leave-one-out");
+  // Per user: the row with the largest (timestamp, row) and the row count.
+  std::vector<int64_t> latest(static_cast<size_t>(n_users), -1), count(static_cast<size_t>(n_users), 0);
+  for (int64_t j = 0; j < x.size(); ++j) {
+    const int32_t u = x.user[j];
+    TOWERREC_CHECK(u >= 0 && u < n_users, "user index out of range");
+    ++count[u];
+    if (latest[u] < 0 || x.timestamp[j] >= x.timestamp[latest[u]]) latest[u] = j;
+  }
+  std::vector<int64_t> train_rows, test_rows;
+  train_rows.reserve(static_cast<size_t>(x.size()));
+  for (int64_t j = 0; j < x.size(); ++j) {
+    const int32_t u = x.user[j];
+    if (count[u] >= 2 && latest[u] == j) test_rows.push_back(j);
+    else train_rows.push_back(j);
+  }
+  return Split{select_rows(x, train_rows), select_rows(x, test_rows)};
+}
+
+Split split_temporal(const Interactions& x, double test_fraction) {
+  TOWERREC_CHECK(test_fraction >= 0.0 && test_fraction < 1.0, "test fraction must be in [0, 1)");
+  require_timestamps(x, "temporal");
+  std::vector<int64_t> order(static_cast<size_t>(x.size()));
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return x.timestamp[a] < x.timestamp[b]; });
+  const int64_t n_test = std::llround(test_fraction * static_cast<double>(x.size()));
+  std::vector<int64_t> train_rows(order.begin(), order.end() - n_test);
+  std::vector<int64_t> test_rows(order.end() - n_test, order.end());
+  std::sort(train_rows.begin(), train_rows.end());
+  std::sort(test_rows.begin(), test_rows.end());
+  return Split{select_rows(x, train_rows), select_rows(x, test_rows)};
+}
+
+Split split_by_method(const std::string& method, const Interactions& x, int32_t n_users,
+                      double test_fraction, uint64_t seed) {
+  if (method == "ratio") return split_per_user_ratio(x, n_users, test_fraction, seed);
+  if (method == "loo") return split_leave_one_out(x, n_users);
+  if (method == "temporal") return split_temporal(x, test_fraction);
+  throw Error("unknown split method '" + method + "' (expected ratio, loo or temporal)");
 }
 
 }  // namespace towerrec

@@ -1,6 +1,8 @@
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
+#include <sstream>
 
 #include "host/cli/cli.h"
 #include "towerrec/error.h"
@@ -52,6 +54,172 @@ Dataset load_dataset(const Config& cfg) {
   if (!cfg.user_features.empty() || !cfg.item_features.empty())
     return load_csv(cfg.data, cfg.user_features, cfg.item_features, opt);
   return load_auto(cfg.data, opt);
+}
+
+Options::Options(const Args& args, const std::vector<Spec>& specs) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a.rfind("--", 0) != 0 || a == "--") throw Error("unexpected argument '" + a + "'");
+    std::string name = a.substr(2), value;
+    bool has_value = false;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    const Spec* spec = nullptr;
+    for (const auto& s : specs)
+      if (s.name == name) spec = &s;
+    if (!spec) throw Error("unknown option --" + name + " (see --help)");
+    if (spec->flag) {
+      if (has_value && value != "true" && value != "false")
+        throw Error("--" + name + " takes no value");
+      if (has_value && value == "false") continue;
+      value = "true";
+    } else if (!has_value) {
+      if (i + 1 >= args.size()) throw Error("option --" + name + " needs a value");
+      value = args[++i];
+    }
+    if (!spec->repeat && has(name)) throw Error("option --" + name + " given twice");
+    values_.emplace_back(name, value);
+  }
+}
+
+bool Options::has(const std::string& name) const {
+  for (const auto& [n, v] : values_)
+    if (n == name) return true;
+  return false;
+}
+
+std::string Options::get(const std::string& name, const std::string& fallback) const {
+  for (const auto& [n, v] : values_)
+    if (n == name) return v;
+  return fallback;
+}
+
+std::string Options::require(const std::string& name) const {
+  if (!has(name)) throw Error("--" + name + " is required (see --help)");
+  const std::string v = get(name);
+  if (v.empty()) throw Error("--" + name + ": empty value");
+  return v;
+}
+
+std::vector<std::string> Options::all(const std::string& name) const {
+  std::vector<std::string> out;
+  for (const auto& [n, v] : values_)
+    if (n == name) out.push_back(v);
+  return out;
+}
+
+int64_t Options::get_int(const std::string& name, int64_t fallback, int64_t lo, int64_t hi) const {
+  if (!has(name)) return fallback;
+  const std::string v = get(name);
+  size_t pos = 0;
+  long long x = 0;
+  try { x = std::stoll(v, &pos); } catch (...) { pos = 0; }
+  if (v.empty() || pos != v.size()) throw Error("--" + name + ": expected an integer, got '" + v + "'");
+  if (x < lo || x > hi)
+    throw Error("--" + name + ": " + v + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return x;
+}
+
+double Options::get_double(const std::string& name, double fallback, double lo, double hi) const {
+  if (!has(name)) return fallback;
+  const std::string v = get(name);
+  size_t pos = 0;
+  double x = 0;
+  try { x = std::stod(v, &pos); } catch (...) { pos = 0; }
+  if (v.empty() || pos != v.size() || !std::isfinite(x))
+    throw Error("--" + name + ": expected a number, got '" + v + "'");
+  if (x < lo || x > hi) throw Error("--" + name + ": " + v + " is out of range");
+  return x;
+}
+
+Interactions read_known_interactions(const std::string& path, const IdMap& users,
+                                     const IdMap& items, float rating_threshold) {
+  if (!file_exists(path)) throw Error(path + ": no such file");
+  // With allow_new = false the maps are only searched, never changed.
+  Interactions x = read_interactions_csv(path, const_cast<IdMap&>(users), const_cast<IdMap&>(items), false);
+  if (x.rating.empty() || std::isnan(rating_threshold)) return x;
+  std::vector<int64_t> keep;
+  for (int64_t r = 0; r < x.size(); ++r)
+    if (x.rating[r] >= rating_threshold) keep.push_back(r);
+  if (static_cast<int64_t>(keep.size()) == x.size()) return x;
+  Interactions y;
+  for (int64_t r : keep) {
+    y.user.push_back(x.user[r]);
+    y.item.push_back(x.item[r]);
+    y.rating.push_back(x.rating[r]);
+    if (!x.timestamp.empty()) y.timestamp.push_back(x.timestamp[r]);
+  }
+  return y;
+}
+
+std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
+                                           const EntityFeatures& user_features, int32_t n_users,
+                                           const EntityFeatures& item_features, int32_t n_items) {
+  const TowerInputSpec us = make_input_spec(user_features, n_users, cfg.features);
+  const TowerInputSpec is = make_input_spec(item_features, n_items, cfg.features);
+  auto model = std::make_unique<TwoTowerModel>(be, cfg.tower, us, is, cfg.train.seed);
+  if (cfg.features) model->set_features(user_features, item_features);
+  return model;
+}
+
+LoadedModel load_model(const std::string& model, const std::string& device, int threads) {
+  if (model.empty()) throw Error("--model is required (a directory with model.ckpt, or a checkpoint file)");
+  LoadedModel m;
+  m.path = is_directory(model) ? model + "/model.ckpt" : model;
+  m.ck = load_checkpoint(m.path);
+  apply_json(m.cfg, m.ck.config_json, m.path + " (configuration section)");
+  m.cfg.device = device;
+  m.cfg.threads = threads;
+  m.be = make_backend(device, threads);
+  m.model = build_model(*m.be, m.cfg, m.ck.user_features, m.ck.users.size(), m.ck.item_features,
+                        m.ck.items.size());
+  m.model->load_state(m.ck.state);
+  return m;
+}
+
+std::vector<int> parse_ks(const std::string& s) {
+  std::vector<int> ks;
+  std::stringstream ss(s);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    size_t pos = 0;
+    long x = 0;
+    try { x = std::stol(part, &pos); } catch (...) { pos = 0; }
+    if (part.empty() || pos != part.size() || x <= 0 || x > 100000)
+      throw Error("--k: expected positive cutoffs like 10,20, got '" + s + "'");
+    ks.push_back(static_cast<int>(x));
+  }
+  if (ks.empty()) throw Error("--k: no cutoffs given");
+  return ks;
+}
+
+UserItems no_items(int32_t n_users) {
+  UserItems g;
+  g.offsets.assign(static_cast<size_t>(n_users) + 1, 0);
+  return g;
+}
+
+void print_ranking(const std::string& label, const RankingMetrics& m) {
+  for (size_t j = 0; j < m.ks.size(); ++j)
+    std::printf("%s@%d  precision %.4f  recall %.4f  ndcg %.4f  map %.4f  hit-rate %.4f\n",
+                label.c_str(), m.ks[j], m.precision[j], m.recall[j], m.ndcg[j], m.map[j],
+                m.hit_rate[j]);
+  std::printf("%s  mrr@%d %.4f  coverage@%d %.4f  users %lld (skipped %lld)\n", label.c_str(),
+              m.ks.back(), m.mrr, m.ks.back(), m.coverage, static_cast<long long>(m.users_evaluated),
+              static_cast<long long>(m.users_skipped));
+}
+
+void print_sampled(const std::string& label, const SampledMetrics& m) {
+  for (size_t j = 0; j < m.ks.size(); ++j)
+    std::printf("%s@%d  hit-rate %.4f  ndcg %.4f\n", label.c_str(), m.ks[j], m.hit_rate[j], m.ndcg[j]);
+  std::printf("%s  auc %.4f  log-loss %.4f  positives %lld  users %lld  negatives %d per positive",
+              label.c_str(), m.auc, m.log_loss, static_cast<long long>(m.cases),
+              static_cast<long long>(m.users_evaluated), m.negatives);
+  if (m.short_cases) std::printf(" (%lld with fewer unseen items)", static_cast<long long>(m.short_cases));
+  std::printf("\n");
 }
 
 }  // namespace towerrec::cli

@@ -13,9 +13,13 @@ const char* kUsage =
     "usage: towerrec <command> [options]\n"
     "\n"
     "commands:\n"
-    "  synth     write a synthetic data set with planted structure\n"
-    "  train     train a two-tower model\n"
-    "  info      show the build, the backends and the devices\n"
+    "  synth      write a synthetic data set with planted structure\n"
+    "  split      split a data set's interactions into train.csv and test.csv\n"
+    "  train      train a two-tower model\n"
+    "  eval       evaluate a trained model on held-out interactions\n"
+    "  recommend  write every user's top-k items as CSV\n"
+    "  export     write user and item embeddings as .npy with their ID maps\n"
+    "  info       show the build, the backends and the devices\n"
     "\n"
     "`towerrec <command> --help` lists a command's options.\n";
 
@@ -30,9 +34,17 @@ int main(int argc, char** argv) {
   const std::string cmd = argv[1];
   cli::Args args(argv + 2, argv + argc);
   try {
-    if (cmd == "synth") return cli::cmd_synth(args);
-    if (cmd == "train") return cli::cmd_train(args);
-    if (cmd == "info") return cli::cmd_info(args);
+    struct Command {
+      const char* name;
+      int (*run)(const cli::Args&);
+    };
+    static const Command kCommands[] = {
+        {"synth", cli::cmd_synth},   {"split", cli::cmd_split},         {"train", cli::cmd_train},
+        {"eval", cli::cmd_eval},     {"recommend", cli::cmd_recommend}, {"export", cli::cmd_export},
+        {"info", cli::cmd_info},
+    };
+    for (const auto& c : kCommands)
+      if (cmd == c.name) return c.run(args);
     if (cmd == "--help" || cmd == "-h" || cmd == "help") {
       std::fputs(kUsage, stdout);
       return 0;

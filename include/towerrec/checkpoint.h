@@ -7,7 +7,8 @@
 //   u32 CRC-32 (zlib) of every byte before it
 // Sections: config (JSON text), meta (epochs done), users, items (ID lists),
 // user_features, item_features, state (named float tensors: parameters and
-// optimizer moments). Unknown sections are skipped, so later versions can add
+// optimizer moments), and seen (each user's training items, CSR; written only
+// when present). Unknown sections are skipped, so later versions can add
 // sections without breaking older readers of the same major version.
 #pragma once
 
@@ -15,6 +16,7 @@
 
 #include "towerrec/data.h"
 #include "towerrec/model.h"
+#include "towerrec/recommend.h"
 
 namespace towerrec {
 
@@ -26,6 +28,10 @@ struct Checkpoint {
   IdMap users, items;
   EntityFeatures user_features, item_features;
   TwoTowerModel::State state;
+  // Items each user interacted with in the training data (what `recommend`
+  // excludes by default). Empty (no offsets) when the writer had none.
+  UserItems seen;
+  bool has_seen() const { return !seen.offsets.empty(); }
 };
 
 void save_checkpoint(const std::string& path, const Checkpoint& ck);

@@ -68,4 +68,45 @@ UserMetrics user_metrics(const int32_t* ranked, int k, const int32_t* relevant, 
 RankingMetrics evaluate_popularity(const UserItems& train, const UserItems& test, int32_t n_items,
                                    std::vector<int> ks);
 
+// ---- Sampled protocol (NCF): each held-out positive against N negatives ----
+//
+// For every test interaction (u, i), `negatives` items are drawn uniformly
+// without replacement from the items u has in neither `train` nor `test`
+// (all of them when fewer remain), from counter-based random numbers keyed by
+// (seed, user, case), so the draw is the same on every backend and run.
+
+// One test positive ranked among its sampled negatives. rank is 0-based:
+// negatives scored higher, plus negatives scored equal with a lower item index
+// (the tie order of every ranking here). auc counts a tied negative as half;
+// log_loss sums -log sigmoid(s) for the positive and -log sigmoid(-s) for each
+// negative.
+struct SampledCase {
+  int64_t rank = 0;
+  double auc = 0;
+  double log_loss = 0;  // summed over the 1 + n terms
+};
+SampledCase sampled_case(float pos_score, int32_t pos_item, const float* neg_scores,
+                         const int32_t* neg_items, int64_t n);
+
+struct SampledMetrics {
+  std::vector<int> ks;
+  std::vector<double> hit_rate, ndcg;  // one per k: rank < k, 1 / log2(rank + 2) if rank < k
+  double auc = 0;                      // mean over test positives
+  double log_loss = 0;                 // mean over all positive and negative terms
+  int negatives = 0;                   // requested per positive
+  int64_t cases = 0;                   // test positives evaluated
+  int64_t short_cases = 0;             // of which had fewer than `negatives` unseen items
+  int64_t users_evaluated = 0;
+};
+SampledMetrics evaluate_sampled(Backend& be, const DeviceArray<float>& U_all,
+                                const DeviceArray<float>& V_all, int32_t n_users, int32_t n_items,
+                                int d, const UserItems& train, const UserItems& test,
+                                std::vector<int> ks, int negatives, uint64_t seed);
+
+// The negatives of one case (sorted), as evaluate_sampled draws them. `seen`
+// are the user's sorted train and test items. Exposed for tests.
+std::vector<int32_t> sample_eval_negatives(int32_t user, int64_t case_index, int32_t n_items,
+                                           const std::vector<int32_t>& seen, int negatives,
+                                           uint64_t seed);
+
 }  // namespace towerrec

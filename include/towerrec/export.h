@@ -1,0 +1,32 @@
+// Export of a trained model's embeddings for use outside towerrec: NumPy .npy
+// matrices (NPY format 1.0, little-endian float32, C order) and the ID maps
+// that give each row its original ID.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "towerrec/data.h"
+#include "towerrec/model.h"
+
+namespace towerrec {
+
+// Writes a rows x cols float32 matrix (row-major) as an .npy file, atomically.
+void write_npy(const std::string& path, const float* data, int64_t rows, int64_t cols);
+
+// Writes an ID map as CSV "index,id" (atomic).
+void write_id_map_csv(const std::string& path, const IdMap& ids);
+
+// Files written by export_embeddings, relative to its directory.
+inline constexpr const char* kUserEmbeddingsFile = "user_embeddings.npy";
+inline constexpr const char* kItemEmbeddingsFile = "item_embeddings.npy";
+inline constexpr const char* kUserIdsFile = "users.csv";
+inline constexpr const char* kItemIdsFile = "items.csv";
+
+// Embeds every user and item with the model (inference mode) and writes
+// dir/user_embeddings.npy [n_users x d], dir/item_embeddings.npy [n_items x d],
+// dir/users.csv and dir/items.csv. Creates dir when missing.
+void export_embeddings(TwoTowerModel& model, const IdMap& users, const IdMap& items,
+                       const std::string& dir);
+
+}  // namespace towerrec

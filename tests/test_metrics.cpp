@@ -2,8 +2,10 @@
 // group_by_user / split invariants.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 
+#include "tests/test_util.h"
 #include "towerrec/recommend.h"
 #include "towerrec/split.h"
 
@@ -91,6 +93,109 @@ TEST(Split, PerUserRatioKeepsEveryRowOnceAndIsSeeded) {
     EXPECT_EQ(te.count(u), n >= 2 ? std::min<int64_t>(std::llround(0.25 * n), n - 1) : 0) << u;
     EXPECT_GE(tr.count(u), 1);
   }
+}
+
+// -log sigmoid(x) and -log sigmoid(-x) written out for the hand computations.
+double nls(double x) { return std::log(1 + std::exp(-x)); }
+double nls_neg(double x) { return std::log(1 + std::exp(x)); }
+
+TEST(SampledCase, RankAucAndLogLossWithTies) {
+  // Positive item 2 scores 0.5. Negatives: item 1 ties at 0.5 (lower index:
+  // ranked above), item 3 scores 0.7 (above), item 4 ties at 0.5 (higher index:
+  // below), item 0 scores 0.1 (below).
+  const float neg_scores[] = {0.5f, 0.7f, 0.5f, 0.1f};
+  const int32_t neg_items[] = {1, 3, 4, 0};
+  const SampledCase c = sampled_case(0.5f, 2, neg_scores, neg_items, 4);
+  EXPECT_EQ(c.rank, 2);
+  // AUC: a tie counts one half whatever the indices: (0.5 + 0 + 0.5 + 1) / 4.
+  EXPECT_DOUBLE_EQ(c.auc, 2.0 / 4);
+  EXPECT_NEAR(c.log_loss, nls(0.5) + nls_neg(0.5) + nls_neg(0.7) + nls_neg(0.5) + nls_neg(0.1), 1e-6);
+  // Stable for large scores.
+  const float big[] = {-200.0f};
+  const int32_t one[] = {0};
+  const SampledCase d = sampled_case(200.0f, 1, big, one, 1);
+  EXPECT_EQ(d.rank, 0);
+  EXPECT_DOUBLE_EQ(d.auc, 1.0);
+  EXPECT_LT(d.log_loss, 1e-60);
+  EXPECT_TRUE(std::isfinite(sampled_case(-200.0f, 1, big, one, 1).log_loss));
+}
+
+TEST(SampledNegatives, UnseenDistinctSortedAndSeeded) {
+  std::vector<int32_t> seen;
+  for (int32_t i = 0; i < 1000; i += 97) seen.push_back(i);
+  for (const int32_t n_items : {1000, 60}) {  // rejection sampling, then the pool path
+    std::vector<int32_t> s = seen;
+    s.erase(std::remove_if(s.begin(), s.end(), [&](int32_t i) { return i >= n_items; }), s.end());
+    const auto a = sample_eval_negatives(5, 0, n_items, s, 50, 42);
+    ASSERT_EQ(a.size(), 50u) << n_items;
+    EXPECT_TRUE(std::is_sorted(a.begin(), a.end()));
+    EXPECT_EQ(std::adjacent_find(a.begin(), a.end()), a.end()) << "duplicate negative";
+    for (int32_t i : a) {
+      EXPECT_TRUE(i >= 0 && i < n_items);
+      EXPECT_FALSE(std::binary_search(s.begin(), s.end(), i)) << "seen item " << i;
+    }
+    EXPECT_EQ(a, sample_eval_negatives(5, 0, n_items, s, 50, 42));
+    EXPECT_NE(a, sample_eval_negatives(5, 0, n_items, s, 50, 43));
+    EXPECT_NE(a, sample_eval_negatives(5, 1, n_items, s, 50, 42));
+    EXPECT_NE(a, sample_eval_negatives(6, 0, n_items, s, 50, 42));
+  }
+  // Fewer unseen items than asked: all of them.
+  EXPECT_EQ(sample_eval_negatives(0, 0, 5, {0, 2}, 10, 1), (std::vector<int32_t>{1, 3, 4}));
+  EXPECT_TRUE(sample_eval_negatives(0, 0, 2, {0, 1}, 10, 1).empty());
+}
+
+TEST(SampledProtocol, HandComputedWithTies) {
+  // d = 1: score(u, i) = U[u] * V[i]. Five items; the negatives are all unseen
+  // items because fewer than 10 remain, so the draw does not matter.
+  auto be = make_cpu_backend(1);
+  const std::vector<float> U = {1.0f, -1.0f};
+  const std::vector<float> V = {0.9f, 0.5f, 0.5f, 0.7f, 0.1f};
+  const auto dU = testing::upload(*be, U), dV = testing::upload(*be, V);
+  Interactions tr, te;
+  tr.user = {0};
+  tr.item = {0};
+  te.user = {0, 1, 1};
+  te.item = {2, 0, 4};
+  const UserItems train = group_by_user(tr, 2), test = group_by_user(te, 2);
+  const SampledMetrics m = evaluate_sampled(*be, dU, dV, 2, 5, 1, train, test, {1, 3}, 10, 7);
+  // user 0, item 2 (0.5) vs 1 (0.5, tie, lower index), 3 (0.7), 4 (0.1): rank 2
+  // user 1, item 0 (-0.9) vs 1 (-0.5), 2 (-0.5), 3 (-0.7): rank 3
+  // user 1, item 4 (-0.1) vs the same: rank 0
+  EXPECT_EQ(m.cases, 3);
+  EXPECT_EQ(m.users_evaluated, 2);
+  EXPECT_EQ(m.short_cases, 3);
+  EXPECT_DOUBLE_EQ(m.hit_rate[0], 1.0 / 3);
+  EXPECT_DOUBLE_EQ(m.hit_rate[1], 2.0 / 3);
+  EXPECT_NEAR(m.ndcg[0], 1.0 / 3, 1e-12);
+  EXPECT_NEAR(m.ndcg[1], (1 / std::log2(4.0) + 1) / 3, 1e-12);
+  // AUC per case: (0 + 0.5 + 1) / 3, 0, 1.
+  EXPECT_NEAR(m.auc, (0.5 + 0 + 1) / 3, 1e-12);
+  const double loss = nls(0.5) + nls_neg(0.5) + nls_neg(0.7) + nls_neg(0.1) +  // user 0
+                      nls(-0.9) + nls(-0.1) +                                 // user 1 positives
+                      2 * (nls_neg(-0.5) + nls_neg(-0.5) + nls_neg(-0.7));    // its negatives twice
+  EXPECT_NEAR(m.log_loss, loss / 12, 1e-6);
+}
+
+TEST(FullRanking, TiesGoToLowerItemIndex) {
+  // Items 0..2 tie at 0.5, item 3 scores 0.2; item 0 is a training item.
+  // Ranking: 1, 2, 3. The test item 2 is at rank 2.
+  auto be = make_cpu_backend(1);
+  const auto dU = testing::upload(*be, std::vector<float>{1.0f});
+  const auto dV = testing::upload(*be, std::vector<float>{0.5f, 0.5f, 0.5f, 0.2f});
+  Interactions tr, te;
+  tr.user = {0};
+  tr.item = {0};
+  te.user = {0};
+  te.item = {2};
+  const RankingMetrics m =
+      evaluate_ranking(*be, dU, dV, 1, 4, 1, group_by_user(tr, 1), group_by_user(te, 1), {1, 2});
+  EXPECT_DOUBLE_EQ(m.hit_rate[0], 0.0);
+  EXPECT_DOUBLE_EQ(m.hit_rate[1], 1.0);
+  EXPECT_DOUBLE_EQ(m.precision[1], 0.5);
+  EXPECT_NEAR(m.ndcg[1], 1 / std::log2(3.0), 1e-12);
+  EXPECT_DOUBLE_EQ(m.map[1], 0.5);  // AP@2 = (1/2) / min(2, 1)
+  EXPECT_DOUBLE_EQ(m.mrr, 0.5);
+  EXPECT_DOUBLE_EQ(m.coverage, 2.0 / 4);  // items 1 and 2 recommended
 }
 
 }  // namespace

@@ -9,7 +9,7 @@
 // Configurations (model: ID embedding + features -> hidden -> 64-d output):
 //   ml100k      MovieLens-100k (--data DIR; default /work/shared/data/ml-100k),
 //               hidden 128,64, batch 1024, 4 negatives, 20 epochs
-//   wide        the same data with hidden 1024,512, 5 epochs
+//   wide        the same data with hidden 1024,512, 3 epochs
 //   synth-100k  towerrec synth, 100k users x 100k items, 20 interactions per
 //               user, hidden 128,64, 1 epoch, scoring/evaluation on the first
 //               10k users (the CPU-sized stand-in for synth-1m)
@@ -23,7 +23,11 @@
 //
 // usage: towerrec_e2e --config NAME [--data PATH] [--work DIR] [--epochs N]
 //          [--threads N] [--device cpu|cuda|auto] [--score-users N] [--eval-users N]
-//          [--export DIR] [--json FILE] [--ceilings FILE]
+//          [--export DIR] [--json FILE] [--ceilings FILE] [--profile]
+//
+// --profile routes every op through a timing wrapper (bench/op_profile.h) and
+// prints the training time per op family; the rest of an epoch is host work
+// (batch planning: shuffle, negative sampling, dedup, CSR).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -35,6 +39,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "bench/op_profile.h"
 #include "towerrec/backend.h"
 #include "towerrec/data.h"
 #include "towerrec/error.h"
@@ -76,7 +81,7 @@ E2EConfig preset(const std::string& name) {
     c.train.epochs = 20;
     if (name == "wide") {
       c.tower.hidden = {1024, 512};
-      c.train.epochs = 5;
+      c.train.epochs = 3;
     }
   } else if (name == "synth-100k") {
     c.synth_users = c.synth_items = 100000;
@@ -156,6 +161,7 @@ int main(int argc, char** argv) try {
   std::string config_name, data_override, work = "out/bench", export_dir, json_path, ceilings_path,
                                           device = "cpu";
   int epochs = -1, threads = 0;
+  bool profile = false;
   int64_t score_users = -1, eval_users = -1;
   for (int a = 1; a < argc; ++a) {
     const std::string arg = argv[a];
@@ -174,10 +180,11 @@ int main(int argc, char** argv) try {
     else if (arg == "--export") export_dir = value();
     else if (arg == "--json") json_path = value();
     else if (arg == "--ceilings") ceilings_path = value();
+    else if (arg == "--profile") profile = true;
     else if (arg == "--help" || arg == "-h") {
       std::printf("usage: towerrec_e2e --config ml100k|wide|synth-100k|synth-1m [--data PATH] [--work DIR]\n"
                   "         [--epochs N] [--threads N] [--device cpu|cuda|auto] [--score-users N]\n"
-                  "         [--eval-users N] [--export DIR] [--json FILE] [--ceilings FILE]\n");
+                  "         [--eval-users N] [--export DIR] [--json FILE] [--ceilings FILE] [--profile]\n");
       return 0;
     } else throw Error("unknown option " + arg + " (see --help)");
   }
@@ -215,7 +222,16 @@ int main(int argc, char** argv) try {
                cfg.name.c_str(), data.c_str(), nu, ni, static_cast<long long>(sp.train.size()),
                static_cast<long long>(sp.test.size()), load_s);
 
-  auto be = make_backend(device, threads);
+  auto real_be = make_backend(device, threads);
+  std::unique_ptr<Backend> be;
+  bench::ProfilingBackend* prof = nullptr;
+  if (profile) {
+    auto p = std::make_unique<bench::ProfilingBackend>(*real_be);
+    prof = p.get();
+    be = std::move(p);
+  } else {
+    be = std::move(real_be);
+  }
   const TowerInputSpec us = make_input_spec(ds.user_features, nu, true);
   const TowerInputSpec is = make_input_spec(ds.item_features, ni, true);
 
@@ -258,6 +274,22 @@ int main(int argc, char** argv) try {
                           {"samples_per_s", st.samples_per_s}});
     std::fprintf(stderr, "  epoch %d: loss %.4f, %.1f s, %.0f samples/s\n", st.epoch, st.loss,
                  st.seconds, st.samples_per_s);
+  }
+
+  json prof_out;
+  if (prof) {
+    double ops = 0;
+    std::printf("training time by op (%.2f s in %lld steps):\n", train_s, static_cast<long long>(steps));
+    for (const auto& [name, e] : prof->table()) ops += e.seconds;
+    for (const auto& [name, e] : prof->table()) {
+      std::printf("  %-24s %8.3f s %5.1f%%  %8lld calls\n", name.c_str(), e.seconds,
+                  100.0 * e.seconds / train_s, static_cast<long long>(e.calls));
+      prof_out[name] = {{"seconds", e.seconds}, {"calls", e.calls}};
+    }
+    std::printf("  %-24s %8.3f s %5.1f%%\n", "host (planning, other)", train_s - ops,
+                100.0 * (train_s - ops) / train_s);
+    prof_out["host"] = {{"seconds", train_s - ops}};
+    prof->reset();
   }
 
   // ---- embeddings and scoring
@@ -306,6 +338,7 @@ int main(int argc, char** argv) try {
   r["score_users_per_s"] = score_s > 0 ? double(scored) / score_s : 0;
   r["score_gflops_per_s"] =
       score_s > 0 ? 2.0 * double(scored) * ni * cfg.tower.out_dim / score_s * 1e-9 : 0;
+  if (prof) r["train_profile"] = prof_out;
   r["eval_users"] = m.users_evaluated;
   r["eval_seconds"] = eval_s;
   r["ndcg10"] = m.ndcg[0];

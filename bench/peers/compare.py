@@ -1,0 +1,75 @@
+#!/usr/bin/python3
+"""Side-by-side table of towerrec_e2e and the PyTorch peer (scripts/bench-e2e).
+
+usage: compare.py OUT_DIR CONFIG... [--markdown FILE] [--meta JSON]
+Training rates compare the median epoch of each engine (load bursts on a shared
+machine hit single epochs). Reads OUT_DIR/CONFIG/towerrec.json and OUT_DIR/CONFIG/torch.json (and
+torch-compile.json where present), prints the speed ratios and both engines'
+quality, checks the issue's floors (training >= 2x the peer's samples/s with
+equal or better nDCG@10; all-users scoring >= 2x the peer's users/s), and can
+append the table to a markdown file.
+"""
+import json
+import os
+import sys
+
+
+def load(path):
+    if not os.path.exists(path):
+        return None
+    r = json.load(open(path))
+    # Headline training rate: the median epoch, robust to load bursts on a
+    # shared machine (the all-epochs mean stays in the JSON as train_samples_per_s).
+    rates = sorted(e["samples_per_s"] for e in r.get("epochs", []))
+    r["train_rate"] = rates[len(rates) // 2] if rates else r["train_samples_per_s"]
+    return r
+
+
+def main():
+    args = sys.argv[1:]
+    md_path = None
+    if "--markdown" in args:
+        j = args.index("--markdown")
+        md_path = args[j + 1]
+        del args[j:j + 2]
+    out_dir, configs = args[0], args[1:]
+    rows, floors = [], []
+    head = ("| config | engine | train samples/s | score users/s | nDCG@10 | Recall@10 | "
+            "train x | score x |")
+    sep = "|---|---|---:|---:|---:|---:|---:|---:|"
+    for c in configs:
+        t = load(os.path.join(out_dir, c, "towerrec.json"))
+        peers = [(n, load(os.path.join(out_dir, c, f))) for n, f in
+                 (("pytorch", "torch.json"), ("pytorch compile", "torch-compile.json"))]
+        peers = [(n, p) for n, p in peers if p]
+        if not t:
+            continue
+        best_ratio_train = best_ratio_score = None
+        pct = ""
+        if "train_pct_of_sgemm" in t:
+            pct = f" ({t['train_pct_of_sgemm']:.0f}% sgemm)"
+        rows.append(f"| {c} | towerrec ({t['backend']}) | {t['train_rate']:,.0f}{pct} | "
+                    f"{t['score_users_per_s']:,.0f} | {t['ndcg10']:.4f} | {t['recall10']:.4f} | | |")
+        for n, p in peers:
+            rt = t["train_rate"] / p["train_rate"]
+            rs = t["score_users_per_s"] / p["score_users_per_s"]
+            rows.append(f"| {c} | {n} {p['torch']} ({p['device']}, {p['threads']} threads) | "
+                        f"{p['train_rate']:,.0f} | {p['score_users_per_s']:,.0f} | "
+                        f"{p['ndcg10']:.4f} | {p['recall10']:.4f} | {rt:.2f} | {rs:.2f} |")
+            best_ratio_train = rt if best_ratio_train is None else min(best_ratio_train, rt)
+            best_ratio_score = rs if best_ratio_score is None else min(best_ratio_score, rs)
+            floors.append(f"{c} vs {n}: training {rt:.2f}x (floor 2x: "
+                          f"{'met' if rt >= 2 else 'NOT met'}), nDCG@10 {t['ndcg10']:.4f} vs "
+                          f"{p['ndcg10']:.4f} ({'equal or better' if t['ndcg10'] >= p['ndcg10'] - 1e-4 else 'worse'}); "
+                          f"scoring {rs:.2f}x (floor 2x: {'met' if rs >= 2 else 'NOT met'})")
+    text = "\n".join([head, sep] + rows) + "\n\n" + "\n".join(f"- {f}" for f in floors) + "\n"
+    text += ("\n(train x, score x: towerrec's rate divided by the peer's; score = all-users "
+             "top-10 with training items excluded, embeddings precomputed)\n")
+    print(text)
+    if md_path:
+        with open(md_path, "a") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

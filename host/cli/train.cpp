@@ -85,7 +85,7 @@ void check_resumable(const std::string& path, const Checkpoint& ck, const Config
     if (listed(k.name, std::begin(kShapeKeys), std::end(kShapeKeys)))
       throw Error(path + ": cannot resume: --" + k.name + " is " + was + " in the checkpoint, " +
                   now + " now (the model shapes differ)");
-    if (!listed(k.name, std::begin(kRunKeys), std::end(kRunKeys)) && !cfg.quiet)
+    if (!listed(k.name, std::begin(kRunKeys), std::end(kRunKeys)))
       std::fprintf(stderr,
                    "warning: --%s was %s, now %s: the resumed run will not match an uninterrupted one\n",
                    k.name.c_str(), was.c_str(), now.c_str());

@@ -188,7 +188,9 @@ TEST_F(Pipeline, RecommendWritesTopKWithoutSeenItemsAndExportMatchesScores) {
     ASSERT_EQ(row.size(), 4u);
     const int rank = std::stoi(row[2]);
     EXPECT_EQ(rank, static_cast<int>((j - 1) % 7) + 1);
-    if (rank > 1) EXPECT_LE(std::stod(row[3]), std::stod(rows[j - 1][3])) << "row " << j;
+    if (rank > 1) {
+      EXPECT_LE(std::stod(row[3]), std::stod(rows[j - 1][3])) << "row " << j;
+    }
     EXPECT_EQ(seen[row[0]].count(row[1]), 0u) << row[0] << " was recommended seen item " << row[1];
     score[row[0]][row[1]] = std::stod(row[3]);
   }

@@ -16,7 +16,9 @@
 //   top-K:  scores within 2e-6 * d of the CPU's score at the same rank and of a
 //           float64 recomputation; items may differ from the CPU's only where
 //           the two scores tie within that tolerance; with integer-valued inputs
-//           (exact scores, many exact ties) items must match exactly.
+//           (exact scores, many exact ties) items must match exactly. Every
+//           version runs: GEMM path (two tile sizes) and fused path. TF32/BF16
+//           scores: within the precision's bound (see TopkReducedPrecision).
 // Every test skips when no CUDA device is present.
 #include <algorithm>
 #include <cmath>
@@ -25,6 +27,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "tests/test_util.h"
@@ -852,6 +855,32 @@ TopkOut run_topk(Backend& be, const std::vector<float>& U, const std::vector<flo
   return ::testing::AssertionSuccess();
 }
 
+#if TOWERREC_HAVE_CUDA
+// Runs top-K on every version of the CUDA kernels that applies to the case: the
+// GEMM path with the default tile and with a 5 x 37 tile that divides nothing
+// evenly (crossing user-block and item-chunk edges), and the fused path where
+// d <= 64 and k <= 128. Leaves the backend at its defaults.
+void check_topk_versions(Backend& gpu, const std::vector<float>& U, const std::vector<float>& V,
+                         const TopkCase& c, const std::vector<int64_t>& eoff,
+                         const std::vector<int32_t>& eitems, const TopkOut& want) {
+  cuda::set_topk_path(gpu, cuda::TopkPath::kGemm);
+  EXPECT_TRUE(topk_agrees(run_topk(gpu, U, V, c, eoff, eitems), want, U, V, c, eoff, eitems))
+      << "gemm path, default tiles";
+  cuda::set_topk_tiles(gpu, 5, 37);
+  EXPECT_TRUE(topk_agrees(run_topk(gpu, U, V, c, eoff, eitems), want, U, V, c, eoff, eitems))
+      << "gemm path, tiles 5 x 37";
+  cuda::set_topk_tiles(gpu, 512, 16384);
+  cuda::set_topk_path(gpu, cuda::TopkPath::kFused);
+  if (c.d <= 64 && c.k <= 128) {
+    EXPECT_TRUE(topk_agrees(run_topk(gpu, U, V, c, eoff, eitems), want, U, V, c, eoff, eitems))
+        << "fused path";
+  } else {
+    EXPECT_THROW(run_topk(gpu, U, V, c, eoff, eitems), Error) << "fused path out of range";
+  }
+  cuda::set_topk_path(gpu, cuda::TopkPath::kAuto);
+}
+#endif
+
 TEST(CudaOps, Topk) {
   TOWERREC_REQUIRE_CUDA();
   SCOPED_TRACE(seed_note());
@@ -867,6 +896,11 @@ TEST(CudaOps, Topk) {
       {40, 5000, 33, 1, true, false},
       {33, 257, 3, 20, true, true},    // exact ties
       {20, 2000, 2, 300, true, true},
+      // Fused-path shapes (d <= 64, k <= 128): users not a multiple of 8, items
+      // crossing the 64-item tiles and the 4096-item exclusion segments.
+      {13, 9000, 64, 128, true, false},  // largest fused k, every item of user 0 excluded
+      {17, 5000, 3, 100, true, true},    // exact ties across segments
+      {9, 4097, 64, 129, true, false},   // k just past the fused limit: GEMM path
   };
   for (const TopkCase& c : cases) {
     SCOPED_TRACE("users=" + std::to_string(c.users) + " items=" + std::to_string(c.items) +
@@ -883,7 +917,7 @@ TEST(CudaOps, Topk) {
     std::vector<int32_t> eitems;
     for (int64_t r = 0; r < c.users; ++r) {
       if (c.exclude && c.items > 0) {
-        if (r == 0 && c.items <= 3000) {
+        if (r == 0 && c.items <= 10000) {
           for (int32_t j = 0; j < c.items; ++j) eitems.push_back(j);
         } else if (r != 1) {
           std::set<int32_t> s;
@@ -898,16 +932,164 @@ TEST(CudaOps, Topk) {
     }
     const TopkOut want = run_topk(*cpu, U, V, c, eoff, eitems);
     EXPECT_TRUE(topk_agrees(run_topk(*gpu, U, V, c, eoff, eitems), want, U, V, c, eoff, eitems))
-        << "default tiles";
+        << "default path";
 #if TOWERREC_HAVE_CUDA
-    // Small tiles that divide nothing evenly: crosses user-block and item-chunk edges.
-    cuda::set_topk_tiles(*gpu, 5, 37);
-    EXPECT_TRUE(topk_agrees(run_topk(*gpu, U, V, c, eoff, eitems), want, U, V, c, eoff, eitems))
-        << "tiles 5 x 37";
-    cuda::set_topk_tiles(*gpu, 512, 16384);
+    check_topk_versions(*gpu, U, V, c, eoff, eitems, want);
 #endif
   }
 }
+
+// Small edge cases on every version, with integer-valued inputs (exact scores,
+// many ties): items must match the CPU exactly. Users: 0 has every item seen,
+// 1 nothing, 2 all but three (k > unmasked count), 3 a list with duplicates;
+// the rest random. 11 users and 150 items are multiples of no tile size. Quick
+// enough for compute-sanitizer racecheck.
+TEST(CudaOps, TopkSmallEdgeCases) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  const int64_t users = 11, items = 150;
+  const int d = 8;
+  std::vector<int64_t> eoff{0};
+  std::vector<int32_t> eitems;
+  for (int64_t r = 0; r < users; ++r) {
+    if (r == 0) {
+      for (int32_t j = 0; j < items; ++j) eitems.push_back(j);
+    } else if (r == 2) {
+      for (int32_t j = 0; j < items; ++j)
+        if (j != 5 && j != 77 && j != 149) eitems.push_back(j);
+    } else if (r == 3) {
+      for (int32_t j : {64, 3, 64, 149, 3, 0}) eitems.push_back(j);
+    } else if (r != 1) {
+      for (int32_t j : random_ints(g, 10, 0, int32_t(items - 1))) eitems.push_back(j);
+    }
+    eoff.push_back(static_cast<int64_t>(eitems.size()));
+  }
+  std::vector<float> U(static_cast<size_t>(users * d)), V(static_cast<size_t>(items * d));
+  for (auto& x : U) x = static_cast<float>(random_ints(g, 1, -2, 2)[0]);
+  for (auto& x : V) x = static_cast<float>(random_ints(g, 1, -2, 2)[0]);
+  for (const int k : {1, 5, 128, 200}) {
+    const TopkCase c{users, items, d, k, true, true};
+    SCOPED_TRACE("k=" + std::to_string(k));
+    const TopkOut want = run_topk(*cpu, U, V, c, eoff, eitems);
+    EXPECT_TRUE(topk_agrees(run_topk(*gpu, U, V, c, eoff, eitems), want, U, V, c, eoff, eitems))
+        << "default path";
+#if TOWERREC_HAVE_CUDA
+    check_topk_versions(*gpu, U, V, c, eoff, eitems, want);
+#endif
+  }
+}
+
+#if TOWERREC_HAVE_CUDA
+// TF32 and BF16 score GEMMs rank approximately. Each returned score must be
+// within the precision's error bound of the item's float64 score, and the
+// float64 score of the item at rank j must be within twice that bound of the
+// exact j-th best; exclusions, padding, order and uniqueness hold exactly.
+// Bound per item: 1.5 * 2^-m * sum_t |u_t v_t| + 1e-6 d, m = 10 (tf32), 8 (bf16).
+TEST(CudaOps, TopkReducedPrecision) {
+  TOWERREC_REQUIRE_CUDA();
+  SCOPED_TRACE(seed_note());
+  std::mt19937_64 g(test_seed());
+  auto gpu = make_cuda_backend(0);
+  struct Case {
+    int64_t users, items;
+    int d, k;
+  };
+  for (const auto& [precision, name, mant] :
+       {std::tuple{cuda::TopkPrecision::kTF32, "tf32", 10},
+        std::tuple{cuda::TopkPrecision::kBF16, "bf16", 8}})
+    for (const Case c : {Case{7, 300, 64, 10}, Case{33, 5000, 17, 100}, Case{600, 2000, 128, 50},
+                         Case{5, 40, 8, 60}}) {
+      SCOPED_TRACE(std::string(name) + " users=" + std::to_string(c.users) +
+                   " items=" + std::to_string(c.items) + " d=" + std::to_string(c.d) +
+                   " k=" + std::to_string(c.k));
+      const auto U = random_floats(g, static_cast<size_t>(c.users * c.d));
+      const auto V = random_floats(g, static_cast<size_t>(c.items * c.d));
+      std::vector<int64_t> eoff{0};
+      std::vector<int32_t> eitems;
+      for (int64_t r = 0; r < c.users; ++r) {
+        if (r % 3 == 1)
+          for (int32_t j : random_ints(g, 12, 0, int32_t(c.items - 1))) eitems.push_back(j);
+        eoff.push_back(static_cast<int64_t>(eitems.size()));
+      }
+      const TopkCase tc{c.users, c.items, c.d, c.k, true, false};
+      cuda::set_topk_precision(*gpu, precision);
+      EXPECT_NE(gpu->describe().find(name), std::string::npos) << gpu->describe();
+      cuda::set_topk_tiles(*gpu, 256, 1000);  // several chunks and user blocks
+      const TopkOut got = run_topk(*gpu, U, V, tc, eoff, eitems);
+      cuda::set_topk_tiles(*gpu, 512, 16384);
+      // The fused path is FP32 only.
+      cuda::set_topk_path(*gpu, cuda::TopkPath::kFused);
+      EXPECT_THROW(run_topk(*gpu, U, V, tc, eoff, eitems), Error);
+      cuda::set_topk_path(*gpu, cuda::TopkPath::kAuto);
+      cuda::set_topk_precision(*gpu, cuda::TopkPrecision::kFP32);
+
+      const double unit = 1.5 * std::ldexp(1.0, -mant);
+      int bad = 0;
+      std::string msg;
+      auto fail = [&](int64_t r, int j, const std::string& what) {
+        if (bad++ < 8) msg += "\n  user " + std::to_string(r) + " rank " + std::to_string(j) + ": " + what;
+      };
+      for (int64_t r = 0; r < c.users; ++r) {
+        const std::set<int32_t> excl(eitems.begin() + eoff[r], eitems.begin() + eoff[r + 1]);
+        std::vector<double> exact, bound(static_cast<size_t>(c.items));
+        std::vector<double> ref(static_cast<size_t>(c.items));
+        double max_bound = 0;
+        for (int32_t j = 0; j < c.items; ++j) {
+          double s = 0, a = 0;
+          for (int t = 0; t < c.d; ++t) {
+            const double p = double(U[r * c.d + t]) * double(V[int64_t{j} * c.d + t]);
+            s += p;
+            a += std::fabs(p);
+          }
+          ref[j] = s;
+          bound[j] = unit * a + 1e-6 * c.d;
+          max_bound = std::max(max_bound, bound[j]);
+          if (!excl.count(j)) exact.push_back(s);
+        }
+        std::sort(exact.rbegin(), exact.rend());
+        const int64_t valid = std::min<int64_t>(c.k, static_cast<int64_t>(exact.size()));
+        std::set<int32_t> seen;
+        for (int j = 0; j < c.k; ++j) {
+          const size_t at = static_cast<size_t>(r * c.k + j);
+          const int32_t item = got.items[at];
+          const float s = got.scores[at];
+          if (j >= valid) {
+            if (item != -1 || !(std::isinf(s) && s < 0)) fail(r, j, "expected padding");
+            continue;
+          }
+          if (item < 0 || item >= c.items) {
+            fail(r, j, "item out of range");
+            continue;
+          }
+          if (excl.count(item)) fail(r, j, "excluded item");
+          if (!seen.insert(item).second) fail(r, j, "duplicate item");
+          if (std::fabs(s - ref[item]) > bound[item])
+            fail(r, j, "score " + std::to_string(s) + " vs float64 " + std::to_string(ref[item]));
+          if (ref[item] < exact[j] - 2 * max_bound)
+            fail(r, j, "item scores " + std::to_string(ref[item]) + ", the exact rank-" +
+                           std::to_string(j) + " score is " + std::to_string(exact[j]));
+          if (j > 0) {
+            const float prev = got.scores[at - 1];
+            if (s > prev || (s == prev && item < got.items[at - 1])) fail(r, j, "out of order");
+          }
+        }
+      }
+      EXPECT_EQ(bad, 0) << msg;
+    }
+}
+
+TEST(CudaBackend, TopkSettings) {
+  EXPECT_EQ(cuda::parse_topk_precision("bf16"), cuda::TopkPrecision::kBF16);
+  EXPECT_EQ(cuda::parse_topk_path("fused"), cuda::TopkPath::kFused);
+  EXPECT_THROW(cuda::parse_topk_precision("fp16"), Error);
+  EXPECT_THROW(cuda::parse_topk_path("fast"), Error);
+  auto cpu = make_cpu_backend();
+  EXPECT_THROW(cuda::set_topk_path(*cpu, cuda::TopkPath::kGemm), Error);
+}
+#endif
 
 // ---- allocator ---------------------------------------------------------------------------
 

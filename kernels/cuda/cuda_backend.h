@@ -27,6 +27,7 @@
 
 #include "host/cuda/caching_allocator.h"
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/cuda_testing.h"
 #include "towerrec/backend.h"
 
 namespace towerrec::cuda {
@@ -109,6 +110,10 @@ class CudaBackend final : public Backend {
   // Tile of the top-K score matrix: users per block and items per chunk. The
   // defaults bound the tile to 32 MiB; tests shrink them to cross chunk edges.
   void set_topk_tiles(int64_t users, int64_t items);
+  // Precision of the top-K score GEMM and the choice of version (topk.cu).
+  void set_topk_precision(TopkPrecision p);
+  void set_topk_path(TopkPath p);
+  bool topk_fused_supported(int d, int k) const;
 
  private:
   int device_ = 0;
@@ -119,7 +124,13 @@ class CudaBackend final : public Backend {
   std::string description_;
   int64_t topk_users_per_tile_ = 512;
   int64_t topk_items_per_tile_ = 16384;
+  TopkPrecision topk_precision_ = TopkPrecision::kFP32;
+  TopkPath topk_path_ = TopkPath::kAuto;
+  std::string base_description_;  // description_ without the top-K settings
 };
+
+// ", top-K tf32" etc. for describe(); empty for the defaults.
+std::string topk_settings_note(TopkPrecision precision, TopkPath path);
 
 // Host-side scratch buffer from the backend's allocator, returned on scope exit.
 // Safe to drop while kernels using it are queued: reuse is stream-ordered.

@@ -78,22 +78,36 @@ struct Fixture {
   }
 };
 
-// Central difference of the batch loss with respect to one float in backend memory.
-double numeric_grad(Trainer& tr, Backend& be, const Trainer::Batch& b, float* p, double h) {
+// Central difference of the batch loss with respect to one float in backend
+// memory. `kinked` is set when the two one-sided differences disagree: a ReLU
+// switched inside the step, so no difference quotient is trustworthy there.
+double numeric_grad(Trainer& tr, Backend& be, const Trainer::Batch& b, float* p, double h,
+                    bool* kinked = nullptr) {
   float x;
   be.to_host(&x, p, sizeof x);
   const float plus = static_cast<float>(x + h), minus = static_cast<float>(x - h);
+  const double l0 = tr.loss_and_gradients(b);
   be.to_device(p, &plus, sizeof plus);
   const double lp = tr.loss_and_gradients(b);
   be.to_device(p, &minus, sizeof minus);
   const double lm = tr.loss_and_gradients(b);
   be.to_device(p, &x, sizeof x);
+  const double right = (lp - l0) / (static_cast<double>(plus) - x);
+  const double left = (l0 - lm) / (x - static_cast<double>(minus));
+  // Smooth losses: the one-sided quotients differ by O(h * curvature); a kink
+  // adds the jump in slope. Where they differ by more than the tolerance the
+  // central difference cannot be trusted to it either.
+  if (kinked) *kinked = std::fabs(right - left) > 1e-4 + 1e-2 * std::fabs(right + left) / 2;
   return (lp - lm) / (static_cast<double>(plus) - static_cast<double>(minus));
 }
 
 // Checks every arena gradient and a sample of ID-embedding gradients of one
-// batch against central differences; returns the fraction that agree.
-double gradient_agreement(const TowerConfig& tcfg, uint64_t seed, bool report) {
+// batch against central differences, skipping points where a ReLU kink lies
+// inside the difference step. Returns {checked, mismatched, skipped}.
+struct GradReport {
+  int checked = 0, bad = 0, skipped = 0;
+};
+GradReport gradient_agreement(const TowerConfig& tcfg, uint64_t seed) {
   Fixture f(seed, tcfg);
   TrainConfig tc;
   tc.batch_size = 16;
@@ -106,18 +120,23 @@ double gradient_agreement(const TowerConfig& tcfg, uint64_t seed, bool report) {
   Backend& be = *f.be;
   std::vector<float> grad(static_cast<size_t>(f.model->arena_grad().size()));
   be.to_host(grad.data(), f.model->arena_grad().data(), grad.size() * sizeof(float));
-  int checked = 0, bad = 0;
-  auto check = [&](double analytic, double numeric, const std::string& what) {
-    ++checked;
+  GradReport rep;
+  auto check = [&](double analytic, float* p, const std::string& what) {
+    bool kinked = false;
+    const double numeric = numeric_grad(tr, be, b, p, 1e-3, &kinked);
+    if (kinked) {
+      ++rep.skipped;
+      return;
+    }
+    ++rep.checked;
     if (std::fabs(numeric - analytic) > 1e-4 + 1e-2 * std::fabs(numeric)) {
-      if (report && bad < 5) ADD_FAILURE() << what << ": analytic " << analytic << " numeric " << numeric;
-      ++bad;
+      if (rep.bad < 5) ADD_FAILURE() << what << ": analytic " << analytic << " numeric " << numeric;
+      ++rep.bad;
     }
   };
   // Every arena parameter: layers, biases and categorical tables of both towers.
   for (size_t j = 0; j < grad.size(); ++j)
-    check(grad[j], numeric_grad(tr, be, b, f.model->arena().data() + j, 1e-3),
-          "arena[" + std::to_string(j) + "]");
+    check(grad[j], f.model->arena().data() + j, "arena[" + std::to_string(j) + "]");
   // ID-embedding rows: the gradient of row idx[r] is input_grad[r, 0:id_dim).
   for (int side = 0; side < 2; ++side) {
     tr.loss_and_gradients(b);
@@ -128,10 +147,10 @@ double gradient_agreement(const TowerConfig& tcfg, uint64_t seed, bool report) {
     be.to_host(dx.data(), t.input_grad(), dx.size() * sizeof(float));
     for (size_t r = 0; r < ids.size(); r += 3)
       for (int c = 0; c < d; c += 2)
-        check(dx[r * in + c], numeric_grad(tr, be, b, t.id_table() + ids[r] * d + c, 1e-3),
+        check(dx[r * in + c], t.id_table() + ids[r] * d + c,
               t.name() + " id row " + std::to_string(ids[r]));
   }
-  return 1.0 - static_cast<double>(bad) / checked;
+  return rep;
 }
 
 TEST(Model, WholeModelGradientsMatchFiniteDifferences) {
@@ -140,15 +159,20 @@ TEST(Model, WholeModelGradientsMatchFiniteDifferences) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   TowerConfig linear = small_tower();
   linear.hidden = {};
-  EXPECT_EQ(gradient_agreement(linear, seed, true), 1.0);
+  const GradReport r = gradient_agreement(linear, seed);
+  EXPECT_EQ(r.bad, 0) << "of " << r.checked;
+  // No kinks here; only strong curvature can make the one-sided quotients disagree.
+  EXPECT_GE(r.checked, 19 * (r.checked + r.skipped) / 20) << r.skipped << " skipped";
 }
 
 TEST(Model, WholeModelGradientsWithReluLayers) {
-  // With ReLU layers a difference step can cross a kink and spoil a few
-  // numeric gradients; a wiring error would spoil far more than 3%.
+  // With ReLU layers a difference step can straddle a kink; such points are
+  // detected and skipped, every other one must agree.
   const uint64_t seed = testing::test_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
-  EXPECT_GE(gradient_agreement(small_tower(), seed, false), 0.97);
+  const GradReport r = gradient_agreement(small_tower(), seed);
+  EXPECT_EQ(r.bad, 0) << "of " << r.checked << " (" << r.skipped << " skipped at kinks)";
+  EXPECT_GE(r.checked, 9 * (r.checked + r.skipped) / 10) << "too many kinks to check";
 }
 
 TEST(Model, BatchesDeduplicateEntitiesAndKeepPairs) {

@@ -121,6 +121,11 @@ std::vector<ConfigKey> build_keys() {
                         [](Config& c) -> float& { return c.rating_threshold; }, -inf, inf));
   k.push_back(bool_key("features", "feed entity features to the towers",
                        [](Config& c) -> bool& { return c.features; }));
+  k.push_back(str_key("train-file", "training interactions CSV (e.g. from `towerrec split`); IDs and features still come from --data", &Config::train_file));
+  k.push_back(int_key("eval-every", "evaluate the held-out (validation) split every N epochs (0: only at the end)",
+                      [](Config& c) -> int& { return c.eval_every; }, 0, 1000000));
+  k.push_back(int_key("early-stopping", "stop after N evaluations without a better validation nDCG@10 and keep the best epoch (0: off)",
+                      [](Config& c) -> int& { return c.early_stopping; }, 0, 1000000));
   k.push_back({"holdout", "per-user fraction of interactions held out and evaluated after training (0: none)",
                [](Config& c, const std::string& v) {
                  const float x = parse_float("holdout", v);

@@ -15,8 +15,6 @@ namespace {
 // Options of `train` that are not configuration keys (they say where this run's
 // data and state come from, not what the model is).
 struct RunOptions {
-  std::string train_file;  // training interactions; IDs and features still come from --data
-  int eval_every = 0;      // evaluate the validation split every N epochs
   bool resume = false;     // continue from OUT/model.ckpt when it exists
 };
 
@@ -38,17 +36,7 @@ Args take_run_options(const Args& args, RunOptions& run) {
       }
       return value;
     };
-    if (name == "--train-file") {
-      run.train_file = take_value();
-    } else if (name == "--eval-every") {
-      const std::string v = take_value();
-      size_t pos = 0;
-      long x = -1;
-      try { x = std::stol(v, &pos); } catch (...) { pos = 0; }
-      if (v.empty() || pos != v.size() || x < 0 || x > 1000000)
-        throw Error("--eval-every: expected a non-negative integer, got '" + v + "'");
-      run.eval_every = static_cast<int>(x);
-    } else if (name == "--validation") {
+    if (name == "--validation") {
       rest.push_back("--holdout");  // --validation F is --holdout F
       rest.push_back(take_value());
     } else if (name == "--resume") {
@@ -105,12 +93,8 @@ int cmd_train(const Args& args) {
         "Trains a two-tower model and writes OUT/model.ckpt (after every epoch) and\n"
         "OUT/config.json.\n\n"
         "run options:\n"
-        "  --train-file FILE     train on this interaction CSV (e.g. from `towerrec split`);\n"
-        "                        user/item IDs and features still come from --data, and an\n"
-        "                        ID that --data does not have is an error\n"
         "  --validation F        per-user fraction of the training interactions held out for\n"
         "                        evaluation (the same as --holdout F)\n"
-        "  --eval-every N        evaluate the held-out split every N epochs (0: at the end only)\n"
         "  --resume              continue from OUT/model.ckpt when it exists, up to --epochs\n"
         "                        (the model-shaping keys must match the checkpoint's)\n\n"
         "configuration keys:\n%s",
@@ -121,16 +105,18 @@ int cmd_train(const Args& args) {
   Config cfg;
   const auto positional = apply_flags(cfg, take_run_options(args, run));
   if (!positional.empty()) throw Error("unexpected argument '" + positional[0] + "'");
-  if (run.eval_every > 0 && cfg.holdout <= 0)
-    throw Error("--eval-every needs a validation split: give --validation F (or --holdout F)");
+  if (cfg.early_stopping > 0 && cfg.eval_every == 0) cfg.eval_every = 1;
+  if (cfg.eval_every > 0 && cfg.holdout <= 0)
+    throw Error("--eval-every and --early-stopping need a validation split: give --validation F "
+                "(or --holdout F)");
   const std::string config_text = to_json(cfg);
   if (!cfg.quiet) std::fprintf(stderr, "effective configuration:\n%s", config_text.c_str());
 
   const auto t_load = std::chrono::steady_clock::now();
   Dataset ds = load_dataset(cfg);
-  if (!run.train_file.empty()) {
-    ds.interactions = read_known_interactions(run.train_file, ds.users, ds.items, cfg.rating_threshold);
-    if (ds.interactions.size() == 0) throw InputError(run.train_file, 0, "", "no training interactions");
+  if (!cfg.train_file.empty()) {
+    ds.interactions = read_known_interactions(cfg.train_file, ds.users, ds.items, cfg.rating_threshold);
+    if (ds.interactions.size() == 0) throw InputError(cfg.train_file, 0, "", "no training interactions");
   }
   const double load_s =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
@@ -146,8 +132,8 @@ int cmd_train(const Args& args) {
   }
   if (!cfg.quiet)
     std::fprintf(stderr, "data: %s%s%s: %d users, %d items, %lld interactions (%lld train, %lld held out), loaded in %s\n",
-                 cfg.data.c_str(), run.train_file.empty() ? "" : ", training rows from ",
-                 run.train_file.c_str(), n_users, n_items,
+                 cfg.data.c_str(), cfg.train_file.empty() ? "" : ", training rows from ",
+                 cfg.train_file.c_str(), n_users, n_items,
                  static_cast<long long>(ds.interactions.size()), static_cast<long long>(train.size()),
                  static_cast<long long>(test.size()), format_seconds(load_s).c_str());
 
@@ -199,7 +185,12 @@ int cmd_train(const Args& args) {
     const RankingMetrics m = evaluate_ranking(model, seen_train, held, {10, 20});
     print_ranking(label, m);
     std::fflush(stdout);
+    return m.ndcg[0];
   };
+  // Early stopping keeps the state of the best evaluated epoch.
+  double best_ndcg = -1;
+  int best_epoch = 0, since_best = 0;
+  TwoTowerModel::State best_state;
 
   ProgressPrinter printer(cfg.quiet);
   const int epochs_to_run = std::max(0, cfg.train.epochs - start_epoch);
@@ -216,11 +207,30 @@ int cmd_train(const Args& args) {
         cfg.log_every);
     history.push_back(st);
     printer.epoch_done(st, since(), total_steps - done_before - st.steps);
-    save();
-    if (run.eval_every > 0 && (e + 1) % run.eval_every == 0 && e + 1 < cfg.train.epochs) {
+    if (cfg.eval_every > 0 && (e + 1) % cfg.eval_every == 0 &&
+        (e + 1 < cfg.train.epochs || cfg.early_stopping > 0)) {
       std::printf("epoch %d\n", e + 1);
-      evaluate("validation");
+      const double ndcg = evaluate("validation");
+      if (cfg.early_stopping > 0) {
+        if (ndcg > best_ndcg) {
+          best_ndcg = ndcg;
+          best_epoch = e + 1;
+          best_state = model.save_state();
+          since_best = 0;
+        } else if (++since_best >= cfg.early_stopping) {
+          save();
+          std::printf("early stopping: no better validation nDCG@10 for %d evaluations\n", since_best);
+          break;
+        }
+      }
     }
+    save();
+  }
+  if (cfg.early_stopping > 0 && best_epoch > 0 && best_epoch != trainer.epochs_done()) {
+    model.load_state(best_state);
+    trainer.set_epochs_done(best_epoch);
+    save();
+    std::printf("kept epoch %d (validation nDCG@10 %.4f)\n", best_epoch, best_ndcg);
   }
   const double train_s = since();
   if (history.empty()) {
@@ -246,7 +256,7 @@ int cmd_train(const Args& args) {
   // Evaluation on the held-out split, and a few users' recommendations.
   if (test.size() > 0) {
     const auto t_eval = std::chrono::steady_clock::now();
-    evaluate(run.eval_every > 0 ? "validation" : "holdout");
+    evaluate(cfg.eval_every > 0 ? "validation" : "holdout");
     const RankingMetrics pop = evaluate_popularity(seen_train, held, n_items, {10});
     std::printf("popularity baseline@10  recall %.4f  ndcg %.4f\n", pop.recall[0], pop.ndcg[0]);
     std::printf("evaluated in %s\n",

@@ -21,7 +21,10 @@ struct Config {
   std::string item_features;       // optional, for CSV input
   float rating_threshold = -1e30f; // keep ratings >= this as positives
   bool features = true;            // use entity features
+  std::string train_file;          // training interactions; IDs and features still come from data
   double holdout = 0.0;            // per-user fraction held out for evaluation after training
+  int eval_every = 0;              // evaluate the held-out split every N epochs (0: at the end)
+  int early_stopping = 0;          // stop after N evaluations without a better nDCG@10 (0: off)
   uint64_t split_seed = 42;        // seed of the holdout split
   // model
   TowerConfig tower;

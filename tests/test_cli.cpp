@@ -297,6 +297,31 @@ TEST(Resume, CliRunEndsBitIdenticalToAnUninterruptedOne) {
                     "training interactions differ");
 }
 
+// tune: a grid over two keys on a validation split, reproducible, writing a
+// configuration that train accepts; random trials pick a subset of the grid.
+TEST(Tune, GridTableBestConfigAndRandomTrials) {
+  ASSERT_OK(cli("synth --out " + path("t_data") + " --users 200 --items 120 --seed 5"));
+  const std::string common = "tune --data " + path("t_data") + " --epochs 2 --threads 1 --quiet";
+  const Result a = cli(common + " --param lr=0.001,0.01 --param hidden='32;none' --best " + path("best.json"));
+  ASSERT_OK(a);
+  int rows = 0;
+  std::istringstream in(a.out);
+  for (std::string line; std::getline(in, line);) rows += !line.empty() && std::isdigit(static_cast<unsigned char>(line[0]));
+  EXPECT_EQ(rows, 4) << a.out;
+  const Result b = cli(common + " --param lr=0.001,0.01 --param hidden='32;none' --best " + path("best2.json"));
+  ASSERT_OK(b);
+  EXPECT_EQ(read_file(path("best.json")), read_file(path("best2.json")));
+  EXPECT_OK(cli("train --config " + path("best.json") + " --epochs 1 --out " + path("t_model")));
+  const Result r = cli(common + " --param lr=0.001,0.003,0.01 --param dim=8,16 --trials 2 --best " + path("best3.json"));
+  ASSERT_OK(r);
+  rows = 0;
+  std::istringstream in2(r.out);
+  for (std::string line; std::getline(in2, line);) rows += !line.empty() && std::isdigit(static_cast<unsigned char>(line[0]));
+  EXPECT_EQ(rows, 2) << r.out;
+  EXPECT_FAILS_WITH(cli(common + " --param nosuchkey=1"), "unknown configuration key");
+  EXPECT_FAILS_WITH(cli(common + " --param lr=abc"), "--lr");
+}
+
 // The quality floor: per-user random 75/25 split with seed 42, the
 // default training settings, nDCG@10 of at least 0.30 (about 0.36 is typical;
 // the popularity baseline gets about 0.25).

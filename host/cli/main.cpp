@@ -19,6 +19,7 @@ const char* kUsage =
     "  eval       evaluate a trained model on held-out interactions\n"
     "  recommend  write every user's top-k items as CSV\n"
     "  export     write user and item embeddings as .npy with their ID maps\n"
+    "  tune       search configuration values on a validation split\n"
     "  info       show the build, the backends and the devices\n"
     "\n"
     "`towerrec <command> --help` lists a command's options.\n";
@@ -41,6 +42,7 @@ int main(int argc, char** argv) {
     static const Command kCommands[] = {
         {"synth", cli::cmd_synth},   {"split", cli::cmd_split},         {"train", cli::cmd_train},
         {"eval", cli::cmd_eval},     {"recommend", cli::cmd_recommend}, {"export", cli::cmd_export},
+        {"tune", cli::cmd_tune},
         {"info", cli::cmd_info},
     };
     for (const auto& c : kCommands)

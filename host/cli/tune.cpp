@@ -1,0 +1,175 @@
+// `towerrec tune`: grid or random search over named configuration ranges,
+// each trial trained on the training part of a validation split (carved from
+// the training data, never from a test file) and scored by validation nDCG@10.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <numeric>
+#include <sstream>
+
+#include "host/cli/cli.h"
+#include "towerrec/error.h"
+#include "towerrec/io.h"
+#include "towerrec/recommend.h"
+#include "towerrec/rng.h"
+#include "towerrec/split.h"
+
+namespace towerrec::cli {
+
+namespace {
+
+struct Param {
+  std::string key;
+  std::vector<std::string> values;
+};
+
+Param parse_param(const std::string& spec) {
+  const auto eq = spec.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == spec.size())
+    throw Error("--param: expected KEY=V1,V2,..., got '" + spec + "'");
+  Param p;
+  p.key = spec.substr(0, eq);
+  bool known = false;
+  for (const auto& k : config_keys()) known |= k.name == p.key;
+  if (!known) throw Error("--param: unknown configuration key '" + p.key + "'");
+  // Values are separated by ',' except inside a value written as "a,b" for list
+  // keys such as hidden: use ';' between values when a value contains commas.
+  const char sep = spec.find(';', eq) != std::string::npos ? ';' : ',';
+  std::stringstream ss(spec.substr(eq + 1));
+  std::string v;
+  while (std::getline(ss, v, sep))
+    if (!v.empty()) p.values.push_back(v);
+  if (p.values.empty()) throw Error("--param " + p.key + ": no values");
+  return p;
+}
+
+}  // namespace
+
+int cmd_tune(const Args& args) {
+  if (wants_help(args)) {
+    std::printf(
+        "usage: towerrec tune --data PATH --param KEY=V1,V2,... [--param ...] [options]\n\n"
+        "Trains one model per trial on a validation split carved from the training data\n"
+        "(--validation F, default 0.2, seeded by --split-seed), prints a table of\n"
+        "validation metrics and writes the best configuration as JSON.\n\n"
+        "tune options:\n"
+        "  --param KEY=V1,V2,...  values to try for a configuration key (repeatable; use ';'\n"
+        "                         between values that contain commas, e.g. hidden=128,64;256)\n"
+        "  --trials N             random trials from the grid (0: the whole grid) [0]\n"
+        "  --tune-seed N          seed of the random choice of trials [1]\n"
+        "  --best FILE            where to write the best configuration [best-config.json]\n\n"
+        "Every configuration key of `towerrec train` sets the base configuration.\n");
+    return 0;
+  }
+  std::vector<Param> params;
+  int64_t trials = 0;
+  uint64_t tune_seed = 1;
+  std::string best_path = "best-config.json";
+  Args rest;
+  for (size_t i = 0; i < args.size(); ++i) {
+    std::string name = args[i], value;
+    bool has_value = false;
+    if (auto eq = name.find('='); eq != std::string::npos && name.rfind("--", 0) == 0 &&
+                                  name.rfind("--param", 0) != 0) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    } else if (name.rfind("--param=", 0) == 0) {
+      value = name.substr(8);
+      name = "--param";
+      has_value = true;
+    }
+    auto take = [&]() {
+      if (has_value) return value;
+      if (i + 1 >= args.size()) throw Error("option " + name + " needs a value");
+      return args[++i];
+    };
+    auto as_int = [&](const std::string& v) {
+      size_t pos = 0;
+      long long x = -1;
+      try { x = std::stoll(v, &pos); } catch (...) { pos = 0; }
+      if (v.empty() || pos != v.size() || x < 0) throw Error(name + ": expected a non-negative integer, got '" + v + "'");
+      return x;
+    };
+    if (name == "--param") params.push_back(parse_param(take()));
+    else if (name == "--trials") trials = as_int(take());
+    else if (name == "--tune-seed") tune_seed = static_cast<uint64_t>(as_int(take()));
+    else if (name == "--best") best_path = take();
+    else if (name == "--validation") {
+      rest.push_back("--holdout");
+      rest.push_back(take());
+    } else rest.push_back(args[i]);
+  }
+  if (params.empty()) throw Error("give at least one --param KEY=V1,V2,...");
+  Config base;
+  const auto positional = apply_flags(base, rest);
+  if (!positional.empty()) throw Error("unexpected argument '" + positional[0] + "'");
+  if (base.holdout <= 0) base.holdout = 0.2;
+  // Check every value parses before any training.
+  for (const auto& p : params)
+    for (const auto& v : p.values) {
+      Config c = base;
+      for (const auto& k : config_keys())
+        if (k.name == p.key) k.set(c, v);
+    }
+
+  Dataset ds = load_dataset(base);
+  if (!base.train_file.empty())
+    ds.interactions = read_known_interactions(base.train_file, ds.users, ds.items, base.rating_threshold);
+  const int32_t n_users = ds.users.size(), n_items = ds.items.size();
+  const Split sp = split_per_user_ratio(ds.interactions, n_users, base.holdout, base.split_seed);
+  const UserItems seen = group_by_user(sp.train, n_users);
+  const UserItems held = group_by_user(sp.test, n_users);
+
+  // The grid, in row-major order of the --param list.
+  int64_t grid = 1;
+  for (const auto& p : params) grid *= static_cast<int64_t>(p.values.size());
+  std::vector<int64_t> order(static_cast<size_t>(grid));
+  std::iota(order.begin(), order.end(), 0);
+  if (trials > 0 && trials < grid) {
+    for (int64_t j = grid - 1; j > 0; --j)
+      std::swap(order[j], order[rng::below(tune_seed, rng::kShuffle, static_cast<uint64_t>(j),
+                                           static_cast<uint64_t>(j + 1))]);
+    order.resize(static_cast<size_t>(trials));
+  }
+  auto be = make_backend(base.device, base.threads);
+  std::printf("%-5s", "trial");
+  for (const auto& p : params) std::printf("  %-14s", p.key.c_str());
+  std::printf("  %-8s  %-9s  %s\n", "ndcg@10", "recall@10", "seconds");
+  double best = -1;
+  Config best_cfg = base;
+  for (size_t t = 0; t < order.size(); ++t) {
+    Config c = base;
+    c.quiet = true;
+    std::vector<std::string> chosen;
+    int64_t code = order[t];
+    for (size_t q = params.size(); q-- > 0;) {
+      const auto& p = params[q];
+      const std::string& v = p.values[static_cast<size_t>(code % static_cast<int64_t>(p.values.size()))];
+      code /= static_cast<int64_t>(p.values.size());
+      for (const auto& k : config_keys())
+        if (k.name == p.key) k.set(c, v);
+      chosen.insert(chosen.begin(), v);
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    auto model = build_model(*be, c, ds.user_features, n_users, ds.item_features, n_items);
+    Trainer trainer(*model, sp.train, c.train);
+    for (int e = 0; e < c.train.epochs; ++e) trainer.train_epoch();
+    const RankingMetrics m = evaluate_ranking(*model, seen, held, {10});
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf("%-5zu", t + 1);
+    for (const auto& v : chosen) std::printf("  %-14s", v.c_str());
+    std::printf("  %-8.4f  %-9.4f  %.1f\n", m.ndcg[0], m.recall[0], secs);
+    std::fflush(stdout);
+    if (m.ndcg[0] > best) {
+      best = m.ndcg[0];
+      best_cfg = c;
+      best_cfg.quiet = base.quiet;
+    }
+  }
+  write_file_atomic(best_path, to_json(best_cfg));
+  std::printf("best validation nDCG@10 %.4f; configuration written to %s\n", best, best_path.c_str());
+  return 0;
+}
+
+}  // namespace towerrec::cli

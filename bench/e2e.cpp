@@ -133,7 +133,7 @@ json export_features(const std::string& dir, const std::string& side, const Enti
 
 // Mean per-step dense FLOPs (forward 2, backward 4 per multiply-add of each
 // layer, per unique entity; the loss 6 n_pairs d), from planned batches.
-double flops_per_step(Trainer& tr, TwoTowerModel& model, const TowerConfig& tc, int negatives) {
+double flops_per_step(Trainer& tr, TwoTowerModel& model, const TowerConfig& tc) {
   auto mac = [&](const Tower& t) {
     double s = 0;
     int in = t.input_dim();
@@ -151,7 +151,6 @@ double flops_per_step(Trainer& tr, TwoTowerModel& model, const TowerConfig& tc, 
     total += 6.0 * (double(b.users.size()) * mu + double(b.items.size()) * mi) +
              6.0 * double(b.pair_user.size()) * tc.out_dim;
   }
-  (void)negatives;
   return probe ? total / double(probe) : 0;
 }
 
@@ -261,7 +260,7 @@ int main(int argc, char** argv) try {
   TwoTowerModel model(*be, cfg.tower, us, is, cfg.train.seed);
   model.set_features(ds.user_features, ds.item_features);
   Trainer trainer(model, sp.train, cfg.train);
-  const double step_flops = flops_per_step(trainer, model, cfg.tower, cfg.train.negatives);
+  const double step_flops = flops_per_step(trainer, model, cfg.tower);
   std::vector<json> epochs_out;
   int64_t samples = 0, steps = 0;
   double train_s = 0;

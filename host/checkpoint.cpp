@@ -3,6 +3,7 @@
 #include <zlib.h>
 
 #include <cstring>
+#include <new>
 
 #include "towerrec/error.h"
 #include "towerrec/io.h"
@@ -132,7 +133,9 @@ EntityFeatures get_features(Reader& r) {
 
 }  // namespace
 
-void save_checkpoint(const std::string& path, const Checkpoint& ck) {
+namespace {
+
+void write_checkpoint(const std::string& path, const Checkpoint& ck) {
   std::vector<std::pair<std::string, std::string>> sections;
   {
     Writer w;
@@ -144,6 +147,13 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
     w.i32(ck.epochs_done);
     w.u64(static_cast<uint64_t>(ck.state.steps));
     sections.emplace_back("meta", std::move(w.buf()));
+  }
+  {
+    Writer w;
+    w.i32(ck.epochs_done);
+    w.u64(static_cast<uint64_t>(ck.step));
+    w.raw(&ck.epoch_loss_sum, 8);
+    sections.emplace_back("position", std::move(w.buf()));
   }
   {
     Writer w;
@@ -185,7 +195,10 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
   head.raw(kMagic, 8);
   head.u32(kCheckpointVersion);
   head.u32(static_cast<uint32_t>(sections.size()));
+  uint64_t total = head.buf().size() + 4;
+  for (const auto& [name, payload] : sections) total += 4 + name.size() + 8 + payload.size();
   AtomicFile f(path);
+  f.reserve(total);  // a full disk fails here, naming the size, before any write
   uLong crc = crc32(0L, Z_NULL, 0);
   auto emit = [&](const std::string& bytes) {
     f.write(bytes);
@@ -208,6 +221,20 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
   const uint32_t c = static_cast<uint32_t>(crc);
   f.write(&c, 4);
   f.commit();
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const Checkpoint& ck) {
+  try {
+    write_checkpoint(path, ck);
+  } catch (const std::bad_alloc&) {
+    uint64_t floats = 0;
+    for (const auto& t : ck.state.tensors) floats += t.size();
+    // The file is assembled in memory (about the state's size) before writing.
+    throw Error("out of host memory while writing " + path + " (the model state alone is " +
+                std::to_string(floats * 4) + " bytes); " + path + " was not changed");
+  }
 }
 
 Checkpoint load_checkpoint(const std::string& path) {
@@ -234,6 +261,7 @@ Checkpoint load_checkpoint(const std::string& path) {
   const uint32_t n_sections = top.u32();
   Checkpoint ck;
   bool seen_state = false, seen_users = false, seen_items = false;
+  int64_t seen_position_epoch = -1;
   for (uint32_t s = 0; s < n_sections; ++s) {
     const uint32_t name_len = top.u32();
     if (name_len > 256) top.fail("bad section name");
@@ -249,6 +277,13 @@ Checkpoint load_checkpoint(const std::string& path) {
     } else if (name == "meta") {
       ck.epochs_done = r.i32();
       ck.state.steps = static_cast<int64_t>(r.u64());
+    } else if (name == "position") {
+      const int32_t epoch = r.i32();
+      const uint64_t step = r.u64();
+      r.raw(&ck.epoch_loss_sum, 8);
+      if (step > (uint64_t(1) << 62)) r.fail("step out of range");
+      ck.step = static_cast<int64_t>(step);
+      seen_position_epoch = epoch;
     } else if (name == "users") {
       ck.users = get_ids(r);
       seen_users = true;
@@ -286,6 +321,13 @@ Checkpoint load_checkpoint(const std::string& path) {
   if (!top.done()) top.fail("unexpected bytes after the last section");
   if (!seen_state || !seen_users || !seen_items)
     throw Error(path + ": incomplete checkpoint (missing sections)");
+  if (seen_position_epoch >= 0 && seen_position_epoch != ck.epochs_done)
+    throw Error(path + ": corrupt checkpoint (section 'position': epoch disagrees with 'meta')");
+  if (ck.epochs_done < 0 || ck.state.steps < 0)
+    throw Error(path + ": corrupt checkpoint (section 'meta': negative count)");
+  for (const auto* f : {&ck.user_features, &ck.item_features})
+    if (f->n_entities != 0 && f->n_entities != (f == &ck.user_features ? ck.users : ck.items).size())
+      throw Error(path + ": corrupt checkpoint (feature rows disagree with the ID count)");
   if (ck.has_seen()) {
     if (ck.seen.n_users() != ck.users.size())
       throw Error(path + ": corrupt checkpoint (section 'seen': user count disagrees)");

@@ -210,6 +210,15 @@ std::vector<ConfigKey> build_keys() {
   k.push_back(bool_key("quiet", "no progress output", [](Config& c) -> bool& { return c.quiet; }));
   k.push_back(int_key("log-every", "progress line every N steps",
                       [](Config& c) -> int64_t& { return c.log_every; }, 1, int64_t(1) << 40));
+  k.push_back(int_key("checkpoint-every-steps", "also write OUT/model.ckpt every N training steps within an epoch (0: off)",
+                      [](Config& c) -> int64_t& { return c.checkpoint_every_steps; }, 0, int64_t(1) << 40));
+  k.push_back({"checkpoint-every-minutes", "also write OUT/model.ckpt every M minutes of training within an epoch (0: off)",
+               [](Config& c, const std::string& v) {
+                 const float x = parse_float("checkpoint-every-minutes", v);
+                 if (x < 0 || x > 1e6f) throw Error("--checkpoint-every-minutes: must be in [0, 1e6]");
+                 c.checkpoint_every_minutes = x;
+               },
+               [](const Config& c) { return num(c.checkpoint_every_minutes); }});
   return k;
 }
 

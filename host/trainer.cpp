@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "towerrec/error.h"
@@ -290,24 +291,39 @@ float Trainer::loss_and_gradients(const Batch& b) {
   return loss;
 }
 
+void Trainer::set_position(const TrainPosition& p) {
+  TOWERREC_CHECK(p.epoch >= 0 && p.step >= 0 && p.step < steps_per_epoch(),
+                 "training position out of range: step " + std::to_string(p.step) + " of " +
+                     std::to_string(steps_per_epoch()));
+  epoch_ = p.epoch;
+  start_step_ = p.step;
+  start_loss_sum_ = p.loss_sum;
+}
+
 EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>& progress,
                                 int64_t report_every) {
   const int epoch = epoch_;
   const int64_t steps = steps_per_epoch();
+  // A resumed epoch starts at start_step_; the steps before it count with
+  // their stored loss sum and samples.
+  const int64_t first = start_step_;
   d_losses_.ensure(&be_, steps);
   std::vector<float> losses(static_cast<size_t>(steps));
   const auto t0 = std::chrono::steady_clock::now();
   Batch batch;
-  int64_t samples = 0;
-  auto mean_loss = [&](int64_t upto) {
-    be_.to_host(losses.data(), d_losses_.data(), static_cast<size_t>(upto) * sizeof(float));
-    double sum = 0;
-    for (int64_t s = 0; s < upto; ++s) sum += losses[s];
-    return upto ? sum / static_cast<double>(upto) : 0.0;
+  int64_t samples = std::min(train_.size(), first * cfg_.batch_size);
+  auto loss_sum = [&](int64_t upto) {
+    be_.to_host(losses.data() + first, d_losses_.data() + first,
+                static_cast<size_t>(upto - first) * sizeof(float));
+    double sum = start_loss_sum_;
+    for (int64_t s = first; s < upto; ++s) sum += losses[s];
+    return sum;
   };
+  auto mean_loss = [&](int64_t upto) { return upto ? loss_sum(upto) / static_cast<double>(upto) : 0.0; };
   model_.set_training(true);
   OptimizerConfig opt = cfg_.optimizer;
-  for (int64_t s = 0; s < steps; ++s) {
+  int64_t end = steps;
+  for (int64_t s = first; s < steps; ++s) {
     plan_batch(epoch, s, batch);
     forward_backward(batch, d_losses_.data() + s);
     opt.lr = learning_rate(static_cast<int64_t>(epoch) * steps + s);
@@ -319,20 +335,39 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
                        mean_loss(s + 1)};
       progress(pr);
     }
+    if (s + 1 < steps) {
+      bool go = !(stop_ && stop_->load(std::memory_order_relaxed));
+      if (go && hook_)
+        go = hook_(TrainPosition{epoch, s + 1, std::numeric_limits<double>::quiet_NaN()},
+                   [&, upto = s + 1] { return loss_sum(upto); });
+      if (!go) {
+        end = s + 1;
+        break;
+      }
+    }
   }
   model_.set_training(false);
   EpochStats st;
   st.epoch = epoch + 1;
-  st.steps = steps;
+  st.steps = end - first;
   st.samples = samples;
-  st.loss = mean_loss(steps);
+  const double sum = loss_sum(end);
+  st.loss = end ? sum / static_cast<double>(end) : 0.0;
   if (!std::isfinite(st.loss))
     throw Error("training diverged: the loss is not finite in epoch " + std::to_string(epoch + 1) +
                 " (lower the learning rate)");
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  st.samples_per_s = st.seconds > 0 ? static_cast<double>(samples) / st.seconds : 0;
+  st.samples_per_s = st.seconds > 0 ? static_cast<double>(samples - std::min(train_.size(), first * cfg_.batch_size)) / st.seconds : 0;
+  if (end < steps) {
+    st.complete = false;
+    start_step_ = end;
+    start_loss_sum_ = sum;
+    return st;
+  }
   if (progress) progress(TrainProgress{epoch + 1, cfg_.epochs, steps, steps, samples, st.seconds, st.loss});
   ++epoch_;
+  start_step_ = 0;
+  start_loss_sum_ = 0;
   return st;
 }
 

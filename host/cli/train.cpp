@@ -1,5 +1,10 @@
+#include <signal.h>
+
+#include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <memory>
 
 #include "host/cli/cli.h"
 #include "towerrec/checkpoint.h"
@@ -53,7 +58,52 @@ Args take_run_options(const Args& args, RunOptions& run) {
 const char* const kShapeKeys[] = {"id-dim", "hidden", "dim", "cat-dim", "features", "normalize"};
 // Keys that do not change what an epoch computes.
 const char* const kRunKeys[] = {"epochs", "out", "quiet", "log-every", "device", "data",
-                                "user-features", "item-features"};
+                                "user-features", "item-features", "checkpoint-every-steps",
+                                "checkpoint-every-minutes"};
+
+// Ctrl-C / SIGTERM: the handler only sets flags (lock-free atomics are
+// async-signal-safe); the trainer finishes its step and stops, and train writes
+// a checkpoint. SA_RESETHAND: a second signal ends the process at once.
+std::atomic<bool> g_stop{false};
+std::atomic<int> g_signal{0};
+static_assert(std::atomic<bool>::is_always_lock_free && std::atomic<int>::is_always_lock_free);
+
+extern "C" void on_stop_signal(int sig) {
+  g_signal.store(sig);
+  g_stop.store(true);
+}
+
+// Installs the handler for SIGINT and SIGTERM for its lifetime.
+class StopSignals {
+ public:
+  StopSignals() {
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND;
+    ::sigaction(SIGINT, &sa, &old_int_);
+    ::sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopSignals() {
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+// A diverged run; its message already says what the checkpoint holds.
+struct Diverged : Error {
+  using Error::Error;
+};
+
+std::string describe(const TrainPosition& p) {
+  return p.step ? "epoch " + std::to_string(p.epoch + 1) + " step " + std::to_string(p.step)
+                : "epoch " + std::to_string(p.epoch);
+}
 
 bool listed(const std::string& name, const char* const* b, const char* const* e) {
   for (; b != e; ++b)
@@ -97,6 +147,10 @@ int cmd_train(const Args& args) {
         "                        evaluation (the same as --holdout F)\n"
         "  --resume              continue from OUT/model.ckpt when it exists, up to --epochs\n"
         "                        (the model-shaping keys must match the checkpoint's)\n\n"
+        "Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes OUT/model.ckpt and\n"
+        "exits with status 130 (143 for SIGTERM); --resume continues from that step.\n"
+        "A non-finite loss or parameter stops training with an error; OUT/model.ckpt\n"
+        "then keeps the last good state.\n\n"
         "configuration keys:\n%s",
         config_help().c_str());
     return 0;
@@ -142,6 +196,7 @@ int cmd_train(const Args& args) {
   TwoTowerModel& model = *model_ptr;
   const std::string ckpt_path = cfg.out + "/model.ckpt";
   int start_epoch = 0;
+  TrainPosition start_pos;
   bool resumed = false;
   if (run.resume) {
     if (file_exists(ckpt_path)) {
@@ -149,9 +204,15 @@ int cmd_train(const Args& args) {
       check_resumable(ckpt_path, ck, cfg, ds, seen_all);
       model.load_state(ck.state);
       start_epoch = ck.epochs_done;
+      start_pos = {ck.epochs_done, ck.step, ck.epoch_loss_sum};
       resumed = true;
-      if (!cfg.quiet)
-        std::fprintf(stderr, "resuming from %s after epoch %d\n", ckpt_path.c_str(), start_epoch);
+      if (!cfg.quiet) {
+        if (ck.step > 0)
+          std::fprintf(stderr, "resuming from %s in epoch %d after step %lld\n", ckpt_path.c_str(),
+                       start_epoch + 1, static_cast<long long>(ck.step));
+        else
+          std::fprintf(stderr, "resuming from %s after epoch %d\n", ckpt_path.c_str(), start_epoch);
+      }
     } else if (!cfg.quiet) {
       std::fprintf(stderr, "--resume: no %s yet; starting from scratch\n", ckpt_path.c_str());
     }
@@ -162,13 +223,33 @@ int cmd_train(const Args& args) {
                  model.user_tower().input_dim(), model.item_tower().input_dim());
 
   make_directories(cfg.out);
+  // Temporary files of killed runs are never read; reclaim their space.
+  remove_stale_temp_files(ckpt_path);
+  remove_stale_temp_files(cfg.out + "/config.json");
   write_file_atomic(cfg.out + "/config.json", config_text);
   Trainer trainer(model, train, cfg.train);
   trainer.set_epochs_done(start_epoch);
-  auto save = [&] {
+  if (start_pos.step > 0) {
+    if (start_pos.step >= trainer.steps_per_epoch())
+      throw Error(ckpt_path + ": cannot resume: it stopped at step " + std::to_string(start_pos.step) +
+                  " of an epoch, which now has only " + std::to_string(trainer.steps_per_epoch()) +
+                  " steps (--batch-size changed?)");
+    if (start_epoch < cfg.train.epochs) trainer.set_position(start_pos);
+  }
+  // What OUT/model.ckpt holds, for messages.
+  std::string saved_at = resumed ? describe(start_pos) : "";
+  auto kept_note = [&] {
+    return saved_at.empty() ? std::string("; no checkpoint was written")
+                            : "; " + ckpt_path + " keeps the last good state (" + saved_at + ")";
+  };
+  // Writes the model at `pos`; refuses a diverged state, so the last good
+  // checkpoint stays.
+  auto save_at = [&](const TrainPosition& pos) {
     Checkpoint ck;
     ck.config_json = config_text;
-    ck.epochs_done = trainer.epochs_done();
+    ck.epochs_done = pos.epoch;
+    ck.step = pos.step;
+    ck.epoch_loss_sum = pos.loss_sum;
     ck.users = ds.users;
     ck.items = ds.items;
     if (cfg.features) {
@@ -176,9 +257,41 @@ int cmd_train(const Args& args) {
       ck.item_features = ds.item_features;
     }
     ck.state = model.save_state();
+    for (size_t t = 0; t < ck.state.tensors.size(); ++t)
+      for (float x : ck.state.tensors[t])
+        if (!std::isfinite(x))
+          throw Diverged("training diverged: parameter tensor '" + ck.state.names[t] +
+                      "' holds a non-finite value at " + describe(pos) +
+                      " (lower the learning rate)" + kept_note());
     ck.seen = seen_all;
     save_checkpoint(ckpt_path, ck);
+    saved_at = describe(pos);
   };
+  auto save = [&] { save_at(trainer.position()); };
+  // Mid-epoch checkpoints: every N steps and/or M minutes since the last save.
+  int64_t steps_since_save = 0;
+  auto last_save = std::chrono::steady_clock::now();
+  trainer.set_step_hook([&](const TrainPosition& next, const std::function<double()>& loss_sum) {
+    ++steps_since_save;
+    const bool by_steps = cfg.checkpoint_every_steps > 0 && steps_since_save >= cfg.checkpoint_every_steps;
+    const bool by_time =
+        cfg.checkpoint_every_minutes > 0 &&
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save).count() >=
+            cfg.checkpoint_every_minutes * 60.0;
+    if (!by_steps && !by_time) return true;
+    TrainPosition p = next;
+    p.loss_sum = loss_sum();
+    if (!std::isfinite(p.loss_sum))
+      throw Diverged("training diverged: the loss is not finite in epoch " + std::to_string(p.epoch + 1) +
+                  " before step " + std::to_string(p.step + 1) + " (lower the learning rate)" +
+                  kept_note());
+    save_at(p);
+    steps_since_save = 0;
+    last_save = std::chrono::steady_clock::now();
+    return true;
+  });
+  g_stop.store(false);
+  trainer.set_stop_flag(&g_stop);
   const UserItems seen_train = group_by_user(train, n_users);
   const UserItems held = group_by_user(test, n_users);
   auto evaluate = [&](const char* label) {
@@ -194,17 +307,38 @@ int cmd_train(const Args& args) {
 
   ProgressPrinter printer(cfg.quiet);
   const int epochs_to_run = std::max(0, cfg.train.epochs - start_epoch);
-  const int64_t total_steps = trainer.steps_per_epoch() * epochs_to_run;
+  const int64_t skipped = epochs_to_run > 0 ? start_pos.step : 0;  // run before the resume
+  const int64_t total_steps = trainer.steps_per_epoch() * epochs_to_run - skipped;
   const auto t0 = std::chrono::steady_clock::now();
   auto since = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   std::vector<EpochStats> history;
+  auto signals = std::make_unique<StopSignals>();  // only while training
   for (int e = start_epoch; e < cfg.train.epochs; ++e) {
-    const int64_t done_before = trainer.steps_per_epoch() * (e - start_epoch);
-    EpochStats st = trainer.train_epoch(
-        [&](const TrainProgress& p) {
-          if (p.step < p.steps) printer.update(p, done_before + p.step, total_steps, since());
-        },
-        cfg.log_every);
+    const int64_t done_before = trainer.steps_per_epoch() * (e - start_epoch) - skipped;
+    EpochStats st;
+    try {
+      st = trainer.train_epoch(
+          [&](const TrainProgress& p) {
+            if (p.step < p.steps) printer.update(p, done_before + p.step, total_steps, since());
+          },
+          cfg.log_every);
+    } catch (const Diverged&) {
+      throw;
+    } catch (const Error& err) {
+      // The trainer's own end-of-epoch check.
+      if (std::string(err.what()).rfind("training diverged", 0) == 0) throw Diverged(err.what() + kept_note());
+      throw;
+    }
+    if (!st.complete) {
+      // Stopped by a signal: keep the position and exit.
+      save();
+      const int sig = g_signal.load();
+      std::fprintf(stderr, "\ninterrupted by %s: wrote %s at %s of %lld steps; continue with --resume\n",
+                   sig == SIGTERM ? "SIGTERM" : "SIGINT", ckpt_path.c_str(),
+                   describe(trainer.position()).c_str(), static_cast<long long>(trainer.steps_per_epoch()));
+      std::fflush(stdout);
+      return 128 + (sig ? sig : SIGINT);
+    }
     history.push_back(st);
     printer.epoch_done(st, since(), total_steps - done_before - st.steps);
     if (cfg.eval_every > 0 && (e + 1) % cfg.eval_every == 0 &&
@@ -225,7 +359,18 @@ int cmd_train(const Args& args) {
       }
     }
     save();
+    steps_since_save = 0;
+    last_save = std::chrono::steady_clock::now();
+    if (g_stop.load()) {
+      // A signal during the last step of an epoch: the epoch's checkpoint is written.
+      const int sig = g_signal.load();
+      std::fprintf(stderr, "\ninterrupted by %s: wrote %s at %s; continue with --resume\n",
+                   sig == SIGTERM ? "SIGTERM" : "SIGINT", ckpt_path.c_str(),
+                   describe(trainer.position()).c_str());
+      return 128 + (sig ? sig : SIGINT);
+    }
   }
+  signals.reset();
   if (cfg.early_stopping > 0 && best_epoch > 0 && best_epoch != trainer.epochs_done()) {
     model.load_state(best_state);
     trainer.set_epochs_done(best_epoch);

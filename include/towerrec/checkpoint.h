@@ -8,7 +8,9 @@
 // Sections: config (JSON text), meta (epochs done), users, items (ID lists),
 // user_features, item_features, state (named float tensors: parameters and
 // optimizer moments), and seen (each user's training items, CSR; written only
-// when present). Unknown sections are skipped, so later versions can add
+// when present), position (the next step within the epoch after the last
+// completed one and that epoch's loss sum so far: a mid-epoch checkpoint;
+// absent in files written before it existed, which then mean step 0). Unknown sections are skipped, so later versions can add
 // sections without breaking older readers of the same major version.
 #pragma once
 
@@ -25,6 +27,10 @@ inline constexpr uint32_t kCheckpointVersion = 1;
 struct Checkpoint {
   std::string config_json;
   int32_t epochs_done = 0;
+  // Mid-epoch position: steps of epoch `epochs_done` (0-based) already run,
+  // and the sum of their mean losses. 0 at an epoch boundary.
+  int64_t step = 0;
+  double epoch_loss_sum = 0;
   IdMap users, items;
   EntityFeatures user_features, item_features;
   TwoTowerModel::State state;

@@ -36,6 +36,10 @@ struct Config {
   std::string out = "model";       // output directory
   bool quiet = false;
   int64_t log_every = 50;          // progress line every N steps
+  // Mid-epoch checkpoints (besides the one after every epoch): every N steps
+  // and/or every M minutes of training (0: off).
+  int64_t checkpoint_every_steps = 0;
+  double checkpoint_every_minutes = 10;
 };
 
 // One configuration key: its name, help text, and how to read and write it.

@@ -3,6 +3,7 @@
 // the previous file (if any) intact and no partial file behind.
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
 #include <string>
 
@@ -15,6 +16,9 @@ class AtomicFile {
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
 
+  // Allocates `bytes` on disk up front, so a full disk is reported before
+  // anything is written ("needs N bytes, M available"). Optional.
+  void reserve(uint64_t bytes);
   void write(const void* data, size_t bytes);
   void write(const std::string& s) { write(s.data(), s.size()); }
   std::FILE* stream() { return f_; }  // for fprintf-style writers; errors caught at commit
@@ -26,7 +30,13 @@ class AtomicFile {
   std::string path_, tmp_;
   std::FILE* f_ = nullptr;
   bool committed_ = false;
+  uint64_t written_ = 0, reserved_ = 0;
 };
+
+// Removes the temporary files AtomicFile(path) left behind when its process
+// was killed (PATH.tmp.PID of a PID that no longer runs). They are never read
+// in place of PATH; this only reclaims their space. Returns how many it removed.
+int remove_stale_temp_files(const std::string& path);
 
 // Whole-file helpers.
 void write_file_atomic(const std::string& path, const std::string& contents);

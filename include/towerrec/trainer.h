@@ -8,6 +8,7 @@
 // identical in its sampling on every backend.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -60,8 +61,21 @@ struct EpochStats {
   int64_t steps = 0;
   int64_t samples = 0;     // positives
   double seconds = 0;
-  double loss = 0;         // mean loss per pair
+  double loss = 0;         // mean loss per pair (of the whole epoch, when resumed mid-epoch)
   double samples_per_s = 0;
+  // False when the epoch stopped early (stop flag or step hook); the trainer's
+  // position() then names the next step to run.
+  bool complete = true;
+};
+
+// Where training stands: the next step to run is `step` (0-based) of epoch
+// `epoch` (0-based, = epochs done); `loss_sum` is the sum of the per-step mean
+// losses of that epoch's steps before `step`, so a resumed epoch reports the
+// same loss as an uninterrupted one.
+struct TrainPosition {
+  int epoch = 0;
+  int64_t step = 0;
+  double loss_sum = 0;
 };
 
 class Trainer {
@@ -75,7 +89,23 @@ class Trainer {
   EpochStats train_epoch(const std::function<void(const TrainProgress&)>& progress = {},
                          int64_t report_every = 50);
   int epochs_done() const { return epoch_; }
-  void set_epochs_done(int e) { epoch_ = e; }
+  void set_epochs_done(int e) { epoch_ = e; start_step_ = 0; start_loss_sum_ = 0; }
+  // Mid-epoch position: the next train_epoch() runs epoch p.epoch from step
+  // p.step. Batches are planned from (seed, epoch, step) alone, so with the
+  // model state saved at that point the run continues exactly as an
+  // uninterrupted one.
+  void set_position(const TrainPosition& p);
+  TrainPosition position() const { return {epoch_, start_step_, start_loss_sum_}; }
+  // Checked after every step; when it reads true the epoch stops there
+  // (EpochStats::complete is false). Set from a signal handler (a lock-free
+  // atomic store is async-signal-safe).
+  void set_stop_flag(const std::atomic<bool>* stop) { stop_ = stop; }
+  // Called after every step with the position reached (`next.loss_sum` is not
+  // filled in: `loss_sum()` syncs the device and returns it, so call it only
+  // when needed, e.g. before a checkpoint). Returning false stops the epoch.
+  using StepHook = std::function<bool(const TrainPosition& next,
+                                      const std::function<double()>& loss_sum)>;
+  void set_step_hook(StepHook h) { hook_ = std::move(h); }
   int64_t steps_per_epoch() const;
   // Learning rate at a global step (0-based) under the schedule.
   float learning_rate(int64_t global_step) const;
@@ -106,6 +136,10 @@ class Trainer {
   TrainConfig cfg_;
   int32_t n_users_, n_items_;
   int epoch_ = 0;
+  int64_t start_step_ = 0;        // first step of the next train_epoch()
+  double start_loss_sum_ = 0;     // loss sum of the steps before it
+  const std::atomic<bool>* stop_ = nullptr;
+  StepHook hook_;
   std::vector<int64_t> perm_;
   int shuffled_epoch_ = -1;
   // Each user's training items (sorted), for rejecting accidental hits.

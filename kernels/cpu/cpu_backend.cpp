@@ -615,11 +615,92 @@ void CpuBackend::sparse_sgd(float* table, int dim, const int32_t* rows, int64_t 
 
 // ---- ranking ----------------------------------------------------------------------------
 //
-// Users are processed in blocks: one sgemm scores the block against every item
-// into a scratch of at most kTopkScratchFloats floats, then each user of the block
-// (in parallel) collects its non-excluded items as (key, item) pairs and selects
-// the k best with nth_element + sort under (key desc, item asc). The key is the
-// score with NaN mapped to -inf; out_scores reports the raw score.
+// Users are processed in blocks of up to kTopkUserBlock, items in chunks of
+// topk_item_chunk_ (a block's chunk of scores, 512 x 256 floats = 512 KiB, stays
+// in L2; 512 users per block amortise sgemm's packing of each V chunk, which cost
+// 20% of the time at 64 users). Per chunk: one sgemm scores the block against the
+// chunk's items, then each user of the block (in parallel, rows are independent)
+// folds the hot scores into its bounded candidate set: a binary heap of its k best so far under
+// (key desc, item asc), worst on top. Items arrive in increasing index order, so
+// once the heap is full a new item enters only if its score beats the worst key
+// strictly (a tie loses on the index): almost every score is rejected by one
+// compare, done 16 at a time in a vectorisable pre-test. The key is the score with
+// NaN mapped to -inf; out_scores reports the raw score. Excluded items are checked
+// only for candidates that pass the threshold, against the user's sorted exclusion
+// list with a cursor that moves forward with the item index.
+//
+// The result is exact and does not depend on the chunking or the thread count
+// (selection is a total order; every score is the same sgemm dot product).
+
+namespace {
+
+struct TopkCand {
+  float key;    // rank_key(score)
+  int32_t item;
+  float score;  // raw score (NaN stays NaN in the output)
+};
+
+// Heap order: a "less than" b when a ranks better, so the heap top is the worst.
+inline bool topk_better(const TopkCand& a, const TopkCand& b) {
+  return a.key > b.key || (a.key == b.key && a.item < b.item);
+}
+
+// One user's selection state across the item chunks.
+struct TopkRow {
+  TopkCand* heap;        // [k]
+  int32_t size;          // candidates held
+  const int32_t* excl;   // sorted exclusion list
+  int64_t n_excl;
+  int64_t cursor;        // first exclusion entry >= every item seen so far
+};
+
+inline bool topk_excluded(TopkRow& st, int32_t item) {
+  while (st.cursor < st.n_excl && st.excl[st.cursor] < item) ++st.cursor;
+  return st.cursor < st.n_excl && st.excl[st.cursor] == item;
+}
+
+// Folds scores s[0 .. w) of items item0 .. item0 + w into the row's heap of size k.
+void topk_fold(TopkRow& st, int k, const float* s, int64_t w, int32_t item0) {
+  int64_t j = 0;
+  // Fill phase: every non-excluded item enters until k are held.
+  for (; j < w && st.size < k; ++j) {
+    const int32_t it = item0 + static_cast<int32_t>(j);
+    if (st.n_excl && topk_excluded(st, it)) continue;
+    st.heap[st.size++] = TopkCand{rank_key(s[j]), it, s[j]};
+    std::push_heap(st.heap, st.heap + st.size, topk_better);
+  }
+  if (j >= w) return;
+  float thr = st.heap[0].key;
+  // Replaces the worst candidate by item j (its score beats the threshold).
+  auto take = [&](int64_t jj) {
+    const int32_t it = item0 + static_cast<int32_t>(jj);
+    if (st.n_excl && topk_excluded(st, it)) return;
+    std::pop_heap(st.heap, st.heap + k, topk_better);
+    st.heap[k - 1] = TopkCand{s[jj], it, s[jj]};  // s > thr: not NaN
+    std::push_heap(st.heap, st.heap + k, topk_better);
+    thr = st.heap[0].key;
+  };
+  constexpr int kLane = 16;
+  for (; j < w && (j & (kLane - 1)); ++j)
+    if (s[j] > thr) take(j);
+  for (; j + kLane <= w; j += kLane) {
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int t = 0; t < kLane; ++t) hit |= s[j + t] > thr ? 1 : 0;
+    if (hit)
+      for (int t = 0; t < kLane; ++t)
+        if (s[j + t] > thr) take(j + t);
+  }
+  for (; j < w; ++j)
+    if (s[j] > thr) take(j);
+}
+
+}  // namespace
+
+void CpuBackend::set_topk_item_chunk(int64_t items) {
+  TOWERREC_CHECK(items > 0, "topk item chunk must be positive");
+  topk_item_chunk_ = items;
+}
 
 void CpuBackend::topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d,
                       int k, const int64_t* excl_offsets, const int32_t* excl_items,
@@ -642,58 +723,72 @@ void CpuBackend::topk(const float* U, int64_t n_users, const float* V, int64_t n
   }
 
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  const int64_t block = std::max<int64_t>(
-      1, std::min(kTopkUserBlock, n_items > 0 ? kTopkScratchFloats / n_items : kTopkUserBlock));
-  if (n_items > 0) topk_scores_.resize(static_cast<size_t>(std::min(block, n_users) * n_items));
+  const int64_t block = std::min(kTopkUserBlock, n_users);
+  const int64_t chunk = std::max<int64_t>(1, std::min(topk_item_chunk_, n_items));
+  if (n_items > 0) topk_scores_.resize(static_cast<size_t>(block * chunk));
+  const int64_t kk = std::min<int64_t>(k, n_items);  // heap capacity
+  std::vector<TopkCand> heaps(static_cast<size_t>(block * std::max<int64_t>(kk, 1)));
+  std::vector<TopkRow> rows(static_cast<size_t>(block));
+  std::vector<int32_t> excl_sorted;
 
   for (int64_t u0 = 0; u0 < n_users; u0 += block) {
     const int64_t nb = std::min(block, n_users - u0);
-    // scores[nb x n_items] = U[u0 .. u0+nb) . V^T
-    if (n_items > 0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nb),
-                  static_cast<int>(n_items), d, 1.0f, U + u0 * d, d, V, d, 0.0f,
-                  topk_scores_.data(), static_cast<int>(n_items));
-#pragma omp parallel num_threads(threads_) if (worth_parallel(nb * n_items))
-    {
-      std::vector<std::pair<float, int32_t>> cand;
-      std::vector<uint8_t> excluded;
-#pragma omp for schedule(static)
+    // Per-row state; exclusion lists are used in place when already sorted.
+    int64_t unsorted_total = 0;
+    for (int64_t b = 0; b < nb; ++b) {
+      TopkRow& st = rows[static_cast<size_t>(b)];
+      st.heap = heaps.data() + b * kk;
+      st.size = 0;
+      st.cursor = 0;
+      st.excl = nullptr;
+      st.n_excl = 0;
+      if (excl_offsets) {
+        const int64_t e0 = excl_offsets[u0 + b], e1 = excl_offsets[u0 + b + 1];
+        st.excl = excl_items + e0;
+        st.n_excl = e1 - e0;
+        if (!std::is_sorted(st.excl, st.excl + st.n_excl)) unsorted_total += st.n_excl;
+      }
+    }
+    if (unsorted_total > 0) {
+      excl_sorted.resize(static_cast<size_t>(unsorted_total));
+      int64_t at = 0;
       for (int64_t b = 0; b < nb; ++b) {
-        const int64_t r = u0 + b;
-        const float* scores = topk_scores_.data() + b * n_items;
-        int64_t e0 = 0, e1 = 0;
-        if (excl_offsets) {
-          e0 = excl_offsets[r];
-          e1 = excl_offsets[r + 1];
-        }
-        if (e1 > e0) {
-          excluded.assign(static_cast<size_t>(n_items), 0);
-          for (int64_t j = e0; j < e1; ++j) excluded[static_cast<size_t>(excl_items[j])] = 1;
-        }
-        cand.clear();
-        cand.reserve(static_cast<size_t>(n_items));
-        for (int64_t j = 0; j < n_items; ++j)
-          if (e1 == e0 || !excluded[static_cast<size_t>(j)])
-            cand.emplace_back(rank_key(scores[j]), static_cast<int32_t>(j));
-        const auto better = [](const std::pair<float, int32_t>& a,
-                               const std::pair<float, int32_t>& c) {
-          return a.first > c.first || (a.first == c.first && a.second < c.second);
-        };
-        const size_t kk = std::min(static_cast<size_t>(k), cand.size());
-        if (kk < cand.size())
-          std::nth_element(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(kk),
-                           cand.end(), better);
-        std::sort(cand.begin(), cand.begin() + static_cast<std::ptrdiff_t>(kk), better);
-        int32_t* oi = out_items + r * k;
-        float* os = out_scores + r * k;
-        for (size_t j = 0; j < kk; ++j) {
-          oi[j] = cand[j].second;
-          os[j] = scores[cand[j].second];
-        }
-        for (size_t j = kk; j < static_cast<size_t>(k); ++j) {
-          oi[j] = -1;
-          os[j] = neg_inf;
-        }
+        TopkRow& st = rows[static_cast<size_t>(b)];
+        if (std::is_sorted(st.excl, st.excl + st.n_excl)) continue;
+        int32_t* dst = excl_sorted.data() + at;
+        std::copy(st.excl, st.excl + st.n_excl, dst);
+        std::sort(dst, dst + st.n_excl);
+        st.excl = dst;
+        at += st.n_excl;
+      }
+    }
+
+    for (int64_t i0 = 0; i0 < n_items; i0 += chunk) {
+      const int64_t w = std::min(chunk, n_items - i0);
+      // scores[nb x w] = U[u0 .. u0+nb) . V[i0 .. i0+w)^T
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nb),
+                  static_cast<int>(w), d, 1.0f, U + u0 * d, d, V + i0 * d, d, 0.0f,
+                  topk_scores_.data(), static_cast<int>(w));
+      const float* scores = topk_scores_.data();
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(nb * w))
+      for (int64_t b = 0; b < nb; ++b)
+        if (kk > 0)
+          topk_fold(rows[static_cast<size_t>(b)], static_cast<int>(kk), scores + b * w, w,
+                    static_cast<int32_t>(i0));
+    }
+
+    for (int64_t b = 0; b < nb; ++b) {
+      TopkRow& st = rows[static_cast<size_t>(b)];
+      std::sort(st.heap, st.heap + st.size, topk_better);
+      int32_t* oi = out_items + (u0 + b) * k;
+      float* os = out_scores + (u0 + b) * k;
+      for (int32_t j = 0; j < st.size; ++j) {
+        oi[j] = st.heap[j].item;
+        os[j] = st.heap[j].score;
+      }
+      for (int j = st.size; j < k; ++j) {
+        oi[j] = -1;
+        os[j] = neg_inf;
       }
     }
   }

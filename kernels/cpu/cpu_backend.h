@@ -72,15 +72,18 @@ class CpuBackend final : public Backend {
             const int64_t* excl_offsets, const int32_t* excl_items, int32_t* out_items,
             float* out_scores) override;
 
-  // Most users whose scores topk materialises at once (the scratch holds
-  // block x n_items floats; the block shrinks for very large catalogues).
-  static constexpr int64_t kTopkUserBlock = 64;
-  // Upper bound on the topk score scratch, in floats (64 MiB).
-  static constexpr int64_t kTopkScratchFloats = int64_t{16} << 20;
+  // Users whose scores topk computes together (one sgemm per item chunk).
+  static constexpr int64_t kTopkUserBlock = 512;
+  // Items per scoring chunk (block x chunk floats of scores, 512 KiB: L2-resident
+  // while the selection reads them).
+  static constexpr int64_t kTopkItemChunk = 256;
+  // For tests and tuning: the item chunk (results do not depend on it).
+  void set_topk_item_chunk(int64_t items);
 
  private:
   int threads_;
-  std::vector<float> topk_scores_;  // [block x n_items] scratch, reused across calls
+  int64_t topk_item_chunk_ = kTopkItemChunk;
+  std::vector<float> topk_scores_;  // [block x chunk] scratch, reused across calls
 };
 
 }  // namespace towerrec

@@ -158,8 +158,20 @@ std::vector<ConfigKey> build_keys() {
   k.push_back(int_key("epochs", "training epochs", [](Config& c) -> int& { return c.train.epochs; }, 0, 100000));
   k.push_back(int_key("batch-size", "positives per batch",
                       [](Config& c) -> int64_t& { return c.train.batch_size; }, 1, 1 << 24));
-  k.push_back(int_key("negatives", "sampled negatives per positive",
-                      [](Config& c) -> int& { return c.train.negatives; }, 0, 4096));
+  k.push_back({"negatives", "sampled negatives per positive (auto: 0 for softmax, 4 otherwise)",
+               [](Config& c, const std::string& v) {
+                 if (v == "auto") {
+                   c.negatives_auto = true;
+                   return;
+                 }
+                 const int64_t x = parse_int("negatives", v);
+                 if (x < 0 || x > 4096) throw Error("--negatives: " + v + " is outside [0, 4096]");
+                 c.train.negatives = static_cast<int>(x);
+                 c.negatives_auto = false;
+               },
+               [](const Config& c) {
+                 return c.negatives_auto ? quote("auto") : std::to_string(c.train.negatives);
+               }});
   k.push_back(choice_key("sampler", "negative sampler: uniform or popularity (count^alpha)",
                          [](Config& c) -> std::string& { return c.train.sampler; }, {"uniform", "popularity"}));
   k.push_back(float_key("pop-alpha", "exponent of the popularity sampler",
@@ -172,8 +184,8 @@ std::vector<ConfigKey> build_keys() {
                         [](Config& c) -> float& { return c.train.temperature; }, 1e-4f, 1e4f));
   k.push_back(bool_key("logq", "softmax: correct logits by each item's log sampling rate",
                        [](Config& c) -> bool& { return c.train.logq; }));
-  k.push_back(bool_key("normalize", "L2-normalise output embeddings (cosine scores; softmax loss only)",
-                       [](Config& c) -> bool& { return c.tower.normalize; }));
+  k.push_back(choice_key("normalize", "L2-normalise output embeddings: cosine scores, softmax loss only (auto: on for softmax)",
+                         [](Config& c) -> std::string& { return c.normalize; }, {"auto", "true", "false"}));
   k.push_back(float_key("dropout", "dropout rate after each hidden layer while training",
                         [](Config& c) -> float& { return c.tower.dropout; }, 0.0f, 0.95f));
   k.push_back(choice_key("lr-schedule", "constant, cosine (decay to 0) or step",
@@ -230,6 +242,16 @@ const ConfigKey* find_key(const std::string& name) {
 
 }  // namespace
 
+void resolve_defaults(Config& cfg) {
+  const bool softmax = cfg.train.loss == "softmax";
+  if (cfg.negatives_auto) {
+    cfg.train.negatives = softmax ? 0 : 4;
+    cfg.negatives_auto = false;
+  }
+  if (cfg.normalize == "auto") cfg.normalize = softmax ? "true" : "false";
+  cfg.tower.normalize = cfg.normalize == "true";
+}
+
 const std::vector<ConfigKey>& config_keys() {
   static const std::vector<ConfigKey> keys = build_keys();
   return keys;
@@ -244,6 +266,9 @@ void apply_json(Config& cfg, const std::string& text, const std::string& source)
     int64_t line = 1;
     for (size_t i = 0; i < e.byte && i < text.size(); ++i) line += text[i] == '\n';
     throw InputError(source, line, "", std::string("invalid JSON: ") + e.what());
+  } catch (const json::exception& e) {
+    // Valid syntax the library cannot hold, e.g. a number beyond double range.
+    throw InputError(source, 0, "", std::string("invalid JSON: ") + e.what());
   }
   if (!j.is_object()) throw InputError(source, 1, "", "expected a JSON object");
   for (auto it = j.begin(); it != j.end(); ++it) {

@@ -272,7 +272,10 @@ TEST_F(Pipeline, BadInputsNameFileLineFieldAndLeaveNoOutput) {
 
 TEST(Resume, CliRunEndsBitIdenticalToAnUninterruptedOne) {
   ASSERT_OK(cli("synth --out " + path("rsyn") + " --users 120 --items 60 --interactions-per-user 12 --seed 9"));
-  const std::string common = "train --data " + path("rsyn") + " --threads 1 --quiet --batch-size 64 --hidden 16 --dim 8 --id-dim 8";
+  // A constant learning rate: the run below is extended from 1 to 3 epochs, and
+  // a schedule over all epochs would differ (a warning says so, checked below).
+  const std::string common = "train --data " + path("rsyn") +
+                             " --threads 1 --quiet --batch-size 64 --hidden 16 --dim 8 --id-dim 8 --lr-schedule constant";
   ASSERT_OK(cli(common + " --epochs 3 --out " + path("r_whole")));
   ASSERT_OK(cli(common + " --epochs 1 --out " + path("r_part")));
   const Result resumed = cli(common + " --epochs 3 --resume --out " + path("r_part"));
@@ -293,6 +296,9 @@ TEST(Resume, CliRunEndsBitIdenticalToAnUninterruptedOne) {
   EXPECT_OK(lr);
   EXPECT_NE(lr.err.find("warning: --lr"), std::string::npos) << lr.err;
   EXPECT_FAILS_WITH(cli(common + " --epochs 4 --dim 16 --resume --out " + path("r_part")), "cannot resume");
+  const Result cosine = cli(common + " --epochs 4 --lr-schedule cosine --resume --out " + path("r_part"));
+  EXPECT_OK(cosine);
+  EXPECT_NE(cosine.err.find("warning: --epochs"), std::string::npos) << cosine.err;
   EXPECT_FAILS_WITH(cli(common + " --epochs 4 --rating-threshold 4 --resume --out " + path("r_part")),
                     "training interactions differ");
 }
@@ -322,9 +328,10 @@ TEST(Tune, GridTableBestConfigAndRandomTrials) {
   EXPECT_FAILS_WITH(cli(common + " --param lr=abc"), "--lr");
 }
 
-// The quality floor: per-user random 75/25 split with seed 42, the
-// default training settings, nDCG@10 of at least 0.30 (about 0.36 is typical;
-// the popularity baseline gets about 0.25).
+// The quality floor: per-user random 75/25 split with seed 42, the default
+// training settings (about 20 s on one core): nDCG@10 >= 0.445 and
+// Recall@10 >= 0.21, where a well-tuned BPR matrix factorisation lands (this
+// build measures about 0.469 and 0.219; the popularity baseline about 0.25).
 TEST(MovieLens, QualityFloorWithDefaultSettings) {
   TOWERREC_REQUIRE_ML100K(ml);
   ASSERT_OK(cli("split --data " + ml + " --method ratio --test-fraction 0.25 --seed 42 --out " + path("ml_split")));
@@ -335,7 +342,8 @@ TEST(MovieLens, QualityFloorWithDefaultSettings) {
   ASSERT_OK(e);
   const double ndcg = metric(e.out, "test@10", "ndcg");
   std::printf("MovieLens-100k default settings: nDCG@10 %.4f, recall@10 %.4f\n", ndcg, metric(e.out, "test@10", "recall"));
-  EXPECT_GE(ndcg, 0.30) << e.out;
+  EXPECT_GE(ndcg, 0.445) << e.out;
+  EXPECT_GE(metric(e.out, "test@10", "recall"), 0.21) << e.out;
   EXPECT_GT(ndcg, metric(e.out, "popularity@10", "ndcg")) << e.out;
 }
 

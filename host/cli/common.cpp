@@ -171,6 +171,7 @@ LoadedModel load_model(const std::string& model, const std::string& device, int 
   m.path = is_directory(model) ? model + "/model.ckpt" : model;
   m.ck = load_checkpoint(m.path);
   apply_json(m.cfg, m.ck.config_json, m.path + " (configuration section)");
+  resolve_defaults(m.cfg);
   m.cfg.device = device;
   m.cfg.threads = threads;
   m.be = make_backend(device, threads);

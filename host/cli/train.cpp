@@ -117,9 +117,18 @@ void check_resumable(const std::string& path, const Checkpoint& ck, const Config
                      const Dataset& ds, const UserItems& seen) {
   Config old;
   apply_json(old, ck.config_json, path + " (configuration section)");
+  resolve_defaults(old);
   for (const auto& k : config_keys()) {
     const std::string was = k.get(old), now = k.get(cfg);
     if (was == now) continue;
+    // A learning-rate schedule spans all epochs: more epochs change its earlier steps.
+    if (k.name == "epochs" && cfg.train.lr_schedule != "constant") {
+      std::fprintf(stderr,
+                   "warning: --epochs was %s, now %s: the %s learning-rate schedule changes, so the "
+                   "resumed run will not match an uninterrupted one of %s epochs\n",
+                   was.c_str(), now.c_str(), cfg.train.lr_schedule.c_str(), now.c_str());
+      continue;
+    }
     if (listed(k.name, std::begin(kShapeKeys), std::end(kShapeKeys)))
       throw Error(path + ": cannot resume: --" + k.name + " is " + was + " in the checkpoint, " +
                   now + " now (the model shapes differ)");
@@ -158,6 +167,7 @@ int cmd_train(const Args& args) {
   RunOptions run;
   Config cfg;
   const auto positional = apply_flags(cfg, take_run_options(args, run));
+  resolve_defaults(cfg);
   if (!positional.empty()) throw Error("unexpected argument '" + positional[0] + "'");
   if (cfg.early_stopping > 0 && cfg.eval_every == 0) cfg.eval_every = 1;
   if (cfg.eval_every > 0 && cfg.holdout <= 0)

@@ -105,6 +105,7 @@ int cmd_tune(const Args& args) {
   const auto positional = apply_flags(base, rest);
   if (!positional.empty()) throw Error("unexpected argument '" + positional[0] + "'");
   if (base.holdout <= 0) base.holdout = 0.2;
+
   // Check every value parses before any training.
   for (const auto& p : params)
     for (const auto& v : p.values) {
@@ -151,6 +152,7 @@ int cmd_tune(const Args& args) {
         if (k.name == p.key) k.set(c, v);
       chosen.insert(chosen.begin(), v);
     }
+    resolve_defaults(c);
     const auto t0 = std::chrono::steady_clock::now();
     auto model = build_model(*be, c, ds.user_features, n_users, ds.item_features, n_items);
     Trainer trainer(*model, sp.train, c.train);

@@ -40,7 +40,16 @@ struct Config {
   // and/or every M minutes of training (0: off).
   int64_t checkpoint_every_steps = 0;
   double checkpoint_every_minutes = 10;
+  // Keys whose default depends on the loss ("auto"): negatives (0 for softmax,
+  // whose negatives are the batch's other items; 4 otherwise) and normalize
+  // (on for softmax, whose temperature scales cosine scores; off otherwise).
+  bool negatives_auto = true;
+  std::string normalize = "auto";
 };
+
+// Resolves the "auto" keys from the loss. Call once all flags and files are
+// applied, before building a model or trainer.
+void resolve_defaults(Config& cfg);
 
 // One configuration key: its name, help text, and how to read and write it.
 struct ConfigKey {

@@ -41,10 +41,10 @@ TowerInputSpec make_input_spec(const EntityFeatures& f, int32_t n_entities, bool
 
 struct OptimizerConfig {
   std::string name = "adam";       // adam | sgd
-  float lr = 1e-3f;
+  float lr = 5e-3f;
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   float weight_decay = 0.0f;       // decoupled, on the dense arena
-  float embedding_decay = 0.0f;    // decoupled, on touched ID-embedding rows
+  float embedding_decay = 2.0f;    // decoupled, on touched ID-embedding rows
 };
 
 class Tower;

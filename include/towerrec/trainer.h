@@ -21,9 +21,9 @@
 namespace towerrec {
 
 struct TrainConfig {
-  int epochs = 10;
+  int epochs = 30;
   int64_t batch_size = 1024;       // positives per batch
-  int negatives = 4;               // sampled negatives per positive
+  int negatives = 0;               // sampled negatives per positive
   std::string sampler = "uniform"; // uniform | popularity (count^alpha)
   float pop_alpha = 0.75f;
   // Resample a sampled negative that is a training positive of its user (up to
@@ -33,12 +33,12 @@ struct TrainConfig {
   // bpr:      pairwise, each positive against each of its negatives
   // softmax:  sampled softmax over all items of the batch (the other positives'
   //           items and the sampled negatives), with logQ correction
-  std::string loss = "logistic";
-  float temperature = 1.0f;        // softmax logits are scores / temperature
+  std::string loss = "softmax";
+  float temperature = 0.1f;        // softmax logits are scores / temperature
   bool logq = true;                // softmax: subtract log of each item's sampling rate
   // Learning-rate schedule: constant | cosine (to 0 at the last step) | step
   // (times lr_gamma every lr_step_epochs); linear warm-up over warmup_epochs.
-  std::string lr_schedule = "constant";
+  std::string lr_schedule = "cosine";
   float warmup_epochs = 0.0f;
   int lr_step_epochs = 10;
   float lr_gamma = 0.5f;

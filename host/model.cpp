@@ -121,7 +121,7 @@ void Tower::upload_features(const EntityFeatures& f) {
   }
 }
 
-const float* Tower::forward(const int32_t* idx, int64_t n) {
+const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id) {
   Backend* be = model_->be_;
   const TowerConfig& cfg = model_->cfg_;
   TOWERREC_CHECK(n > 0, name_ + " tower: empty batch");
@@ -136,7 +136,20 @@ const float* Tower::forward(const int32_t* idx, int64_t n) {
   float* X = act_[0].data();
   int col = 0;
   if (cfg.id_dim > 0) {
-    be->gather_rows(id_table_.data(), cfg.id_dim, idx, n, X, in_dim_, col);
+    if (zero_id) {
+      if (zero_row_.size() != cfg.id_dim) {
+        zero_row_.reset(be, cfg.id_dim);
+        be->fill(zero_row_.data(), cfg.id_dim, 0.0f);
+      }
+      if (zero_idx_.size() < n) {
+        zero_idx_.reset(be, n);
+        const std::vector<int32_t> zeros(static_cast<size_t>(n), 0);
+        be->to_device(zero_idx_.data(), zeros.data(), zeros.size() * sizeof(int32_t));
+      }
+      be->gather_rows(zero_row_.data(), cfg.id_dim, zero_idx_.data(), n, X, in_dim_, col);
+    } else {
+      be->gather_rows(id_table_.data(), cfg.id_dim, idx, n, X, in_dim_, col);
+    }
     col += cfg.id_dim;
   }
   if (spec_.dense_dim > 0) {
@@ -270,8 +283,18 @@ void TwoTowerModel::step(const OptimizerConfig& opt) {
   item_->sparse_step(opt, steps_);
 }
 
+void TwoTowerModel::set_cold(const std::vector<char>& users, const std::vector<char>& items) {
+  TOWERREC_CHECK(users.empty() || static_cast<int64_t>(users.size()) == user_->spec_.n_entities,
+                 "cold-user mask size mismatch");
+  TOWERREC_CHECK(items.empty() || static_cast<int64_t>(items.size()) == item_->spec_.n_entities,
+                 "cold-item mask size mismatch");
+  user_->cold_ = users;
+  item_->cold_ = items;
+}
+
 namespace {
-void embed_all(Backend& be, Tower& t, int out_dim, DeviceArray<float>& out, int64_t chunk) {
+void embed_all(Backend& be, Tower& t, int out_dim, DeviceArray<float>& out, int64_t chunk,
+               const std::vector<char>& cold) {
   const int64_t n = t.spec().n_entities;
   out.ensure(&be, n * out_dim);
   chunk = std::max<int64_t>(1, std::min(chunk, n));
@@ -284,6 +307,18 @@ void embed_all(Backend& be, Tower& t, int out_dim, DeviceArray<float>& out, int6
     const float* y = t.forward(didx.data(), m);
     be.copy(out.data() + s * out_dim, y, static_cast<size_t>(m * out_dim) * sizeof(float));
   }
+  // Cold entities again through the unknown-ID bucket, rows copied into place.
+  std::vector<int32_t> cold_ids;
+  for (int64_t e = 0; e < static_cast<int64_t>(cold.size()); ++e)
+    if (cold[e]) cold_ids.push_back(static_cast<int32_t>(e));
+  for (size_t s = 0; s < cold_ids.size(); s += static_cast<size_t>(chunk)) {
+    const int64_t m = std::min<int64_t>(chunk, static_cast<int64_t>(cold_ids.size() - s));
+    be.to_device(didx.data(), cold_ids.data() + s, static_cast<size_t>(m) * sizeof(int32_t));
+    const float* y = t.forward(didx.data(), m, /*zero_id=*/true);
+    for (int64_t r = 0; r < m; ++r)
+      be.copy(out.data() + static_cast<int64_t>(cold_ids[s + r]) * out_dim, y + r * out_dim,
+              static_cast<size_t>(out_dim) * sizeof(float));
+  }
   be.synchronize();
 }
 }  // namespace
@@ -291,13 +326,13 @@ void embed_all(Backend& be, Tower& t, int out_dim, DeviceArray<float>& out, int6
 void TwoTowerModel::embed_all_users(DeviceArray<float>& out, int64_t chunk) {
   const bool was = training_;
   training_ = false;
-  embed_all(*be_, *user_, cfg_.out_dim, out, chunk);
+  embed_all(*be_, *user_, cfg_.out_dim, out, chunk, user_->cold_);
   training_ = was;
 }
 void TwoTowerModel::embed_all_items(DeviceArray<float>& out, int64_t chunk) {
   const bool was = training_;
   training_ = false;
-  embed_all(*be_, *item_, cfg_.out_dim, out, chunk);
+  embed_all(*be_, *item_, cfg_.out_dim, out, chunk, item_->cold_);
   training_ = was;
 }
 

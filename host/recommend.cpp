@@ -37,6 +37,30 @@ UserItems group_by_user(const Interactions& x, int32_t n_users) {
   return g;
 }
 
+std::vector<char> cold_users(const UserItems& train) {
+  std::vector<char> cold(static_cast<size_t>(train.n_users()), 0);
+  for (int32_t u = 0; u < train.n_users(); ++u) cold[u] = train.count(u) == 0;
+  return cold;
+}
+
+std::vector<char> cold_items(const UserItems& train, int32_t n_items) {
+  std::vector<char> cold(static_cast<size_t>(n_items), 1);
+  for (int32_t i : train.items) cold[i] = 0;
+  return cold;
+}
+
+UserItems select_users(const UserItems& x, const std::vector<char>& mask, char keep) {
+  UserItems out;
+  out.offsets.assign(x.offsets.size(), 0);
+  for (int32_t u = 0; u < x.n_users(); ++u) {
+    const bool take = u < static_cast<int32_t>(mask.size()) && mask[u] == keep;
+    if (take)
+      out.items.insert(out.items.end(), x.items.begin() + x.offsets[u], x.items.begin() + x.offsets[u + 1]);
+    out.offsets[u + 1] = static_cast<int64_t>(out.items.size());
+  }
+  return out;
+}
+
 void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceArray<float>& V_all,
                     int32_t n_users, int32_t n_items, int d, const std::vector<int32_t>& users_in,
                     int k, const UserItems* exclude,

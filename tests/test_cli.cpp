@@ -303,6 +303,20 @@ TEST(Resume, CliRunEndsBitIdenticalToAnUninterruptedOne) {
                     "training interactions differ");
 }
 
+// Cold start: a global temporal split leaves users with no training rows; eval
+// reports them apart, embedded from their features through the unknown-ID bucket.
+TEST(ColdStart, TemporalSplitReportsWarmAndColdUsers) {
+  ASSERT_OK(cli("synth --out " + path("c_data") + " --users 600 --items 200 --seed 3"));
+  ASSERT_OK(cli("split --data " + path("c_data") + " --method temporal --test-fraction 0.2 --out " + path("c_split")));
+  ASSERT_OK(cli("train --data " + path("c_data") + " --train-file " + path("c_split/train.csv") +
+                " --epochs 5 --threads 1 --quiet --out " + path("c_model")));
+  const Result e = cli("eval --model " + path("c_model") + " --test " + path("c_split/test.csv") + " --k 10 --threads 1");
+  ASSERT_OK(e);
+  EXPECT_NE(e.out.find("test-warm@10"), std::string::npos) << e.out;
+  EXPECT_NE(e.out.find("test-cold@10"), std::string::npos) << e.out;
+  EXPECT_GT(metric(e.out, "test-cold@10", "ndcg"), 0.0) << e.out;
+}
+
 // tune: a grid over two keys on a validation split, reproducible, writing a
 // configuration that train accepts; random trials pick a subset of the grid.
 TEST(Tune, GridTableBestConfigAndRandomTrials) {

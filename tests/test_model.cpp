@@ -266,6 +266,34 @@ std::vector<float> all_state(TwoTowerModel& m) {
   return v;
 }
 
+TEST(Model, ColdEntitiesUseTheZeroIdBucket) {
+  Fixture f(12, small_tower());
+  DeviceArray<float> plain, bucket, zeroed;
+  f.model->embed_all_users(plain);
+  std::vector<char> cold(static_cast<size_t>(f.ds.users.size()), 0);
+  cold[2] = cold[7] = 1;
+  f.model->set_cold(cold, {});
+  f.model->embed_all_users(bucket);
+  // The same as a model whose ID rows 2 and 7 are zero.
+  f.model->set_cold({}, {});
+  const int d = f.model->config().id_dim;
+  const std::vector<float> zeros(static_cast<size_t>(d), 0.0f);
+  for (int r : {2, 7})
+    f.be->to_device(f.model->user_tower().id_table() + r * d, zeros.data(), d * sizeof(float));
+  f.model->embed_all_users(zeroed);
+  const auto a = testing::download(*f.be, plain), b = testing::download(*f.be, bucket),
+             c = testing::download(*f.be, zeroed);
+  const int out = f.model->out_dim();
+  for (int u = 0; u < f.ds.users.size(); ++u)
+    for (int j = 0; j < out; ++j) {
+      const size_t q = static_cast<size_t>(u) * out + j;
+      EXPECT_EQ(b[q], c[q]) << u;
+      if (!cold[u]) EXPECT_EQ(b[q], a[q]) << u;
+    }
+  EXPECT_NE(b[2 * out], a[2 * out]);
+  EXPECT_THROW(f.model->set_cold(std::vector<char>(3, 0), {}), Error);
+}
+
 TEST(Model, TrainingIsDeterministicForASeed) {
   auto run = [](uint64_t seed) {
     Fixture f(3, small_tower());

@@ -76,6 +76,17 @@ int cmd_eval(const Args& args) {
   if (protocol == "full") {
     const RankingMetrics m = evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train, test, ks);
     print_ranking("test", m);
+    // Warm and cold users (no training interactions in the checkpoint) apart.
+    if (lm.ck.has_seen()) {
+      const std::vector<char> cold = cold_users(lm.ck.seen);
+      const UserItems cold_test = select_users(test, cold, 1);
+      if (!cold_test.items.empty()) {
+        print_ranking("test-warm", evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train,
+                                                    select_users(test, cold, 0), ks));
+        print_ranking("test-cold", evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train,
+                                                    cold_test, ks));
+      }
+    }
     const RankingMetrics pop = evaluate_popularity(train, test, ni, ks);
     for (size_t j = 0; j < pop.ks.size(); ++j)
       std::printf("popularity@%d  recall %.4f  ndcg %.4f\n", pop.ks[j], pop.recall[j], pop.ndcg[j]);

@@ -408,6 +408,9 @@ int cmd_train(const Args& args) {
   }
   std::printf("model written to %s\n", ckpt_path.c_str());
 
+  // Entities without training interactions are embedded through the unknown-ID
+  // bucket from here on (evaluation and the sample recommendations).
+  model.set_cold(cold_users(seen_train), cold_items(seen_train, n_items));
   // Evaluation on the held-out split, and a few users' recommendations.
   if (test.size() > 0) {
     const auto t_eval = std::chrono::steady_clock::now();

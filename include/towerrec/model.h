@@ -78,6 +78,12 @@ class TwoTowerModel {
   bool training() const { return training_; }
   uint64_t seed() const { return seed_; }
 
+  // Cold start: entities marked cold (no training interactions; mask of
+  // n_entities, empty: none) are embedded at inference with the unknown-ID
+  // bucket, a zero ID embedding, so their embedding comes from their features
+  // alone rather than from an ID row that never saw a positive.
+  void set_cold(const std::vector<char>& users, const std::vector<char>& items);
+
   // Embeddings of all entities, [n_entities x out_dim] in backend memory,
   // computed in chunks of `chunk` rows.
   void embed_all_users(DeviceArray<float>& out, int64_t chunk = 8192);
@@ -122,7 +128,8 @@ class Tower {
 
   // Forward for n entities idx[0..n) (backend memory). Returns the output
   // embeddings [n x out_dim], valid until the next forward.
-  const float* forward(const int32_t* idx, int64_t n);
+  // With zero_id, the ID-embedding columns are zero (the unknown-ID bucket).
+  const float* forward(const int32_t* idx, int64_t n, bool zero_id = false);
   // Gradient buffer for the last forward's output [n x out_dim]; fill it, then
   // call backward(). The idx array passed to forward() must stay valid until the
   // model's step().
@@ -153,6 +160,9 @@ class Tower {
   std::vector<Layer> layers_;
   std::vector<int64_t> cat_off_;        // arena offset of each categorical table
   DeviceArray<float> id_table_, id_m_, id_v_;
+  DeviceArray<float> zero_row_;          // [1 x id_dim] zeros: the unknown-ID bucket
+  DeviceArray<int32_t> zero_idx_;        // zeros, indices into zero_row_
+  std::vector<char> cold_;               // per entity: embed with the bucket
   DeviceArray<float> dense_feat_;
   std::vector<DeviceArray<int32_t>> cat_offsets_, cat_values_;
   // Activations: act_[0] is the input X, act_[l+1] the output of layer l.

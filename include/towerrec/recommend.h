@@ -23,6 +23,12 @@ struct UserItems {
 };
 UserItems group_by_user(const Interactions& x, int32_t n_users);
 
+// Cold-start masks from training interactions: users with none, items no user has.
+std::vector<char> cold_users(const UserItems& train);
+std::vector<char> cold_items(const UserItems& train, int32_t n_items);
+// The rows of `x` for users whose mask value equals `keep` (other users empty).
+UserItems select_users(const UserItems& x, const std::vector<char>& mask, char keep);
+
 // One block of results: users[b] got items[b*k .. b*k+k) (item -1 = none left).
 struct TopKBlock {
   int k = 0;

@@ -161,27 +161,42 @@ void CpuBackend::dense_backward(const float* X, int64_t n, int in, const float* 
   TOWERREC_CHECK(act != Activation::kReLU || Y, "dense_backward: ReLU needs Y");
   check_blas_dim(n, "dense_backward: n");
 
-  // dZ = dY * relu'(Z), in place. Y > 0 exactly where Z > 0.
-  if (act == Activation::kReLU) {
-    const int64_t total = n * out;
-#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(total))
-    for (int64_t i = 0; i < total; ++i)
-      if (!(Y[i] > 0.0f)) dY[i] = 0.0f;
-  }
-
-  // db[c] = sum_r dZ[r, c]: each thread owns a column range and sums rows in
-  // order (in double), so the result does not depend on the thread count.
-  for_column_ranges(threads_, out, n * out, [&](int c0, int c1) {
-    constexpr int kTile = 64;
-    double acc[kTile];
-    for (int t0 = c0; t0 < c1; t0 += kTile) {
-      const int w = std::min(kTile, c1 - t0);
-      for (int j = 0; j < w; ++j) acc[j] = 0.0;
-      for (int64_t r = 0; r < n; ++r) {
-        const float* row = dY + r * out + t0;
-        for (int j = 0; j < w; ++j) acc[j] += row[j];
+  // One pass over dY: dZ = dY * relu'(Z) in place (Y > 0 exactly where Z > 0) and
+  // the bias gradient db[c] = sum_r dZ[r, c]. Rows go in fixed blocks of
+  // kBiasRows: each block sums its rows in float, in row order, into its own
+  // partial row; the partials are then added in block order in double. The
+  // result does not depend on the thread count.
+  constexpr int64_t kBiasRows = 256;
+  const bool relu = act == Activation::kReLU;
+  const int64_t n_blocks = (n + kBiasRows - 1) / kBiasRows;
+  bias_partial_.resize(static_cast<size_t>(n_blocks * out));
+  float* partial = bias_partial_.data();
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * out))
+  for (int64_t blk = 0; blk < n_blocks; ++blk) {
+    float* acc = partial + blk * out;
+    for (int c = 0; c < out; ++c) acc[c] = 0.0f;
+    const int64_t r1 = std::min(n, (blk + 1) * kBiasRows);
+    for (int64_t r = blk * kBiasRows; r < r1; ++r) {
+      float* dz = dY + r * out;
+      if (relu) {
+        const float* y = Y + r * out;
+#pragma omp simd
+        for (int c = 0; c < out; ++c) {
+          const float z = y[c] > 0.0f ? dz[c] : 0.0f;
+          dz[c] = z;
+          acc[c] += z;
+        }
+      } else {
+#pragma omp simd
+        for (int c = 0; c < out; ++c) acc[c] += dz[c];
       }
-      for (int j = 0; j < w; ++j) db[t0 + j] = static_cast<float>(acc[j]);
+    }
+  }
+  for_column_ranges(threads_, out, n_blocks * out, [&](int c0, int c1) {
+    for (int c = c0; c < c1; ++c) {
+      double sum = 0.0;
+      for (int64_t blk = 0; blk < n_blocks; ++blk) sum += partial[blk * out + c];
+      db[c] = static_cast<float>(sum);
     }
   });
 

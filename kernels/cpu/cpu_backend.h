@@ -84,6 +84,7 @@ class CpuBackend final : public Backend {
   int threads_;
   int64_t topk_item_chunk_ = kTopkItemChunk;
   std::vector<float> topk_scores_;  // [block x chunk] scratch, reused across calls
+  std::vector<float> bias_partial_;  // dense_backward's per-row-block bias sums
 };
 
 }  // namespace towerrec

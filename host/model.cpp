@@ -239,9 +239,38 @@ void Tower::sparse_step(const OptimizerConfig& opt, int64_t step) {
 // ---------------------------------------------------------------------------
 // TwoTowerModel
 
+int64_t TwoTowerModel::memory_needed(const TowerConfig& cfg, const TowerInputSpec& us,
+                                     const TowerInputSpec& is) {
+  int64_t floats = 0;
+  for (const TowerInputSpec* s : {&us, &is}) {
+    int64_t in = cfg.id_dim + s->dense_dim;
+    for (int32_t v : s->cat_vocab) {
+      floats += 4 * static_cast<int64_t>(v) * cfg.cat_dim;  // table, grad, Adam m and v
+      in += cfg.cat_dim;
+    }
+    std::vector<int> widths = cfg.hidden;
+    widths.push_back(cfg.out_dim);
+    for (int w : widths) {
+      floats += 4 * (in * w + w);
+      in = w;
+    }
+    floats += 3 * static_cast<int64_t>(s->n_entities) * cfg.id_dim;  // ID table, Adam m and v
+    floats += static_cast<int64_t>(s->n_entities) * s->dense_dim;    // dense features
+  }
+  return floats * static_cast<int64_t>(sizeof(float));
+}
+
 TwoTowerModel::TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInputSpec& user_spec,
                              const TowerInputSpec& item_spec, uint64_t seed)
     : be_(&be), cfg_(cfg), seed_(seed) {
+  // Fail before allocating anything when the model cannot fit.
+  const int64_t available = be.memory_available();
+  const int64_t needed = memory_needed(cfg, user_spec, item_spec);
+  if (available >= 0 && needed > available)
+    throw Error("the model needs " + std::to_string(needed) + " bytes (" +
+                std::to_string(needed >> 20) + " MiB) of memory for parameters, optimizer state "
+                "and features, but " + be.describe() + " has " + std::to_string(available) +
+                " bytes (" + std::to_string(available >> 20) + " MiB) available");
   TOWERREC_CHECK(cfg.id_dim >= 0 && cfg.cat_dim > 0, "bad embedding widths");
   TOWERREC_CHECK(cfg.dropout >= 0.0f && cfg.dropout < 1.0f, "dropout must be in [0, 1)");
   int64_t cursor = 0;

@@ -294,6 +294,54 @@ TEST(Model, ColdEntitiesUseTheZeroIdBucket) {
   EXPECT_THROW(f.model->set_cold(std::vector<char>(3, 0), {}), Error);
 }
 
+// A backend with almost no memory: the model must refuse before allocating.
+class TinyBackend final : public Backend {
+ public:
+  DeviceKind kind() const override { return DeviceKind::kCUDA; }
+  std::string describe() const override { return "tiny test device"; }
+  int64_t memory_available() const override { return 4096; }
+  void* allocate(size_t) override { throw Error("allocate called"); }
+  void deallocate(void*) noexcept override {}
+  void to_device(void*, const void*, size_t) override { fail(); }
+  void to_host(void*, const void*, size_t) override { fail(); }
+  void copy(void*, const void*, size_t) override { fail(); }
+  void fill(float*, int64_t, float) override { fail(); }
+  void synchronize() override {}
+  void dense_forward(const float*, int64_t, int, const float*, const float*, int, Activation, float*) override { fail(); }
+  void dense_backward(const float*, int64_t, int, const float*, int, Activation, const float*, float*, float*, float*, float*) override { fail(); }
+  void gather_rows(const float*, int, const int32_t*, int64_t, float*, int, int) override { fail(); }
+  void bag_forward(const float*, int, const int32_t*, const int32_t*, const int32_t*, int64_t, float*, int, int) override { fail(); }
+  void bag_backward(const float*, int, int, const int32_t*, const int32_t*, const int32_t*, int64_t, int, float*) override { fail(); }
+  void logistic_loss(const float*, const float*, int, const PairBatch&, float, float*, float*, float*, float*) override { fail(); }
+  void adam(float*, const float*, float*, float*, int64_t, const AdamParams&) override { fail(); }
+  void sparse_adam(float*, float*, float*, int, const int32_t*, int64_t, const float*, int, int, const AdamParams&) override { fail(); }
+  void sgd(float*, const float*, int64_t, float, float) override { fail(); }
+  void sparse_sgd(float*, int, const int32_t*, int64_t, const float*, int, int, float, float) override { fail(); }
+  void topk(const float*, int64_t, const float*, int64_t, int, int, const int64_t*, const int32_t*, int32_t*, float*) override { fail(); }
+
+ private:
+  [[noreturn]] static void fail() { throw Error("op called"); }
+};
+
+TEST(Model, RefusesEarlyWhenItCannotFit) {
+  TinyBackend be;
+  TowerInputSpec us, is;
+  us.n_entities = 1000;
+  is.n_entities = 500;
+  TowerConfig t;  // 64-d ID tables: 1500 x 64 x 3 floats alone
+  const int64_t needed = TwoTowerModel::memory_needed(t, us, is);
+  EXPECT_GT(needed, int64_t(1500) * 64 * 3 * 4);
+  try {
+    TwoTowerModel m(be, t, us, is, 1);
+    FAIL() << "constructed";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find(std::to_string(needed) + " bytes"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("4096 bytes"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("tiny test device"), std::string::npos) << msg;
+  }
+}
+
 TEST(Model, TrainingIsDeterministicForASeed) {
   auto run = [](uint64_t seed) {
     Fixture f(3, small_tower());

@@ -71,6 +71,9 @@ class Backend {
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;
   virtual void fill(float* p, int64_t n, float value) = 0;
   virtual void synchronize() = 0;
+  // Bytes the backend can still allocate, or -1 when it cannot tell (the CPU
+  // backend leaves that to the operating system).
+  virtual int64_t memory_available() const { return -1; }
 
   // ---- tower layers ----------------------------------------------------------
   // Y[n x out] = act(X[n x in] . W[in x out] + b[out]).

@@ -98,6 +98,10 @@ class TwoTowerModel {
   State save_state() const;
   void load_state(const State& s);  // throws Error on any name or size mismatch
   int64_t parameter_count() const;
+  // Bytes of backend memory the parameters, optimizer state and entity
+  // features of a model of this shape take (activations excluded).
+  static int64_t memory_needed(const TowerConfig& cfg, const TowerInputSpec& user_spec,
+                               const TowerInputSpec& item_spec);
 
   // The dense arena (all layer weights and biases, categorical tables) and its
   // gradient, in backend memory; for tests and diagnostics.

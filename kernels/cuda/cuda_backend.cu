@@ -135,6 +135,13 @@ void* CudaBackend::allocate(size_t bytes) {
 
 void CudaBackend::deallocate(void* p) noexcept { alloc_.deallocate(p); }
 
+int64_t CudaBackend::memory_available() const {
+  const_cast<CudaBackend*>(this)->activate();
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return static_cast<int64_t>(free_b);
+}
+
 void CudaBackend::to_device(void* dst, const void* host_src, size_t bytes) {
   if (bytes == 0) return;
   activate();

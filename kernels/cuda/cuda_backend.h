@@ -58,6 +58,7 @@ class CudaBackend final : public Backend {
   void to_host(void* host_dst, const void* src, size_t bytes) override;
   void copy(void* dst, const void* src, size_t bytes) override;
   void fill(float* p, int64_t n, float value) override;
+  int64_t memory_available() const override;
   void synchronize() override;
 
   void dense_forward(const float* X, int64_t n, int in, const float* W, const float* b, int out,

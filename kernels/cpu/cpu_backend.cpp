@@ -693,7 +693,7 @@ void CpuBackend::sparse_sgd(float* table, int dim, const int32_t* rows, int64_t 
 // (key desc, item asc), worst on top. Items arrive in increasing index order, so
 // once the heap is full a new item enters only if its score beats the worst key
 // strictly (a tie loses on the index): almost every score is rejected by one
-// compare, done 16 at a time in a vectorisable pre-test. The key is the score with
+// compare, done a block of 64 at a time (topk_skip, AVX2 where the CPU has it). The key is the score with
 // NaN mapped to -inf; out_scores reports the raw score. Excluded items are checked
 // only for candidates that pass the threshold, against the user's sorted exclusion
 // list with a cursor that moves forward with the item index.
@@ -728,6 +728,24 @@ inline bool topk_excluded(TopkRow& st, int32_t item) {
   return st.cursor < st.n_excl && st.excl[st.cursor] == item;
 }
 
+// Scores tested at once by topk_skip.
+constexpr int64_t kTopkScanBlock = 64;
+
+// From j, skips whole blocks of kTopkScanBlock scores that are all <= thr (or NaN);
+// returns the start of the first block with a score above thr, or of the tail
+// shorter than a block. Compiled also for AVX2 (chosen at run time): the test is
+// a plain compare, so both versions return the same index.
+__attribute__((target_clones("avx2", "default")))
+int64_t topk_skip(const float* s, int64_t j, int64_t w, float thr) {
+  for (; j + kTopkScanBlock <= w; j += kTopkScanBlock) {
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t t = 0; t < kTopkScanBlock; ++t) hit |= s[j + t] > thr ? 1 : 0;
+    if (hit) return j;
+  }
+  return j;
+}
+
 // Folds scores s[0 .. w) of items item0 .. item0 + w into the row's heap of size k.
 void topk_fold(TopkRow& st, int k, const float* s, int64_t w, int32_t item0) {
   int64_t j = 0;
@@ -749,19 +767,12 @@ void topk_fold(TopkRow& st, int k, const float* s, int64_t w, int32_t item0) {
     std::push_heap(st.heap, st.heap + k, topk_better);
     thr = st.heap[0].key;
   };
-  constexpr int kLane = 16;
-  for (; j < w && (j & (kLane - 1)); ++j)
-    if (s[j] > thr) take(j);
-  for (; j + kLane <= w; j += kLane) {
-    int hit = 0;
-#pragma omp simd reduction(| : hit)
-    for (int t = 0; t < kLane; ++t) hit |= s[j + t] > thr ? 1 : 0;
-    if (hit)
-      for (int t = 0; t < kLane; ++t)
-        if (s[j + t] > thr) take(j + t);
+  while (j < w) {
+    j = topk_skip(s, j, w, thr);  // the first block with a score above thr, or the tail
+    const int64_t e = std::min(w, j + kTopkScanBlock);
+    for (; j < e; ++j)
+      if (s[j] > thr) take(j);
   }
-  for (; j < w; ++j)
-    if (s[j] > thr) take(j);
 }
 
 }  // namespace

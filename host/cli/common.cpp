@@ -178,8 +178,9 @@ LoadedModel load_model(const std::string& model, const std::string& device, int 
   m.model = build_model(*m.be, m.cfg, m.ck.user_features, m.ck.users.size(), m.ck.item_features,
                         m.ck.items.size());
   m.model->load_state(m.ck.state);
-  // Entities without training interactions use the unknown-ID bucket.
-  if (m.ck.has_seen()) m.model->set_cold(cold_users(m.ck.seen), cold_items(m.ck.seen, m.ck.items.size()));
+  // Users without training interactions use the unknown-ID bucket (items keep
+  // their rows: see cmd_train).
+  if (m.ck.has_seen()) m.model->set_cold(cold_users(m.ck.seen), {});
   return m;
 }
 

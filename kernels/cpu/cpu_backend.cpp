@@ -4,8 +4,9 @@
 // Determinism: every parallel loop writes disjoint outputs and every sum runs in
 // an order fixed by the data (row order, CSR order, fixed-size chunks), never by
 // the schedule. OpenBLAS sgemm is deterministic for a fixed thread count.
-// sgemm is always called outside OpenMP regions (the pthread OpenBLAS build
-// must not be entered from many OpenMP threads at once).
+// sgemm is called outside OpenMP regions (the pthread OpenBLAS build
+// must not be entered from many OpenMP threads at once), except in topk, which
+// does so only with OpenBLAS's OpenMP build (single-threaded there).
 //
 // cblas row-major convention used throughout: C[M x N] = op(A) . op(B) with
 // lda/ldb/ldc the row strides of A, B, C as stored.
@@ -805,7 +806,15 @@ void CpuBackend::topk(const float* U, int64_t n_users, const float* V, int64_t n
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const int64_t block = std::min(kTopkUserBlock, n_users);
   const int64_t chunk = std::max<int64_t>(1, std::min(topk_item_chunk_, n_items));
-  if (n_items > 0) topk_scores_.resize(static_cast<size_t>(block * chunk));
+  // With several threads and an OpenMP (or sequential) OpenBLAS, threads split the
+  // users of a block, each with its own sgemm and tile: one barrier per block
+  // instead of two per chunk, which on a loaded machine cost 30% at 2 threads.
+  // Otherwise (pthread OpenBLAS) sgemm threads itself and the fold is parallel.
+  const bool user_parallel = threads_ > 1 && openblas_get_parallel() != 1 &&
+                             worth_parallel(std::min(block, n_users) * n_items);
+  const int64_t tile_floats = block * chunk;
+  if (n_items > 0)
+    topk_scores_.resize(static_cast<size_t>(tile_floats * (user_parallel ? threads_ : 1)));
   const int64_t kk = std::min<int64_t>(k, n_items);  // heap capacity
   std::vector<TopkCand> heaps(static_cast<size_t>(block * std::max<int64_t>(kk, 1)));
   std::vector<TopkRow> rows(static_cast<size_t>(block));
@@ -843,18 +852,34 @@ void CpuBackend::topk(const float* U, int64_t n_users, const float* V, int64_t n
       }
     }
 
-    for (int64_t i0 = 0; i0 < n_items; i0 += chunk) {
-      const int64_t w = std::min(chunk, n_items - i0);
-      // scores[nb x w] = U[u0 .. u0+nb) . V[i0 .. i0+w)^T
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(nb),
-                  static_cast<int>(w), d, 1.0f, U + u0 * d, d, V + i0 * d, d, 0.0f,
-                  topk_scores_.data(), static_cast<int>(w));
-      const float* scores = topk_scores_.data();
-#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(nb * w))
-      for (int64_t b = 0; b < nb; ++b)
-        if (kk > 0)
-          topk_fold(rows[static_cast<size_t>(b)], static_cast<int>(kk), scores + b * w, w,
+    // Scores and folds users [b0, b1) of the block over every item chunk, with
+    // the score tile at tile ([b1 - b0] x chunk floats); the fold runs in
+    // parallel over the users when fold_parallel.
+    auto score_rows = [&](int64_t b0, int64_t b1, float* tile, bool fold_parallel) {
+      for (int64_t i0 = 0; i0 < n_items && b1 > b0; i0 += chunk) {
+        const int64_t w = std::min(chunk, n_items - i0);
+        // tile[(b1-b0) x w] = U[u0+b0 .. u0+b1) . V[i0 .. i0+w)^T
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(b1 - b0),
+                    static_cast<int>(w), d, 1.0f, U + (u0 + b0) * d, d, V + i0 * d, d, 0.0f,
+                    tile, static_cast<int>(w));
+        if (kk == 0) continue;
+#pragma omp parallel for schedule(static) num_threads(threads_) if (fold_parallel)
+        for (int64_t b = b0; b < b1; ++b)
+          topk_fold(rows[static_cast<size_t>(b)], static_cast<int>(kk), tile + (b - b0) * w, w,
                     static_cast<int32_t>(i0));
+      }
+    };
+    if (user_parallel) {
+      // One OpenMP region per block: each thread scores its own users with a
+      // single-threaded sgemm (OpenBLAS's OpenMP build runs one thread inside a
+      // parallel region) into its own tile, so there is no barrier per chunk.
+      const int parts = static_cast<int>(std::min<int64_t>(threads_, nb));
+#pragma omp parallel for schedule(static) num_threads(parts)
+      for (int t = 0; t < parts; ++t)
+        score_rows(nb * t / parts, nb * (t + 1) / parts,
+                   topk_scores_.data() + static_cast<int64_t>(t) * tile_floats, false);
+    } else {
+      score_rows(0, nb, topk_scores_.data(), worth_parallel(nb * chunk));
     }
 
     for (int64_t b = 0; b < nb; ++b) {

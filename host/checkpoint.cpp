@@ -15,7 +15,9 @@ constexpr char kMagic[8] = {'T', 'O', 'W', 'E', 'R', 'R', 'E', 'C'};
 
 class Writer {
  public:
-  void raw(const void* p, size_t n) { buf_.append(static_cast<const char*>(p), n); }
+  void raw(const void* p, size_t n) {
+    if (n) buf_.append(static_cast<const char*>(p), n);
+  }
   void u32(uint32_t x) { raw(&x, 4); }
   void u64(uint64_t x) { raw(&x, 8); }
   void i32(int32_t x) { raw(&x, 4); }
@@ -35,7 +37,7 @@ class Reader {
       : p_(p), n_(n), file_(std::move(file)), section_(std::move(section)) {}
   void raw(void* dst, size_t n) {
     if (n > n_ - at_) fail("truncated");
-    std::memcpy(dst, p_ + at_, n);
+    if (n) std::memcpy(dst, p_ + at_, n);  // an empty vector's data() may be null
     at_ += n;
   }
   uint32_t u32() { uint32_t x; raw(&x, 4); return x; }
@@ -308,8 +310,10 @@ Checkpoint load_checkpoint(const std::string& path) {
       const auto& o = ck.seen.offsets;
       if (o.empty() || o.front() != 0 || static_cast<uint64_t>(o.back()) != ck.seen.items.size())
         r.fail("seen offsets disagree");
-      for (size_t u = 0; u + 1 < o.size(); ++u) {
+      // Offsets first: a later, larger one must not index past the items.
+      for (size_t u = 0; u + 1 < o.size(); ++u)
         if (o[u] > o[u + 1]) r.fail("seen offsets decrease");
+      for (size_t u = 0; u + 1 < o.size(); ++u) {
         for (int64_t j = o[u] + 1; j < o[u + 1]; ++j)
           if (ck.seen.items[j - 1] >= ck.seen.items[j]) r.fail("seen items not sorted");
       }

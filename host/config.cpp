@@ -50,6 +50,8 @@ std::vector<int> parse_int_list(const std::string& key, const std::string& v) {
 
 std::string quote(const std::string& s) { return json(s).dump(); }
 std::string num(double x) {
+  // -0 would read back from JSON as the integer 0, i.e. +0: write 0 for both.
+  if (x == 0) x = 0;
   std::ostringstream ss;
   ss.precision(9);
   ss << x;

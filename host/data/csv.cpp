@@ -96,6 +96,8 @@ Interactions read_interactions_csv(const std::string& path, IdMap& users, IdMap&
       double v;
       if (!parse_double(s, v)) throw InputError(path, ln, "rating", "'" + std::string(s) + "' is not a number");
       if (!std::isfinite(v)) throw InputError(path, ln, "rating", "non-finite rating '" + std::string(s) + "'");
+      if (!std::isfinite(static_cast<float>(v)))
+        throw InputError(path, ln, "rating", "'" + std::string(s) + "' is out of the float range");
       x.rating.push_back(static_cast<float>(v));
     }
     if (has_ts) {

@@ -64,6 +64,8 @@ Interactions read_ratings(const std::string& path, std::string_view delim, IdMap
     double r;
     if (!parse_double(f[2], r) || !std::isfinite(r))
       throw InputError(path, ln, "rating", "'" + std::string(f[2]) + "' is not a number");
+    if (!std::isfinite(static_cast<float>(r)))
+      throw InputError(path, ln, "rating", "'" + std::string(f[2]) + "' is out of the float range");
     int64_t t = 0;
     if (has_ts && !parse_int64(f[3], t))
       throw InputError(path, ln, "timestamp", "'" + std::string(f[3]) + "' is not an integer");
@@ -93,7 +95,12 @@ void read_feature_rows(const std::string& path, std::string_view delim, const Id
     any = true;
     const int64_t ln = lines.line_no();
     split(line, delim, f);
-    if (f.size() < min_fields) throw InputError(path, ln, field_names[f.size()], "missing column");
+    if (f.size() < min_fields)
+      throw InputError(path, ln,
+                       f.size() < field_names.size() ? std::string(field_names[f.size()])
+                                                     : "field " + std::to_string(f.size() + 1),
+                       "missing column: expected at least " + std::to_string(min_fields) +
+                           " fields, found " + std::to_string(f.size()));
     require_int(path, ln, field_names[0], f[0]);
     t.begin_row(ids, f[0], ln);
     row(f, ln);

@@ -43,7 +43,7 @@ Npy read_npy(const std::string& path) {
   const size_t bytes = b.size() - 10 - hl;
   EXPECT_EQ(bytes, static_cast<size_t>(std::max<int64_t>(n.rows, 0) * std::max<int64_t>(n.cols, 0)) * 4);
   n.data.resize(bytes / 4);
-  std::memcpy(n.data.data(), b.data() + 10 + hl, n.data.size() * 4);
+  if (!n.data.empty()) std::memcpy(n.data.data(), b.data() + 10 + hl, n.data.size() * 4);  // data() may be null when empty
   return n;
 }
 

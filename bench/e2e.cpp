@@ -75,6 +75,13 @@ E2EConfig preset(const std::string& name) {
   c.train.batch_size = 1024;
   c.train.negatives = 4;
   c.train.optimizer.lr = 1e-3f;
+  // The peer's model (bench/peers/torch_two_tower.py): logistic loss, constant lr,
+  // no embedding decay; pinned so that changes of the library defaults do not
+  // change the benchmark.
+  c.train.loss = "logistic";
+  c.train.temperature = 1.0f;
+  c.train.lr_schedule = "constant";
+  c.train.optimizer.embedding_decay = 0.0f;
   c.train.seed = 42;
   if (name == "ml100k" || name == "wide") {
     c.data = "/work/shared/data/ml-100k";

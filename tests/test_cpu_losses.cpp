@@ -42,47 +42,12 @@ using testing::random_floats;
 using testing::random_ints;
 using testing::upload;
 
-std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
-
-bool bit_identical(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() &&
-         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
-}
+using testing::bit_identical;
+using testing::check_fd;
+using testing::central_diff;
+using testing::sample_indices;
+using testing::to_double;
 bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
-
-template <typename F>
-double central_diff(F&& f, std::vector<double>& x, size_t i, double h) {
-  const double x0 = x[i];
-  x[i] = x0 + h;
-  const double fp = f();
-  x[i] = x0 - h;
-  const double fm = f();
-  x[i] = x0;
-  return (fp - fm) / (2.0 * h);
-}
-
-std::vector<size_t> sample_indices(std::mt19937_64& g, size_t n, size_t count) {
-  std::vector<size_t> all(n);
-  std::iota(all.begin(), all.end(), size_t{0});
-  if (n <= count) return all;
-  std::shuffle(all.begin(), all.end(), g);
-  all.resize(count);
-  return all;
-}
-
-// analytic[i] against the finite difference of f w.r.t. x[i] at sampled i.
-template <typename F>
-::testing::AssertionResult check_fd(std::mt19937_64& g, F&& f, std::vector<double>& x,
-                                    const std::vector<float>& analytic, double h,
-                                    size_t samples = 40) {
-  std::vector<float> got;
-  std::vector<double> want;
-  for (size_t i : sample_indices(g, x.size(), samples)) {
-    got.push_back(analytic[i]);
-    want.push_back(central_diff(f, x, i, h));
-  }
-  return all_close(got, want, 1e-4, 1e-4);
-}
 
 // |got[i] - want[i]| <= abs + rel_mag * mag[i], mag[i] = sum of |terms| of want[i].
 ::testing::AssertionResult close_by_magnitude(const std::vector<float>& got,

@@ -4,7 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <numeric>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
@@ -64,6 +67,49 @@ inline ::testing::AssertionResult all_close(const std::vector<float>& got,
   if (bad)
     return ::testing::AssertionFailure() << bad << " of " << got.size() << " mismatched" << msg;
   return ::testing::AssertionSuccess();
+}
+
+inline std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+inline bool bit_identical(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() &&
+         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+}
+
+// Central difference of f() with respect to x[i].
+template <typename F>
+double central_diff(F&& f, std::vector<double>& x, size_t i, double h) {
+  const double x0 = x[i];
+  x[i] = x0 + h;
+  const double fp = f();
+  x[i] = x0 - h;
+  const double fm = f();
+  x[i] = x0;
+  return (fp - fm) / (2.0 * h);
+}
+
+// Up to `count` distinct indices in [0, n), all of them when n <= count.
+inline std::vector<size_t> sample_indices(std::mt19937_64& g, size_t n, size_t count) {
+  std::vector<size_t> all(n);
+  std::iota(all.begin(), all.end(), size_t{0});
+  if (n <= count) return all;
+  std::shuffle(all.begin(), all.end(), g);
+  all.resize(count);
+  return all;
+}
+
+// Compares analytic[i] with the finite difference of f w.r.t. x[i] at sampled i.
+template <typename F>
+::testing::AssertionResult check_fd(std::mt19937_64& g, F&& f, std::vector<double>& x,
+                                    const std::vector<float>& analytic, double h,
+                                    size_t samples = 40) {
+  std::vector<float> got;
+  std::vector<double> want;
+  for (size_t i : sample_indices(g, x.size(), samples)) {
+    got.push_back(analytic[i]);
+    want.push_back(central_diff(f, x, i, h));
+  }
+  return all_close(got, want, 1e-4, 1e-4);
 }
 
 // Host <-> backend copies for tests.

@@ -1,3 +1,6 @@
+#include <cstdlib>
+#include <new>
+
 #include "towerrec/backend.h"
 #include "towerrec/error.h"
 
@@ -24,6 +27,14 @@ namespace {
   throw Error(std::string("op ") + op + " is not implemented by backend " + be.describe());
 }
 }  // namespace
+
+void* Backend::allocate_host(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+void Backend::deallocate_host(void* p) noexcept { std::free(p); }
 
 void Backend::bpr_loss(const float*, const float*, int, const PairBatch&, int, float, float*,
                        float*, float*, float*) {

@@ -95,7 +95,14 @@ Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainCon
   item_local_.assign(static_cast<size_t>(n_items_), 0);
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+  // Queued uploads may still read the staging buffers.
+  try {
+    for (auto& st : slots_) be_.wait_fence(st.fence);
+  } catch (...) {
+    // A failed device cannot be waited on; freeing the buffers is all that is left.
+  }
+}
 
 int64_t Trainer::steps_per_epoch() const {
   return (train_.size() + cfg_.batch_size - 1) / cfg_.batch_size;
@@ -217,27 +224,53 @@ void Trainer::plan_batch(int epoch, int64_t b, Batch& out) {
   csr(out.pair_item, out.items.size(), out.item_offsets, out.item_pairs);
 }
 
-void Trainer::forward_backward(const Batch& b, float* loss_slot) {
-  // One upload of every index array of the batch.
-  const size_t nu = b.users.size(), ni = b.items.size(), np = b.pair_user.size();
-  const size_t total = nu + ni + 4 * np + (nu + 1) + (ni + 1);
-  packed_.resize(total);
+void Trainer::stage(const Batch& b, Staged& st) {
+  // The slot's previous upload must have left the buffers before they change.
+  be_.wait_fence(st.fence);
+  st.fence = 0;
+  st.nu = b.users.size();
+  st.ni = b.items.size();
+  st.np = b.pair_user.size();
+  const size_t total = st.nu + st.ni + 4 * st.np + (st.nu + 1) + (st.ni + 1);
+  st.ints.ensure(&be_, static_cast<int64_t>(total));
   size_t off = 0;
   auto put = [&](const std::vector<int32_t>& v) {
     const size_t at = off;
-    std::copy(v.begin(), v.end(), packed_.begin() + static_cast<std::ptrdiff_t>(off));
+    std::copy(v.begin(), v.end(), st.ints.data() + off);
     off += v.size();
     return at;
   };
-  const size_t o_users = put(b.users), o_items = put(b.items), o_pu = put(b.pair_user),
-               o_pi = put(b.pair_item), o_uo = put(b.user_offsets), o_up = put(b.user_pairs),
-               o_io = put(b.item_offsets), o_ip = put(b.item_pairs);
-  d_ints_.ensure(&be_, static_cast<int64_t>(total));
-  be_.to_device(d_ints_.data(), packed_.data(), total * sizeof(int32_t));
-  d_labels_.ensure(&be_, static_cast<int64_t>(np));
-  be_.to_device(d_labels_.data(), b.label.data(), np * sizeof(float));
+  st.o_users = put(b.users);
+  st.o_items = put(b.items);
+  st.o_pu = put(b.pair_user);
+  st.o_pi = put(b.pair_item);
+  st.o_uo = put(b.user_offsets);
+  st.o_up = put(b.user_pairs);
+  st.o_io = put(b.item_offsets);
+  st.o_ip = put(b.item_pairs);
+  st.n_ints = off;
+  // Floats: the labels, then (softmax with logQ) each batch item's log rate.
+  const bool with_log_q = cfg_.loss == "softmax" && cfg_.logq;
+  st.n_floats = st.np + (with_log_q ? st.ni : 0);
+  st.floats.ensure(&be_, static_cast<int64_t>(std::max<size_t>(st.n_floats, 1)));
+  std::copy(b.label.begin(), b.label.end(), st.floats.data());
+  if (with_log_q)
+    for (size_t j = 0; j < st.ni; ++j) st.floats.data()[st.np + j] = log_q_[b.items[j]];
+}
+
+void Trainer::forward_backward(Staged& st, float* loss_slot) {
+  // One queued upload of every index array and one of the floats; the fence
+  // tells stage() when the staging buffers may be refilled.
+  const size_t nu = st.nu, ni = st.ni, np = st.np;
+  d_ints_.ensure(&be_, static_cast<int64_t>(st.n_ints));
+  be_.to_device_async(d_ints_.data(), st.ints.data(), st.n_ints * sizeof(int32_t));
+  d_floats_.ensure(&be_, static_cast<int64_t>(std::max<size_t>(st.n_floats, 1)));
+  be_.to_device_async(d_floats_.data(), st.floats.data(), st.n_floats * sizeof(float));
+  st.fence = be_.fence();
   d_pair_grad_.ensure(&be_, static_cast<int64_t>(np));
   const int32_t* base = d_ints_.data();
+  const size_t o_users = st.o_users, o_items = st.o_items, o_pu = st.o_pu, o_pi = st.o_pi,
+               o_uo = st.o_uo, o_up = st.o_up, o_io = st.o_io, o_ip = st.o_ip;
 
   Tower& ut = model_.user_tower();
   Tower& it = model_.item_tower();
@@ -248,7 +281,7 @@ void Trainer::forward_backward(const Batch& b, float* loss_slot) {
   pb.n_pairs = static_cast<int64_t>(np);
   pb.user = base + o_pu;
   pb.item = base + o_pi;
-  pb.label = d_labels_.data();
+  pb.label = d_floats_.data();
   pb.n_users = static_cast<int32_t>(nu);
   pb.user_offsets = base + o_uo;
   pb.user_pairs = base + o_up;
@@ -265,14 +298,7 @@ void Trainer::forward_backward(const Batch& b, float* loss_slot) {
     be_.bpr_loss(U, V, d, pb, group, scale, ut.output_grad(), it.output_grad(),
                  d_pair_grad_.data(), loss_slot);
   } else {
-    const float* log_q = nullptr;
-    if (cfg_.logq) {
-      batch_log_q_.resize(ni);
-      for (size_t j = 0; j < ni; ++j) batch_log_q_[j] = log_q_[b.items[j]];
-      d_log_q_.ensure(&be_, static_cast<int64_t>(ni));
-      be_.to_device(d_log_q_.data(), batch_log_q_.data(), ni * sizeof(float));
-      log_q = d_log_q_.data();
-    }
+    const float* log_q = cfg_.logq ? d_floats_.data() + np : nullptr;
     d_logits_.ensure(&be_, static_cast<int64_t>(np * ni));
     d_pair_rows_.ensure(&be_, static_cast<int64_t>(np) * d);
     be_.softmax_loss(U, V, d, pb, log_q, cfg_.temperature, 1.0f / static_cast<float>(np),
@@ -285,7 +311,8 @@ void Trainer::forward_backward(const Batch& b, float* loss_slot) {
 
 float Trainer::loss_and_gradients(const Batch& b) {
   d_losses_.ensure(&be_, 1);
-  forward_backward(b, d_losses_.data());
+  stage(b, slots_[0]);
+  forward_backward(slots_[0], d_losses_.data());
   float loss = 0;
   be_.to_host(&loss, d_losses_.data(), sizeof(float));
   return loss;
@@ -323,11 +350,20 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
   model_.set_training(true);
   OptimizerConfig opt = cfg_.optimizer;
   int64_t end = steps;
+  // Double-buffered staging: while the device runs step s (queued without
+  // waiting), the host plans and stages step s + 1 into the other slot.
+  if (first < steps) {
+    plan_batch(epoch, first, batch);
+    stage(batch, slots_[first & 1]);
+  }
   for (int64_t s = first; s < steps; ++s) {
-    plan_batch(epoch, s, batch);
-    forward_backward(batch, d_losses_.data() + s);
+    forward_backward(slots_[s & 1], d_losses_.data() + s);
     opt.lr = learning_rate(static_cast<int64_t>(epoch) * steps + s);
     model_.step(opt);
+    if (s + 1 < steps) {
+      plan_batch(epoch, s + 1, batch);
+      stage(batch, slots_[(s + 1) & 1]);
+    }
     samples += std::min(cfg_.batch_size, train_.size() - s * cfg_.batch_size);
     if (progress && report_every > 0 && (s + 1) % report_every == 0 && s + 1 < steps) {
       TrainProgress pr{epoch + 1, cfg_.epochs, s + 1, steps, samples,

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 
+#include "tests/model_fixture.h"
 #include "tests/test_util.h"
 #include "towerrec/checkpoint.h"
 #include "towerrec/error.h"
@@ -18,65 +19,10 @@
 namespace towerrec {
 namespace {
 
-// A small data set with features on both sides: 3 dense user columns, one
-// one-hot and one multi-hot field per side, some empty bags.
-Dataset tiny_dataset(uint64_t seed, int32_t n_users = 23, int32_t n_items = 17) {
-  std::mt19937_64 g(seed);
-  Dataset ds;
-  for (int32_t u = 0; u < n_users; ++u) ds.users.add("u" + std::to_string(u));
-  for (int32_t i = 0; i < n_items; ++i) ds.items.add("i" + std::to_string(i));
-  for (int32_t u = 0; u < n_users; ++u)
-    for (int j = 0; j < 4; ++j) {
-      ds.interactions.user.push_back(u);
-      ds.interactions.item.push_back(static_cast<int32_t>(g() % n_items));
-    }
-  auto make = [&](int32_t n, int dense) {
-    EntityFeatures f;
-    f.n_entities = n;
-    for (int c = 0; c < dense; ++c) f.dense_names.push_back("d" + std::to_string(c));
-    f.dense = testing::random_floats(g, static_cast<size_t>(n) * dense, 0.0f, 1.0f);
-    f.dense_min.assign(dense, 0.0f);
-    f.dense_max.assign(dense, 1.0f);
-    for (int field = 0; field < 2; ++field) {
-      CategoricalField c;
-      c.name = "c" + std::to_string(field);
-      for (int v = 0; v < 5; ++v) c.vocab.add("v" + std::to_string(v));
-      c.offsets.push_back(0);
-      for (int32_t e = 0; e < n; ++e) {
-        const int count = field == 0 ? 1 : static_cast<int>(g() % 3);  // multi-hot: 0..2
-        for (int q = 0; q < count; ++q) c.values.push_back(static_cast<int32_t>(g() % 5));
-        c.offsets.push_back(static_cast<int32_t>(c.values.size()));
-      }
-      f.categorical.push_back(std::move(c));
-    }
-    return f;
-  };
-  ds.user_features = make(n_users, 3);
-  ds.item_features = make(n_items, 2);
-  return ds;
-}
-
-TowerConfig small_tower() {
-  TowerConfig t;
-  t.id_dim = 6;
-  t.hidden = {9, 7};
-  t.out_dim = 5;
-  t.cat_dim = 3;
-  t.init_std = 0.5f;
-  return t;
-}
-
-struct Fixture {
-  std::unique_ptr<Backend> be = make_cpu_backend(1);
-  Dataset ds;
-  std::unique_ptr<TwoTowerModel> model;
-  Fixture(uint64_t seed, const TowerConfig& tc) : ds(tiny_dataset(seed)) {
-    model = std::make_unique<TwoTowerModel>(
-        *be, tc, make_input_spec(ds.user_features, ds.users.size(), true),
-        make_input_spec(ds.item_features, ds.items.size(), true), seed);
-    model->set_features(ds.user_features, ds.item_features);
-  }
-};
+using testing::all_state;
+using testing::small_tower;
+using testing::tiny_dataset;
+using Fixture = testing::ModelFixture;
 
 // Central difference of the batch loss with respect to one float in backend
 // memory. `kinked` is set when the two one-sided differences disagree: a ReLU
@@ -260,12 +206,6 @@ TEST(Model, BatchesDeduplicateEntitiesAndKeepPairs) {
   EXPECT_EQ(b.pair_user.size(), 12u * 6);
 }
 
-std::vector<float> all_state(TwoTowerModel& m) {
-  std::vector<float> v;
-  for (const auto& t : m.save_state().tensors) v.insert(v.end(), t.begin(), t.end());
-  return v;
-}
-
 TEST(Model, ColdEntitiesUseTheZeroIdBucket) {
   Fixture f(12, small_tower());
   DeviceArray<float> plain, bucket, zeroed;
@@ -288,7 +228,9 @@ TEST(Model, ColdEntitiesUseTheZeroIdBucket) {
     for (int j = 0; j < out; ++j) {
       const size_t q = static_cast<size_t>(u) * out + j;
       EXPECT_EQ(b[q], c[q]) << u;
-      if (!cold[u]) EXPECT_EQ(b[q], a[q]) << u;
+      if (!cold[u]) {
+        EXPECT_EQ(b[q], a[q]) << u;
+      }
     }
   EXPECT_NE(b[2 * out], a[2 * out]);
   EXPECT_THROW(f.model->set_cold(std::vector<char>(3, 0), {}), Error);

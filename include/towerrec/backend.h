@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 namespace towerrec {
 
@@ -74,6 +75,26 @@ class Backend {
   // Bytes the backend can still allocate, or -1 when it cannot tell (the CPU
   // backend leaves that to the operating system).
   virtual int64_t memory_available() const { return -1; }
+
+  // ---- staged (asynchronous) copies ------------------------------------------------
+  // Host buffers that the device copies to and from directly (page-locked on
+  // CUDA, ordinary aligned memory on the CPU). A copy from or to such a buffer is
+  // queued like an op and returns at once; the host must not touch the buffer
+  // until a fence recorded after the copy has passed. With them the host can plan
+  // the next batch, or read the previous block's results, while the device works.
+  virtual void* allocate_host(size_t bytes);
+  virtual void deallocate_host(void* p) noexcept;
+  virtual void to_device_async(void* dst, const void* host_src, size_t bytes) {
+    to_device(dst, host_src, bytes);
+  }
+  virtual void to_host_async(void* host_dst, const void* src, size_t bytes) {
+    to_host(host_dst, src, bytes);
+  }
+  // A marker behind all work queued so far (0 on a backend whose ops complete
+  // before they return). wait_fence(f) returns once everything queued before f
+  // has finished; waiting on an old or zero fence returns at once.
+  virtual uint64_t fence() { return 0; }
+  virtual void wait_fence(uint64_t /*f*/) {}
 
   // ---- tower layers ----------------------------------------------------------
   // Y[n x out] = act(X[n x in] . W[in x out] + b[out]).
@@ -196,6 +217,47 @@ std::unique_ptr<Backend> make_cuda_backend(int device = 0);
 
 // "cpu", "cuda", "cuda:N" or "auto" (CUDA where available, else CPU).
 std::unique_ptr<Backend> make_backend(const std::string& name, int cpu_threads = 0);
+
+// Typed owning buffer in a backend's staging host memory (allocate_host).
+template <typename T>
+class HostArray {
+ public:
+  HostArray() = default;
+  ~HostArray() { release(); }
+  HostArray(const HostArray&) = delete;
+  HostArray& operator=(const HostArray&) = delete;
+  HostArray(HostArray&& o) noexcept { *this = std::move(o); }
+  HostArray& operator=(HostArray&& o) noexcept {
+    if (this != &o) {
+      release();
+      be_ = o.be_; p_ = o.p_; n_ = o.n_;
+      o.be_ = nullptr; o.p_ = nullptr; o.n_ = 0;
+    }
+    return *this;
+  }
+  // Grows (never shrinks) to at least n elements; contents are not kept. The
+  // caller makes sure no queued copy still uses the old buffer.
+  void ensure(Backend* be, int64_t n) {
+    if (be_ == be && n <= n_) return;
+    release();
+    be_ = be;
+    n_ = n;
+    p_ = n > 0 ? static_cast<T*>(be->allocate_host(sizeof(T) * static_cast<size_t>(n))) : nullptr;
+  }
+  void release() noexcept {
+    if (p_ && be_) be_->deallocate_host(p_);
+    p_ = nullptr;
+    n_ = 0;
+  }
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  int64_t size() const { return n_; }
+
+ private:
+  Backend* be_ = nullptr;
+  T* p_ = nullptr;
+  int64_t n_ = 0;
+};
 
 // Typed owning buffer in a backend's memory.
 template <typename T>

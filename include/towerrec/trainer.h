@@ -5,7 +5,9 @@
 // once per pair; the loss indexes into those outputs and reduces the gradients
 // of repeated rows before the towers' backward. Batches are planned on the host
 // from counter-based random numbers, so a run is reproducible from its seed and
-// identical in its sampling on every backend.
+// identical in its sampling on every backend. On a device backend the steps are
+// queued without waiting: the host plans and stages batch s + 1 in page-locked
+// memory while the device runs step s, and each batch is one queued upload.
 #pragma once
 
 #include <atomic>
@@ -127,8 +129,19 @@ class Trainer {
  private:
   void shuffle(int epoch);
   int32_t sample_negative(uint64_t counter) const;
-  // Uploads the batch and runs forward, loss and backward; the loss goes to *loss_slot.
-  void forward_backward(const Batch& b, float* loss_slot);
+  // A planned batch packed into staging memory for one queued upload.
+  struct Staged {
+    HostArray<int32_t> ints;     // every index array of the batch, back to back
+    HostArray<float> floats;     // labels, then per-item log rates (softmax + logQ)
+    size_t n_ints = 0, n_floats = 0, nu = 0, ni = 0, np = 0;
+    size_t o_users = 0, o_items = 0, o_pu = 0, o_pi = 0, o_uo = 0, o_up = 0, o_io = 0, o_ip = 0;
+    uint64_t fence = 0;          // passes once the upload has read the buffers
+  };
+  // Packs `b` into `st` (waiting first for st's previous upload).
+  void stage(const Batch& b, Staged& st);
+  // Uploads the staged batch (queued) and runs forward, loss and backward; the
+  // loss goes to *loss_slot.
+  void forward_backward(Staged& st, float* loss_slot);
 
   TwoTowerModel& model_;
   Backend& be_;
@@ -148,8 +161,7 @@ class Trainer {
   bool is_seen(int32_t user, int32_t item) const;
   // log of each item's rate of appearing in a batch (softmax logQ correction).
   std::vector<float> log_q_;
-  std::vector<float> batch_log_q_;
-  DeviceArray<float> d_log_q_, d_logits_, d_pair_rows_;
+  DeviceArray<float> d_logits_, d_pair_rows_;
   // Alias table for popularity sampling.
   std::vector<float> alias_prob_;
   std::vector<int32_t> alias_idx_;
@@ -157,10 +169,10 @@ class Trainer {
   std::vector<int64_t> user_stamp_, item_stamp_;
   std::vector<int32_t> user_local_, item_local_;
   int64_t stamp_ = 0;
-  // Device-side batch buffers.
-  std::vector<int32_t> packed_;
+  // Device-side batch buffers, and two staging slots (step s uses slot s & 1).
+  Staged slots_[2];
   DeviceArray<int32_t> d_ints_;
-  DeviceArray<float> d_labels_, d_pair_grad_, d_losses_;
+  DeviceArray<float> d_floats_, d_pair_grad_, d_losses_;
 };
 
 }  // namespace towerrec

@@ -82,6 +82,8 @@ CudaBackend::~CudaBackend() {
   // fault every call fails anyway.
   cudaSetDevice(device_);
   cudaStreamSynchronize(stream_);
+  for (auto& f : fences_) cudaEventDestroy(f.second);
+  for (cudaEvent_t e : free_events_) cudaEventDestroy(e);
   cublasDestroy(cublas_);
   cudaFree(cublas_workspace_);
   cudaStreamDestroy(stream_);
@@ -155,6 +157,79 @@ void CudaBackend::to_host(void* host_dst, const void* src, size_t bytes) {
   if (bytes > 0)
     CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
   CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void* CudaBackend::allocate_host(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  activate();
+  void* p = nullptr;
+  const cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw Error("CUDA backend: cannot allocate " + std::to_string(bytes) +
+                " bytes of page-locked host memory (" + cudaGetErrorString(e) + ")");
+  }
+  return p;
+}
+
+void CudaBackend::deallocate_host(void* p) noexcept {
+  if (p != nullptr) cudaFreeHost(p);
+}
+
+void CudaBackend::to_device_async(void* dst, const void* host_src, size_t bytes) {
+  if (bytes == 0) return;
+  activate();
+  CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+}
+
+void CudaBackend::to_host_async(void* host_dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  activate();
+  CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+}
+
+uint64_t CudaBackend::fence() {
+  activate();
+  // Recycle fences that have passed, so callers that never wait on some of
+  // theirs do not grow the list.
+  while (fences_.size() > 16) {
+    const cudaError_t q = cudaEventQuery(fences_.front().second);
+    if (q == cudaErrorNotReady) break;
+    CUDA_CHECK(q);
+    passed_fence_ = fences_.front().first;
+    free_events_.push_back(fences_.front().second);
+    fences_.pop_front();
+  }
+  cudaEvent_t e = nullptr;
+  if (!free_events_.empty()) {
+    e = free_events_.back();
+    free_events_.pop_back();
+  } else {
+    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  }
+  const cudaError_t rc = cudaEventRecord(e, stream_);
+  if (rc != cudaSuccess) {
+    free_events_.push_back(e);
+    CUDA_CHECK(rc);
+  }
+  fences_.emplace_back(next_fence_, e);
+  return next_fence_++;
+}
+
+void CudaBackend::wait_fence(uint64_t f) {
+  if (f == 0 || f <= passed_fence_) return;
+  TOWERREC_CHECK(f < next_fence_, "wait_fence: fence " + std::to_string(f) + " was never recorded");
+  activate();
+  // Events complete in stream order: once f has passed, every older one has too.
+  cudaEvent_t target = nullptr;
+  for (const auto& entry : fences_)
+    if (entry.first == f) target = entry.second;
+  CUDA_CHECK(cudaEventSynchronize(target));
+  while (!fences_.empty() && fences_.front().first <= f) {
+    free_events_.push_back(fences_.front().second);
+    fences_.pop_front();
+  }
+  passed_fence_ = f;
 }
 
 void CudaBackend::copy(void* dst, const void* src, size_t bytes) {

@@ -22,8 +22,11 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "host/cuda/caching_allocator.h"
 #include "kernels/cuda/cuda_check.h"
@@ -60,6 +63,13 @@ class CudaBackend final : public Backend {
   void fill(float* p, int64_t n, float value) override;
   int64_t memory_available() const override;
   void synchronize() override;
+
+  void* allocate_host(size_t bytes) override;
+  void deallocate_host(void* p) noexcept override;
+  void to_device_async(void* dst, const void* host_src, size_t bytes) override;
+  void to_host_async(void* host_dst, const void* src, size_t bytes) override;
+  uint64_t fence() override;
+  void wait_fence(uint64_t f) override;
 
   void dense_forward(const float* X, int64_t n, int in, const float* W, const float* b, int out,
                      Activation act, float* Y) override;
@@ -128,6 +138,12 @@ class CudaBackend final : public Backend {
   TopkPrecision topk_precision_ = TopkPrecision::kFP32;
   TopkPath topk_path_ = TopkPath::kAuto;
   std::string base_description_;  // description_ without the top-K settings
+  // Fences: events recorded on the stream, oldest first, with their numbers;
+  // passed ones go back to a free list.
+  std::deque<std::pair<uint64_t, cudaEvent_t>> fences_;
+  std::vector<cudaEvent_t> free_events_;
+  uint64_t next_fence_ = 1;
+  uint64_t passed_fence_ = 0;
 };
 
 // ", top-K tf32" etc. for describe(); empty for the defaults.

@@ -79,53 +79,103 @@ void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceAr
     block_users = std::clamp<int64_t>((int64_t(64) << 20) / std::max<int32_t>(n_items, 1), 1, 4096);
   }
   const int64_t nb = std::min<int64_t>(block_users, static_cast<int64_t>(users->size()));
-  DeviceArray<float> Ub(&be, nb * d);
-  DeviceArray<int32_t> out_items(&be, nb * k);
-  DeviceArray<float> out_scores(&be, nb * k);
-  DeviceArray<int64_t> d_off(&be, nb + 1);
-  DeviceArray<int32_t> d_excl;
-  std::vector<int64_t> off(static_cast<size_t>(nb) + 1);
-  std::vector<int32_t> excl;
+  // Two slots: while the device selects block b (queued), the host hands block
+  // b - 1's results to the sink. Each slot stages its inputs (user rows,
+  // exclusions) and receives its results in page-locked memory, so every copy is
+  // queued and only the fence of the block being handed over is waited on.
+  struct Slot {
+    HostArray<int32_t> users, excl, items;
+    HostArray<int64_t> off;
+    HostArray<float> scores;
+    DeviceArray<int32_t> d_users, d_excl, d_items;
+    DeviceArray<int64_t> d_off;
+    DeviceArray<float> d_scores, Ub;
+    int64_t first = 0, m = 0;  // users[first .. first + m) of the request
+    uint64_t fence = 0;
+  };
+  Slot slots[2];
+  for (Slot& sl : slots) {
+    sl.users.ensure(&be, nb);
+    sl.items.ensure(&be, nb * k);
+    sl.scores.ensure(&be, nb * k);
+    sl.d_users.reset(&be, nb);
+    sl.d_items.reset(&be, nb * k);
+    sl.d_scores.reset(&be, nb * k);
+    sl.Ub.reset(&be, nb * d);
+    if (exclude) {
+      sl.off.ensure(&be, nb + 1);
+      sl.d_off.reset(&be, nb + 1);
+    }
+  }
+  // On an early exit (a throwing sink) queued copies must finish before the
+  // slots' buffers go.
+  struct Drain {
+    Backend& be;
+    Slot* slots;
+    ~Drain() {
+      try {
+        be.wait_fence(slots[0].fence);
+        be.wait_fence(slots[1].fence);
+      } catch (...) {
+      }
+    }
+  } drain{be, slots};
   TopKBlock blk;
   blk.k = k;
-  for (size_t s = 0; s < users->size(); s += static_cast<size_t>(nb)) {
-    const int64_t m = std::min<int64_t>(nb, static_cast<int64_t>(users->size() - s));
-    blk.users.assign(users->begin() + static_cast<std::ptrdiff_t>(s),
-                     users->begin() + static_cast<std::ptrdiff_t>(s + static_cast<size_t>(m)));
+  auto hand_over = [&](Slot& sl) {
+    be.wait_fence(sl.fence);
+    const size_t mk = static_cast<size_t>(sl.m * k);
+    blk.users.assign(users->begin() + static_cast<std::ptrdiff_t>(sl.first),
+                     users->begin() + static_cast<std::ptrdiff_t>(sl.first + sl.m));
+    blk.items.assign(sl.items.data(), sl.items.data() + mk);
+    blk.scores.assign(sl.scores.data(), sl.scores.data() + mk);
+    sink(blk);
+  };
+  const int64_t total = static_cast<int64_t>(users->size());
+  int64_t b = 0;
+  for (int64_t s = 0; s < total; s += nb, ++b) {
+    Slot& sl = slots[b & 1];
+    // This slot's last block was handed over (and its fence passed) already.
+    sl.first = s;
+    sl.m = std::min<int64_t>(nb, total - s);
+    const int64_t m = sl.m;
     for (int64_t r = 0; r < m; ++r) {
-      const int32_t u = blk.users[r];
+      const int32_t u = (*users)[static_cast<size_t>(s + r)];
       TOWERREC_CHECK(u >= 0 && u < n_users, "user index out of range");
-      be.copy(Ub.data() + r * d, U_all.data() + static_cast<int64_t>(u) * d, sizeof(float) * d);
+      sl.users.data()[r] = u;
     }
+    be.to_device_async(sl.d_users.data(), sl.users.data(), sizeof(int32_t) * static_cast<size_t>(m));
+    be.gather_rows(U_all.data(), d, sl.d_users.data(), m, sl.Ub.data(), d, 0);
     const int64_t* excl_off = nullptr;
     const int32_t* excl_items = nullptr;
     if (exclude) {
-      excl.clear();
-      off[0] = 0;
+      int64_t n_excl = 0;
+      sl.off.data()[0] = 0;
       for (int64_t r = 0; r < m; ++r) {
-        const int32_t u = blk.users[r];
-        excl.insert(excl.end(), exclude->items.begin() + exclude->offsets[u],
-                    exclude->items.begin() + exclude->offsets[u + 1]);
-        off[r + 1] = static_cast<int64_t>(excl.size());
+        n_excl += exclude->count(sl.users.data()[r]);
+        sl.off.data()[r + 1] = n_excl;
       }
-      be.to_device(d_off.data(), off.data(), sizeof(int64_t) * static_cast<size_t>(m + 1));
-      if (!excl.empty()) {
-        d_excl.ensure(&be, static_cast<int64_t>(excl.size()));
-        be.to_device(d_excl.data(), excl.data(), sizeof(int32_t) * excl.size());
-      } else {
-        d_excl.ensure(&be, 1);
+      sl.excl.ensure(&be, std::max<int64_t>(n_excl, 1));
+      sl.d_excl.ensure(&be, std::max<int64_t>(n_excl, 1));
+      for (int64_t r = 0; r < m; ++r) {
+        const int32_t u = sl.users.data()[r];
+        std::copy(exclude->items.begin() + exclude->offsets[u],
+                  exclude->items.begin() + exclude->offsets[u + 1],
+                  sl.excl.data() + sl.off.data()[r]);
       }
-      excl_off = d_off.data();
-      excl_items = d_excl.data();
+      be.to_device_async(sl.d_off.data(), sl.off.data(), sizeof(int64_t) * static_cast<size_t>(m + 1));
+      be.to_device_async(sl.d_excl.data(), sl.excl.data(), sizeof(int32_t) * static_cast<size_t>(n_excl));
+      excl_off = sl.d_off.data();
+      excl_items = sl.d_excl.data();
     }
-    be.topk(Ub.data(), m, V_all.data(), n_items, d, k, excl_off, excl_items, out_items.data(),
-            out_scores.data());
-    blk.items.resize(static_cast<size_t>(m * k));
-    blk.scores.resize(static_cast<size_t>(m * k));
-    be.to_host(blk.items.data(), out_items.data(), sizeof(int32_t) * blk.items.size());
-    be.to_host(blk.scores.data(), out_scores.data(), sizeof(float) * blk.scores.size());
-    sink(blk);
+    be.topk(sl.Ub.data(), m, V_all.data(), n_items, d, k, excl_off, excl_items, sl.d_items.data(),
+            sl.d_scores.data());
+    be.to_host_async(sl.items.data(), sl.d_items.data(), sizeof(int32_t) * static_cast<size_t>(m * k));
+    be.to_host_async(sl.scores.data(), sl.d_scores.data(), sizeof(float) * static_cast<size_t>(m * k));
+    sl.fence = be.fence();
+    if (b > 0) hand_over(slots[(b - 1) & 1]);
   }
+  if (b > 0) hand_over(slots[(b - 1) & 1]);
 }
 
 UserMetrics user_metrics(const int32_t* ranked, int k, const int32_t* relevant, int64_t n_rel) {

@@ -4,6 +4,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <vector>
 
 #include "tests/test_util.h"
 #include "towerrec/recommend.h"
@@ -196,6 +202,91 @@ TEST(FullRanking, TiesGoToLowerItemIndex) {
   EXPECT_DOUBLE_EQ(m.map[1], 0.5);  // AP@2 = (1/2) / min(2, 1)
   EXPECT_DOUBLE_EQ(m.mrr, 0.5);
   EXPECT_DOUBLE_EQ(m.coverage, 2.0 / 4);  // items 1 and 2 recommended
+}
+
+// recommend_topk in blocks of several sizes (the host hands block b - 1 to the
+// sink while block b is queued) against a float64 brute force. Integer-valued
+// embeddings make every score exact, so items and scores must match exactly,
+// ties going to the lower item index. User 3 has every item excluded.
+TEST(RecommendTopk, BlocksMatchBruteForceOnEveryBackend) {
+  std::mt19937_64 g(testing::test_seed());
+  const int32_t n_users = 37, n_items = 53;
+  const int d = 5, k = 7;
+  std::uniform_int_distribution<int> val(-3, 3);
+  std::vector<float> U(static_cast<size_t>(n_users) * d), V(static_cast<size_t>(n_items) * d);
+  for (auto& x : U) x = static_cast<float>(val(g));
+  for (auto& x : V) x = static_cast<float>(val(g));
+  Interactions seen;
+  for (int32_t u = 0; u < n_users; ++u)
+    for (int32_t i = 0; i < n_items; ++i)
+      if (u == 3 || g() % 4 == 0) {
+        seen.user.push_back(u);
+        seen.item.push_back(i);
+      }
+  const UserItems excl = group_by_user(seen, n_users);
+  std::vector<int32_t> users(60);
+  for (auto& u : users) u = static_cast<int32_t>(g() % n_users);
+  users[7] = 3;
+  // Brute force.
+  auto want = [&](int32_t u, std::vector<int32_t>& items, std::vector<float>& scores) {
+    std::vector<std::pair<double, int32_t>> c;
+    for (int32_t i = 0; i < n_items; ++i) {
+      if (std::binary_search(excl.items.begin() + excl.offsets[u],
+                             excl.items.begin() + excl.offsets[u + 1], i))
+        continue;
+      double sc = 0;
+      for (int c2 = 0; c2 < d; ++c2) sc += double{U[u * d + c2]} * V[i * d + c2];
+      c.emplace_back(-sc, i);
+    }
+    std::sort(c.begin(), c.end());
+    items.assign(k, -1);
+    scores.assign(k, -std::numeric_limits<float>::infinity());
+    for (int r = 0; r < k && r < static_cast<int>(c.size()); ++r) {
+      items[r] = c[r].second;
+      scores[r] = static_cast<float>(-c[r].first);
+    }
+  };
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(make_cpu_backend(1));
+  if (cuda_available()) backends.push_back(make_cuda_backend(0));
+  for (auto& be : backends) {
+    const auto dU = testing::upload(*be, U);
+    const auto dV = testing::upload(*be, V);
+    for (int64_t block : {int64_t{1}, int64_t{4}, int64_t{25}, int64_t{0}}) {
+      SCOPED_TRACE(be->describe() + ", block " + std::to_string(block));
+      size_t next = 0;
+      recommend_topk(
+          *be, dU, dV, n_users, n_items, d, users, k, &excl,
+          [&](const TopKBlock& b) {
+            ASSERT_EQ(b.k, k);
+            ASSERT_EQ(b.items.size(), b.users.size() * k);
+            ASSERT_EQ(b.scores.size(), b.users.size() * k);
+            std::vector<int32_t> wi;
+            std::vector<float> ws;
+            for (size_t r = 0; r < b.users.size(); ++r, ++next) {
+              ASSERT_LT(next, users.size());
+              ASSERT_EQ(b.users[r], users[next]);
+              want(b.users[r], wi, ws);
+              for (int j = 0; j < k; ++j) {
+                EXPECT_EQ(b.items[r * k + j], wi[j]) << "user " << b.users[r] << " rank " << j;
+                EXPECT_EQ(b.scores[r * k + j], ws[j]) << "user " << b.users[r] << " rank " << j;
+              }
+            }
+          },
+          block);
+      EXPECT_EQ(next, users.size());
+    }
+    // A sink that throws stops the run cleanly (queued copies are waited for).
+    int calls = 0;
+    EXPECT_THROW(recommend_topk(
+                     *be, dU, dV, n_users, n_items, d, users, k, &excl,
+                     [&](const TopKBlock&) {
+                       if (++calls == 2) throw std::runtime_error("sink failed");
+                     },
+                     5),
+                 std::runtime_error);
+    EXPECT_EQ(calls, 2);
+  }
 }
 
 }  // namespace

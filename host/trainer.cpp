@@ -3,6 +3,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <limits>
 #include <numeric>
 
@@ -89,10 +94,117 @@ Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainCon
     for (int32_t u = 0; u < n_users_; ++u)
       std::sort(seen_items_.begin() + seen_offsets_[u], seen_items_.begin() + seen_offsets_[u + 1]);
   }
-  user_stamp_.assign(static_cast<size_t>(n_users_), -1);
-  item_stamp_.assign(static_cast<size_t>(n_items_), -1);
-  user_local_.assign(static_cast<size_t>(n_users_), 0);
-  item_local_.assign(static_cast<size_t>(n_items_), 0);
+}
+
+void Trainer::PlanScratch::size(int32_t n_users, int32_t n_items) {
+  if (user_stamp.size() == static_cast<size_t>(n_users) &&
+      item_stamp.size() == static_cast<size_t>(n_items))
+    return;
+  user_stamp.assign(static_cast<size_t>(n_users), -1);
+  item_stamp.assign(static_cast<size_t>(n_items), -1);
+  user_local.assign(static_cast<size_t>(n_users), 0);
+  item_local.assign(static_cast<size_t>(n_items), 0);
+  stamp = 0;
+}
+
+// Plans the steps [first, end) of one epoch ahead of the consumer on `threads`
+// worker threads, each with its own dedup scratch, into a ring of slots. Plans
+// depend only on (seed, epoch, step), so the thread count never changes them.
+class Trainer::Lookahead {
+ public:
+  Lookahead(const Trainer& tr, int epoch, int64_t first, int64_t end, int threads)
+      : tr_(tr), epoch_(epoch), next_(first), end_(end), consumed_(first),
+        ring_(static_cast<size_t>(2 * threads)) {
+    for (auto& r : ring_) r.step = -1;
+    for (int t = 0; t < threads; ++t) workers_.emplace_back([this] { work(); });
+  }
+  ~Lookahead() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    for (auto& w : workers_) w.join();
+  }
+  // Blocks until step s is planned; the batch stays valid until release(s).
+  const Batch& get(int64_t s) {
+    Entry& e = ring_[static_cast<size_t>(s) % ring_.size()];
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_.wait(lk, [&] { return (e.step == s && e.ready) || error_; });
+    if (error_) std::rethrow_exception(error_);
+    return e.batch;
+  }
+  void release(int64_t s) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      Entry& e = ring_[static_cast<size_t>(s) % ring_.size()];
+      e.ready = false;
+      e.step = -1;
+      consumed_ = s + 1;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  struct Entry {
+    Batch batch;
+    int64_t step = -1;
+    bool ready = false;
+  };
+  void work() {
+    PlanScratch scratch;
+    for (;;) {
+      int64_t s;
+      Entry* e;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        // The next unplanned step, once its slot is free (the consumer has
+        // released the step ring_.size() before it).
+        cv_.wait(lk, [&] {
+          return quit_ || error_ || next_ >= end_ ||
+                 (next_ < consumed_ + static_cast<int64_t>(ring_.size()) &&
+                  ring_[static_cast<size_t>(next_) % ring_.size()].step == -1);
+        });
+        if (quit_ || error_ || next_ >= end_) return;
+        s = next_++;
+        e = &ring_[static_cast<size_t>(s) % ring_.size()];
+        e->step = s;
+        e->ready = false;
+      }
+      try {
+        tr_.plan_into(epoch_, s, e->batch, scratch);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(mu_);
+        error_ = std::current_exception();
+      }
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        e->ready = true;
+      }
+      cv_.notify_all();
+    }
+  }
+
+  const Trainer& tr_;
+  const int epoch_;
+  int64_t next_;
+  const int64_t end_;
+  int64_t consumed_;
+  std::vector<Entry> ring_;
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool quit_ = false;
+  std::exception_ptr error_;
+};
+
+int Trainer::planner_threads() const {
+  if (cfg_.planner_threads >= 0) return cfg_.planner_threads;
+  // On the CPU the compute uses every core; on a device backend the host is
+  // free while steps run, and planning in parallel keeps up with large batches.
+  if (be_.kind() == DeviceKind::kCPU) return 0;
+  const int hw = static_cast<int>(std::thread::hardware_concurrency());
+  return std::clamp(hw - 1, 1, 4);
 }
 
 Trainer::~Trainer() {
@@ -156,6 +268,11 @@ int32_t Trainer::sample_negative(uint64_t counter) const {
 
 void Trainer::plan_batch(int epoch, int64_t b, Batch& out) {
   shuffle(epoch);
+  plan_into(epoch, b, out, scratch_);
+}
+
+void Trainer::plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const {
+  sc.size(n_users_, n_items_);
   const int64_t n = train_.size();
   const int64_t lo = b * cfg_.batch_size;
   const int64_t hi = std::min(n, lo + cfg_.batch_size);
@@ -170,22 +287,22 @@ void Trainer::plan_batch(int epoch, int64_t b, Batch& out) {
   out.pair_user.resize(static_cast<size_t>(n_pairs));
   out.pair_item.resize(static_cast<size_t>(n_pairs));
   out.label.resize(static_cast<size_t>(n_pairs));
-  ++stamp_;
+  const int64_t stamp = ++sc.stamp;
   auto local_user = [&](int32_t u) {
-    if (user_stamp_[u] != stamp_) {
-      user_stamp_[u] = stamp_;
-      user_local_[u] = static_cast<int32_t>(out.users.size());
+    if (sc.user_stamp[u] != stamp) {
+      sc.user_stamp[u] = stamp;
+      sc.user_local[u] = static_cast<int32_t>(out.users.size());
       out.users.push_back(u);
     }
-    return user_local_[u];
+    return sc.user_local[u];
   };
   auto local_item = [&](int32_t i) {
-    if (item_stamp_[i] != stamp_) {
-      item_stamp_[i] = stamp_;
-      item_local_[i] = static_cast<int32_t>(out.items.size());
+    if (sc.item_stamp[i] != stamp) {
+      sc.item_stamp[i] = stamp;
+      sc.item_local[i] = static_cast<int32_t>(out.items.size());
       out.items.push_back(i);
     }
-    return item_local_[i];
+    return sc.item_local[i];
   };
   int64_t p = 0;
   for (int64_t t = lo; t < hi; ++t) {
@@ -351,19 +468,27 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
   OptimizerConfig opt = cfg_.optimizer;
   int64_t end = steps;
   // Double-buffered staging: while the device runs step s (queued without
-  // waiting), the host plans and stages step s + 1 into the other slot.
-  if (first < steps) {
-    plan_batch(epoch, first, batch);
-    stage(batch, slots_[first & 1]);
-  }
+  // waiting), the host stages step s + 1 into the other slot. Batches are
+  // planned inline, or ahead by planner threads.
+  shuffle(epoch);
+  std::unique_ptr<Lookahead> ahead;
+  if (const int pt = planner_threads(); pt > 0 && steps - first > 1)
+    ahead = std::make_unique<Lookahead>(*this, epoch, first, steps, pt);
+  auto plan_and_stage = [&](int64_t s) {
+    if (ahead) {
+      stage(ahead->get(s), slots_[s & 1]);
+      ahead->release(s);
+    } else {
+      plan_batch(epoch, s, batch);
+      stage(batch, slots_[s & 1]);
+    }
+  };
+  if (first < steps) plan_and_stage(first);
   for (int64_t s = first; s < steps; ++s) {
     forward_backward(slots_[s & 1], d_losses_.data() + s);
     opt.lr = learning_rate(static_cast<int64_t>(epoch) * steps + s);
     model_.step(opt);
-    if (s + 1 < steps) {
-      plan_batch(epoch, s + 1, batch);
-      stage(batch, slots_[(s + 1) & 1]);
-    }
+    if (s + 1 < steps) plan_and_stage(s + 1);
     samples += std::min(cfg_.batch_size, train_.size() - s * cfg_.batch_size);
     if (progress && report_every > 0 && (s + 1) % report_every == 0 && s + 1 < steps) {
       TrainProgress pr{epoch + 1, cfg_.epochs, s + 1, steps, samples,

@@ -45,6 +45,10 @@ struct TrainConfig {
   int lr_step_epochs = 10;
   float lr_gamma = 0.5f;
   uint64_t seed = 42;
+  // Host threads that plan batches ahead of the running step (-1: auto, 0 on
+  // the CPU backend, up to 4 on a device backend; 0: plan inline). Plans never
+  // depend on it.
+  int planner_threads = -1;
   OptimizerConfig optimizer;
 };
 
@@ -165,10 +169,19 @@ class Trainer {
   // Alias table for popularity sampling.
   std::vector<float> alias_prob_;
   std::vector<int32_t> alias_idx_;
-  // Dedup scratch: stamp per entity and its local index.
-  std::vector<int64_t> user_stamp_, item_stamp_;
-  std::vector<int32_t> user_local_, item_local_;
-  int64_t stamp_ = 0;
+  // Dedup scratch: stamp per entity and its local index (one per planning thread).
+  struct PlanScratch {
+    std::vector<int64_t> user_stamp, item_stamp;
+    std::vector<int32_t> user_local, item_local;
+    int64_t stamp = 0;
+    void size(int32_t n_users, int32_t n_items);
+  };
+  PlanScratch scratch_;
+  // Plans batch b of `epoch`, whose shuffle must be in place; safe to call
+  // from several threads with distinct scratch and output.
+  void plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const;
+  class Lookahead;
+  int planner_threads() const;
   // Device-side batch buffers, and two staging slots (step s uses slot s & 1).
   Staged slots_[2];
   DeviceArray<int32_t> d_ints_;

@@ -7,7 +7,8 @@
 // evaluate full-ranking nDCG@10 and Recall@10 on the held-out 25%.
 //
 // Configurations (model: ID embedding + features -> hidden -> 64-d output):
-//   ml100k      MovieLens-100k (--data DIR; default /work/shared/data/ml-100k),
+//   ml100k      MovieLens-100k (--data DIR; default $TOWERREC_ML100K, else
+//               ../shared/data/ml-100k or shared/data/ml-100k from the working directory),
 //               hidden 128,64, batch 1024, 4 negatives, 20 epochs
 //   wide        the same data with hidden 1024,512, 3 epochs
 //   synth-100k  towerrec synth, 100k users x 100k items, 20 interactions per
@@ -54,6 +55,15 @@ using json = nlohmann::json;
 
 namespace {
 
+// MovieLens-100k: $TOWERREC_ML100K, else the first of ../shared/data/ml-100k and
+// shared/data/ml-100k (from the working directory) that holds u.data.
+std::string default_ml100k() {
+  if (const char* e = std::getenv("TOWERREC_ML100K"); e != nullptr && *e != '\0') return e;
+  for (const char* d : {"../shared/data/ml-100k", "shared/data/ml-100k"})
+    if (std::ifstream(std::string(d) + "/u.data").good()) return d;
+  return "../shared/data/ml-100k";
+}
+
 struct E2EConfig {
   std::string name;
   std::string data;             // dataset path; empty: synthetic in the work dir
@@ -84,7 +94,7 @@ E2EConfig preset(const std::string& name) {
   c.train.optimizer.embedding_decay = 0.0f;
   c.train.seed = 42;
   if (name == "ml100k" || name == "wide") {
-    c.data = "/work/shared/data/ml-100k";
+    c.data = default_ml100k();
     c.train.epochs = 20;
     if (name == "wide") {
       c.tower.hidden = {1024, 512};

@@ -79,6 +79,7 @@ void register_dense();
 void register_embedding();
 void register_loss();
 void register_optim();
+void register_plan();
 void register_topk();
 
 }  // namespace towerrec::bench

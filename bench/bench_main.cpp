@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
   register_embedding();
   register_loss();
   register_optim();
+  register_plan();
   register_topk();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

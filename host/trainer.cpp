@@ -306,6 +306,16 @@ void Trainer::plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const
   };
   int64_t p = 0;
   for (int64_t t = lo; t < hi; ++t) {
+    // The shuffled rows are scattered over the interaction arrays: fetch a few
+    // iterations ahead so their cache misses overlap.
+    if (t + 16 < hi) {
+      __builtin_prefetch(&train_.user[perm_[t + 16]]);
+      __builtin_prefetch(&train_.item[perm_[t + 16]]);
+    }
+    if (cfg_.reject_hits) {  // and the user's seen list, in two stages
+      if (t + 8 < hi) __builtin_prefetch(&seen_offsets_[train_.user[perm_[t + 8]]]);
+      if (t + 4 < hi) __builtin_prefetch(&seen_items_[seen_offsets_[train_.user[perm_[t + 4]]]]);
+    }
     const int64_t row = perm_[t];
     const int32_t lu = local_user(train_.user[row]);
     out.pair_user[p] = lu;

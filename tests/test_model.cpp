@@ -78,7 +78,11 @@ GradReport gradient_agreement(const TowerConfig& tcfg, uint64_t seed,
   GradReport rep;
   auto check = [&](double analytic, float* p, const std::string& what) {
     bool kinked = false;
-    const double numeric = numeric_grad(tr, be, b, p, h, &kinked);
+    double numeric = numeric_grad(tr, be, b, p, h, &kinked);
+    // Smooth losses: Richardson extrapolation from steps h and h/2 cancels the
+    // h^2 term of the central difference, which normalised embeddings (strong
+    // curvature) push past the tolerance for some seeds.
+    if (smooth) numeric = (4 * numeric_grad(tr, be, b, p, h / 2) - numeric) / 3;
     if (kinked && !smooth) {
       ++rep.skipped;
       return;

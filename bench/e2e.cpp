@@ -22,7 +22,7 @@
 // evaluated on identical data. --ceilings FILE (from towerrec_ceilings --json)
 // adds % of the machine's sgemm ceiling to the report.
 //
-// usage: towerrec_e2e --config NAME [--data PATH] [--work DIR] [--epochs N]
+// usage: towerrec_e2e --config NAME [--data PATH] [--work DIR] [--epochs N] [--seed S]
 //          [--threads N] [--device cpu|cuda|auto] [--score-users N] [--eval-users N]
 //          [--export DIR] [--json FILE] [--ceilings FILE] [--profile]
 //
@@ -177,6 +177,7 @@ int main(int argc, char** argv) try {
   std::string config_name, data_override, work = "out/bench", export_dir, json_path, ceilings_path,
                                           device = "cpu";
   int epochs = -1, threads = 0;
+  int64_t seed = -1;
   bool profile = false;
   int64_t score_users = -1, eval_users = -1;
   for (int a = 1; a < argc; ++a) {
@@ -190,6 +191,7 @@ int main(int argc, char** argv) try {
     else if (arg == "--work") work = value();
     else if (arg == "--epochs") epochs = std::stoi(value());
     else if (arg == "--threads") threads = std::stoi(value());
+    else if (arg == "--seed") seed = std::stoll(value());
     else if (arg == "--device") device = value();
     else if (arg == "--score-users") score_users = std::stoll(value());
     else if (arg == "--eval-users") eval_users = std::stoll(value());
@@ -199,7 +201,7 @@ int main(int argc, char** argv) try {
     else if (arg == "--profile") profile = true;
     else if (arg == "--help" || arg == "-h") {
       std::printf("usage: towerrec_e2e --config ml100k|wide|synth-100k|synth-1m [--data PATH] [--work DIR]\n"
-                  "         [--epochs N] [--threads N] [--device cpu|cuda|auto] [--score-users N]\n"
+                  "         [--epochs N] [--seed S] [--threads N] [--device cpu|cuda|auto] [--score-users N]\n"
                   "         [--eval-users N] [--export DIR] [--json FILE] [--ceilings FILE] [--profile]\n");
       return 0;
     } else throw Error("unknown option " + arg + " (see --help)");
@@ -207,6 +209,7 @@ int main(int argc, char** argv) try {
   if (config_name.empty()) throw Error("--config is required (see --help)");
   E2EConfig cfg = preset(config_name);
   if (epochs >= 0) cfg.train.epochs = epochs;
+  if (seed >= 0) cfg.train.seed = static_cast<uint64_t>(seed);
   if (score_users >= 0) cfg.score_users = score_users;
   if (eval_users >= 0) cfg.eval_users = eval_users;
   if (!data_override.empty()) cfg.data = data_override;

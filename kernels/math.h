@@ -36,6 +36,14 @@ TR_HD double sigmoid(double x) {
 TR_HD float logistic_loss(float s, float y) { return softplus(-y * s); }
 // d/ds of logistic_loss: -y * sigmoid(-y s).
 TR_HD float logistic_grad(float s, float y) { return -y * sigmoid(-y * s); }
+// Both at once from one exp: softplus and sigmoid of x = -y s each need only
+// e = exp(-|x|), so the results are bit-identical to the two functions above.
+TR_HD float logistic_loss_grad(float s, float y, float* grad) {
+  const float x = -y * s;
+  const float e = expf(x > 0.0f ? -x : x);
+  *grad = -y * (x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e));
+  return x > 0.0f ? x + log1pf(e) : log1pf(e);
+}
 
 // BPR loss of one (positive, negative) score pair: softplus(-(s_pos - s_neg)).
 TR_HD float bpr_loss(float s_pos, float s_neg) { return softplus(-(s_pos - s_neg)); }

@@ -70,6 +70,11 @@ TEST(Math, LogisticLossAndGradient) {
       ASSERT_NEAR(g, wg, 1e-37 + 4e-7 * std::fabs(wg)) << "s=" << s << " y=" << y;
       // The gradient points downhill: the loss decreases along -g.
       ASSERT_LE(g * y, 0.0f);
+      // The fused form shares one exp and must agree bit for bit.
+      float fused_g = std::numeric_limits<float>::quiet_NaN();
+      const float fused_l = m::logistic_loss_grad(s, y, &fused_g);
+      ASSERT_TRUE(testing::bit_identical({fused_l}, {m::logistic_loss(s, y)})) << "s=" << s << " y=" << y;
+      ASSERT_TRUE(testing::bit_identical({fused_g}, {g})) << "s=" << s << " y=" << y;
     }
 }
 

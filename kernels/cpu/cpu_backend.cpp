@@ -376,9 +376,18 @@ void reduce_pair_grads(int threads, const float* U, const float* V, int d, const
   }
 }
 
+// Sixteen independent partial sums (vectorised, and no chain of dependent
+// adds), folded pairwise, then the tail. Fixed order: the result depends only
+// on the inputs.
 inline float dot(const float* a, const float* b, int d) {
-  float s = 0.0f;
-  for (int c = 0; c < d; ++c) s += a[c] * b[c];
+  float acc[16] = {};
+  int c = 0;
+  for (; c + 16 <= d; c += 16)
+    for (int j = 0; j < 16; ++j) acc[j] += a[c + j] * b[c + j];
+  for (int w = 8; w >= 1; w /= 2)
+    for (int j = 0; j < w; ++j) acc[j] += acc[j + w];
+  float s = acc[0];
+  for (; c < d; ++c) s += a[c] * b[c];
   return s;
 }
 
@@ -400,9 +409,9 @@ void CpuBackend::logistic_loss(const float* U, const float* V, int d, const Pair
     double sum = 0.0;
     for (int64_t p = ch * kLossChunk; p < p1; ++p) {
       const float s = dot(U + int64_t{pb.user[p]} * d, V + int64_t{pb.item[p]} * d, d);
-      const float y = pb.label[p];
-      sum += static_cast<double>(math::logistic_loss(s, y));
-      pair_grad[p] = scale * math::logistic_grad(s, y);
+      float g;
+      sum += static_cast<double>(math::logistic_loss_grad(s, pb.label[p], &g));
+      pair_grad[p] = scale * g;
     }
     partial[static_cast<size_t>(ch)] = sum;
   }

@@ -218,58 +218,28 @@ std::unique_ptr<Backend> make_cuda_backend(int device = 0);
 // "cpu", "cuda", "cuda:N" or "auto" (CUDA where available, else CPU).
 std::unique_ptr<Backend> make_backend(const std::string& name, int cpu_threads = 0);
 
-// Typed owning buffer in a backend's staging host memory (allocate_host).
-template <typename T>
-class HostArray {
- public:
-  HostArray() = default;
-  ~HostArray() { release(); }
-  HostArray(const HostArray&) = delete;
-  HostArray& operator=(const HostArray&) = delete;
-  HostArray(HostArray&& o) noexcept { *this = std::move(o); }
-  HostArray& operator=(HostArray&& o) noexcept {
-    if (this != &o) {
-      release();
-      be_ = o.be_; p_ = o.p_; n_ = o.n_;
-      o.be_ = nullptr; o.p_ = nullptr; o.n_ = 0;
-    }
-    return *this;
-  }
-  // Grows (never shrinks) to at least n elements; contents are not kept. The
-  // caller makes sure no queued copy still uses the old buffer.
-  void ensure(Backend* be, int64_t n) {
-    if (be_ == be && n <= n_) return;
-    release();
-    be_ = be;
-    n_ = n;
-    p_ = n > 0 ? static_cast<T*>(be->allocate_host(sizeof(T) * static_cast<size_t>(n))) : nullptr;
-  }
-  void release() noexcept {
-    if (p_ && be_) be_->deallocate_host(p_);
-    p_ = nullptr;
-    n_ = 0;
-  }
-  T* data() { return p_; }
-  const T* data() const { return p_; }
-  int64_t size() const { return n_; }
-
- private:
-  Backend* be_ = nullptr;
-  T* p_ = nullptr;
-  int64_t n_ = 0;
+// Typed owning buffers in a backend's memory: DeviceArray in allocate()d
+// memory, HostArray in allocate_host()d staging memory.
+namespace detail {
+struct DeviceMemory {
+  static void* get(Backend* be, size_t bytes) { return be->allocate(bytes); }
+  static void put(Backend* be, void* p) noexcept { be->deallocate(p); }
+};
+struct HostMemory {
+  static void* get(Backend* be, size_t bytes) { return be->allocate_host(bytes); }
+  static void put(Backend* be, void* p) noexcept { be->deallocate_host(p); }
 };
 
-// Typed owning buffer in a backend's memory.
-template <typename T>
-class DeviceArray {
+template <typename T, typename Memory>
+class BackendArray {
  public:
-  DeviceArray() = default;
-  DeviceArray(Backend* be, int64_t n) { reset(be, n); }
-  ~DeviceArray() { release(); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  DeviceArray(DeviceArray&& o) noexcept { *this = std::move(o); }
-  DeviceArray& operator=(DeviceArray&& o) noexcept {
+  BackendArray() = default;
+  BackendArray(Backend* be, int64_t n) { reset(be, n); }
+  ~BackendArray() { release(); }
+  BackendArray(const BackendArray&) = delete;
+  BackendArray& operator=(const BackendArray&) = delete;
+  BackendArray(BackendArray&& o) noexcept { *this = std::move(o); }
+  BackendArray& operator=(BackendArray&& o) noexcept {
     if (this != &o) {
       release();
       be_ = o.be_; p_ = o.p_; n_ = o.n_;
@@ -281,14 +251,15 @@ class DeviceArray {
     release();
     be_ = be;
     n_ = n;
-    p_ = n > 0 ? static_cast<T*>(be->allocate(sizeof(T) * static_cast<size_t>(n))) : nullptr;
+    p_ = n > 0 ? static_cast<T*>(Memory::get(be, sizeof(T) * static_cast<size_t>(n))) : nullptr;
   }
-  // Grows (never shrinks) to at least n elements; contents are not kept.
+  // Grows (never shrinks) to at least n elements; contents are not kept. For
+  // staging memory the caller makes sure no queued copy still uses the old buffer.
   void ensure(Backend* be, int64_t n) {
     if (be_ != be || n > n_) reset(be, n);
   }
   void release() noexcept {
-    if (p_ && be_) be_->deallocate(p_);
+    if (p_ && be_) Memory::put(be_, p_);
     p_ = nullptr;
     n_ = 0;
   }
@@ -302,5 +273,11 @@ class DeviceArray {
   T* p_ = nullptr;
   int64_t n_ = 0;
 };
+}  // namespace detail
+
+template <typename T>
+using DeviceArray = detail::BackendArray<T, detail::DeviceMemory>;
+template <typename T>
+using HostArray = detail::BackendArray<T, detail::HostMemory>;
 
 }  // namespace towerrec

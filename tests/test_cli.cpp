@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "tests/test_util.h"
+#include "tests/work_dir.h"
 #include "towerrec/checkpoint.h"
 #include "towerrec/io.h"
 
@@ -29,27 +30,8 @@ struct Result {
   std::string out, err;
 };
 
-// A fresh directory per test binary run.
-const std::string& work_dir() {
-  static const std::string dir = [] {
-    std::string t = ::testing::TempDir() + "/towerrec_cli_XXXXXX";
-    if (!::mkdtemp(t.data())) throw std::runtime_error("mkdtemp failed");
-    return t;
-  }();
-  return dir;
-}
-
-std::string path(const std::string& name) { return work_dir() + "/" + name; }
-
-// Removes the work directory after the run (kept when TOWERREC_KEEP_TEST_FILES is set).
-class CleanUp : public ::testing::Environment {
- public:
-  void TearDown() override {
-    if (std::getenv("TOWERREC_KEEP_TEST_FILES")) return;
-    if (std::system(("rm -rf '" + work_dir() + "'").c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", work_dir().c_str());
-  }
-};
-const auto* const kCleanUp = ::testing::AddGlobalTestEnvironment(new CleanUp);
+using testing::work_dir;
+std::string path(const std::string& name) { return testing::work_path(name); }
 
 // Runs `towerrec ARGS` (ARGS is a shell word list; paths here have no spaces).
 Result cli(const std::string& args) {

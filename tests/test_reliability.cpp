@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "tests/test_util.h"
+#include "tests/work_dir.h"
 #include "towerrec/checkpoint.h"
 #include "towerrec/error.h"
 #include "towerrec/io.h"
@@ -31,23 +32,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::string& work_dir() {
-  static const std::string dir = [] {
-    std::string t = ::testing::TempDir() + "towerrec_rel_XXXXXX";
-    if (!::mkdtemp(t.data())) throw std::runtime_error("mkdtemp failed");
-    return t;
-  }();
-  return dir;
-}
-std::string path(const std::string& name) { return work_dir() + "/" + name; }
-
-class CleanUp : public ::testing::Environment {
- public:
-  void TearDown() override {
-    if (!std::getenv("TOWERREC_KEEP_TEST_FILES")) fs::remove_all(work_dir());
-  }
-};
-const auto* const kCleanUp = ::testing::AddGlobalTestEnvironment(new CleanUp);
+using testing::work_dir;
+std::string path(const std::string& name) { return testing::work_path(name); }
 
 std::vector<std::string> words(const std::string& s) {
   std::vector<std::string> w;

@@ -59,7 +59,7 @@ const char* const kShapeKeys[] = {"id-dim", "hidden", "dim", "cat-dim", "feature
 // Keys that do not change what an epoch computes.
 const char* const kRunKeys[] = {"epochs", "out", "quiet", "log-every", "device", "data",
                                 "user-features", "item-features", "checkpoint-every-steps",
-                                "checkpoint-every-minutes"};
+                                "checkpoint-every-minutes", "planner-threads"};
 
 // Ctrl-C / SIGTERM: the handler only sets flags (lock-free atomics are
 // async-signal-safe); the trainer finishes its step and stops, and train writes

@@ -24,7 +24,11 @@ torch.matmul + torch.topk, nDCG@10 and Recall@10 as towerrec defines them
 (Recall = hits / |test items|; ideal DCG over min(10, |test items|)).
 
 usage: /usr/bin/python3 bench/peers/torch_two_tower.py --data DIR [--threads N]
-         [--device cpu|cuda] [--compile] [--no-dedup] [--epochs N] [--json FILE]
+         [--device cpu|cuda] [--compile] [--no-dedup] [--epochs N] [--seed S]
+         [--profile] [--json FILE]
+--profile runs the training under torch.profiler and prints the time per op
+(the peer's counterpart of `towerrec_e2e --profile`; its rates then include the
+profiler's overhead and are not for comparison).
 """
 import argparse
 import json
@@ -34,9 +38,29 @@ import sys
 import time
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+
+def _threads_from_argv(argv):
+    """--threads N from the command line, before argparse runs (see below)."""
+    for j, a in enumerate(argv):
+        if a == "--threads" and j + 1 < len(argv):
+            return argv[j + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return str(os.cpu_count())
+
+
+# torch.set_num_threads() does not reach the BLAS library torch links: Debian's
+# torch calls the system libblas (OpenBLAS, pthread build), which starts its own
+# threads, one per core, when it loads. Its thread count comes from the
+# environment only, so set it before torch (and with it the BLAS) is imported;
+# otherwise a "1 thread" peer runs its GEMMs on every core.
+for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_v] = _threads_from_argv(sys.argv[1:])
+
+import torch  # noqa: E402  (after the thread environment above)
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 
 def read_pairs(path):
@@ -129,6 +153,7 @@ def main():
     ap.add_argument("--no-dedup", action="store_true", help="run the towers per pair, not per unique entity")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--profile", action="store_true", help="time per op under torch.profiler")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -167,6 +192,13 @@ def main():
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed)
     epoch_out, samples, train_s = [], 0, 0.0
+    prof = None
+    if args.profile:
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        prof = torch.profiler.profile(activities=acts)
+        prof.__enter__()
     for e in range(epochs):
         t0 = time.perf_counter()
         perm = torch.randperm(n_train, generator=gen, device=device)
@@ -203,6 +235,12 @@ def main():
         el = float(loss_sum) / steps
         epoch_out.append({"epoch": e + 1, "loss": el, "seconds": dt, "samples_per_s": n_train / dt})
         print(f"  epoch {e + 1}: loss {el:.4f}, {dt:.1f} s, {n_train / dt:.0f} samples/s", file=sys.stderr)
+
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(f"training time by op ({train_s:.2f} s under the profiler):", file=sys.stderr)
+        print(prof.key_averages().table(sort_by=key, row_limit=15), file=sys.stderr)
 
     # ---- embeddings, scoring (matmul + mask of training items + topk), evaluation
     K = 10

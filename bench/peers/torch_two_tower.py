@@ -37,8 +37,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 
 def _threads_from_argv(argv):
     """--threads N from the command line, before argparse runs (see below)."""
@@ -51,14 +49,15 @@ def _threads_from_argv(argv):
 
 
 # torch.set_num_threads() does not reach the BLAS library torch links: Debian's
-# torch calls the system libblas (OpenBLAS, pthread build), which starts its own
-# threads, one per core, when it loads. Its thread count comes from the
-# environment only, so set it before torch (and with it the BLAS) is imported;
-# otherwise a "1 thread" peer runs its GEMMs on every core.
+# torch (and numpy) call the system OpenBLAS (pthread build), which starts its
+# own threads, one per core, when it loads. Its thread count comes from the
+# environment only, so set it before numpy or torch is imported; otherwise a
+# "1 thread" peer runs its GEMMs on every core.
 for _v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_v] = _threads_from_argv(sys.argv[1:])
 
-import torch  # noqa: E402  (after the thread environment above)
+import numpy as np  # noqa: E402  (after the thread environment above)
+import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 

@@ -5,11 +5,11 @@
 #include <cmath>
 #include <condition_variable>
 #include <exception>
+#include <limits>
 #include <memory>
 #include <mutex>
-#include <thread>
-#include <limits>
 #include <numeric>
+#include <thread>
 
 #include "towerrec/error.h"
 #include "towerrec/rng.h"

@@ -115,14 +115,7 @@ struct Options {
 
 const char* path_name(TopkPath p) { return p == TopkPath::kFused ? "fused" : "two-kernel"; }
 
-const char* precision_name(TopkPrecision p) {
-  switch (p) {
-    case TopkPrecision::kFP32: return "fp32";
-    case TopkPrecision::kTF32: return "tf32";
-    case TopkPrecision::kBF16: return "bf16";
-  }
-  return "?";
-}
+const char* precision_name(TopkPrecision p) { return towerrec::cuda::topk_precision_name(p); }
 
 std::vector<std::string> split_list(const std::string& flag, const std::string& s) {
   std::vector<std::string> out;

@@ -20,6 +20,8 @@ enum class TopkPath { kAuto, kFused, kGemm };
 
 // "fp32" / "tf32" / "bf16" and "auto" / "fused" / "gemm"; throw towerrec::Error otherwise.
 TopkPrecision parse_topk_precision(const std::string& s);
+// The inverse: "fp32", "tf32" or "bf16".
+const char* topk_precision_name(TopkPrecision p);
 TopkPath parse_topk_path(const std::string& s);
 
 // Setters on a CUDA backend (throw towerrec::Error for any other backend).

@@ -310,7 +310,9 @@ __global__ void __launch_bounds__(kFusedThreads)
     write_key(i < count ? buf[i] : kEmptyKey, out_items + r * k + i, out_scores + r * k + i);
 }
 
-const char* precision_name(TopkPrecision p) {
+}  // namespace
+
+const char* topk_precision_name(TopkPrecision p) {
   switch (p) {
     case TopkPrecision::kFP32: return "fp32";
     case TopkPrecision::kTF32: return "tf32";
@@ -318,8 +320,6 @@ const char* precision_name(TopkPrecision p) {
   }
   return "?";
 }
-
-}  // namespace
 
 // ---- settings --------------------------------------------------------------------------
 
@@ -339,7 +339,7 @@ TopkPath parse_topk_path(const std::string& s) {
 
 std::string topk_settings_note(TopkPrecision precision, TopkPath path) {
   std::string s;
-  if (precision != TopkPrecision::kFP32) s += std::string(", top-K ") + precision_name(precision);
+  if (precision != TopkPrecision::kFP32) s += std::string(", top-K ") + topk_precision_name(precision);
   if (path == TopkPath::kFused) s += ", top-K fused";
   if (path == TopkPath::kGemm) s += ", top-K gemm";
   return s;
@@ -365,7 +365,7 @@ void CudaBackend::topk(const float* U, int64_t n_users, const float* V, int64_t 
     TOWERREC_CHECK(fused_ok, "topk: the fused path needs fp32 precision, d <= " +
                                  std::to_string(kFusedMaxD) + " and k <= " +
                                  std::to_string(kFusedMaxK) + " (got " +
-                                 precision_name(topk_precision_) + ", d=" + std::to_string(d) +
+                                 topk_precision_name(topk_precision_) + ", d=" + std::to_string(d) +
                                  ", k=" + std::to_string(k) + "); use the gemm path");
   if (n_users == 0) return;
   TOWERREC_CHECK(U && out_items && out_scores, "topk: null pointer");

@@ -406,14 +406,32 @@ void CpuBackend::logistic_loss(const float* U, const float* V, int d, const Pair
 #pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np * d))
   for (int64_t ch = 0; ch < n_chunks; ++ch) {
     const int64_t p1 = std::min(np, (ch + 1) * kLossChunk);
-    double sum = 0.0;
+    // loss_p = max(x, 0) + log1p(e) with x = -y s and e = exp(-|x|) (as in
+    // math::logistic_loss). The log1p terms are summed as the log of a product
+    // of (1 + e) in double, one log per 256 pairs instead of one per pair; e
+    // below 2^-30 adds e directly (log1p(e) = e to double precision there).
+    double lin = 0.0, tiny = 0.0, logs = 0.0, prod = 1.0;
+    int in_prod = 0;
     for (int64_t p = ch * kLossChunk; p < p1; ++p) {
       const float s = dot(U + int64_t{pb.user[p]} * d, V + int64_t{pb.item[p]} * d, d);
-      float g;
-      sum += static_cast<double>(math::logistic_loss_grad(s, pb.label[p], &g));
-      pair_grad[p] = scale * g;
+      const float y = pb.label[p];
+      const float x = -y * s;
+      const float e = expf(x > 0.0f ? -x : x);
+      // math::logistic_grad, from the same e.
+      pair_grad[p] = scale * (-y * (x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e)));
+      if (x > 0.0f) lin += static_cast<double>(x);
+      if (e < 0x1p-30f) {
+        tiny += static_cast<double>(e);
+      } else {
+        prod *= 1.0 + static_cast<double>(e);
+        if (++in_prod == 256) {
+          logs += std::log(prod);
+          prod = 1.0;
+          in_prod = 0;
+        }
+      }
     }
-    partial[static_cast<size_t>(ch)] = sum;
+    partial[static_cast<size_t>(ch)] = lin + tiny + logs + std::log(prod);
   }
   double total = 0.0;
   for (double x : partial) total += x;

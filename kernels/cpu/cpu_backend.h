@@ -85,6 +85,7 @@ class CpuBackend final : public Backend {
   int64_t topk_item_chunk_ = kTopkItemChunk;
   std::vector<float> topk_scores_;  // [block x chunk] scratch, reused across calls
   std::vector<float> bias_partial_;  // dense_backward's per-row-block bias sums
+  std::vector<int32_t> bag_span_;    // bag_forward's value range per row
 };
 
 }  // namespace towerrec

@@ -36,13 +36,23 @@ TR_HD double sigmoid(double x) {
 TR_HD float logistic_loss(float s, float y) { return softplus(-y * s); }
 // d/ds of logistic_loss: -y * sigmoid(-y s).
 TR_HD float logistic_grad(float s, float y) { return -y * sigmoid(-y * s); }
-// Both at once from one exp: softplus and sigmoid of x = -y s each need only
-// e = exp(-|x|), so the results are bit-identical to the two functions above.
-TR_HD float logistic_loss_grad(float s, float y, float* grad) {
+// Both from one exp: softplus and sigmoid of x = -y s each need only
+// e = exp(-|x|), so the forms below are bit-identical to the two functions above.
+struct LogisticTerms {
+  float x, e;
+};
+TR_HD LogisticTerms logistic_terms(float s, float y) {
   const float x = -y * s;
-  const float e = expf(x > 0.0f ? -x : x);
-  *grad = -y * (x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e));
-  return x > 0.0f ? x + log1pf(e) : log1pf(e);
+  return {x, expf(x > 0.0f ? -x : x)};
+}
+TR_HD float logistic_grad(LogisticTerms t, float y) {
+  return -y * (t.x >= 0.0f ? 1.0f / (1.0f + t.e) : t.e / (1.0f + t.e));
+}
+TR_HD float logistic_loss(LogisticTerms t) { return t.x > 0.0f ? t.x + log1pf(t.e) : log1pf(t.e); }
+TR_HD float logistic_loss_grad(float s, float y, float* grad) {
+  const LogisticTerms t = logistic_terms(s, y);
+  *grad = logistic_grad(t, y);
+  return logistic_loss(t);
 }
 
 // BPR loss of one (positive, negative) score pair: softplus(-(s_pos - s_neg)).

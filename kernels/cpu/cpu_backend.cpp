@@ -440,15 +440,13 @@ void CpuBackend::logistic_loss(const float* U, const float* V, int d, const Pair
     for (int64_t p = ch * kLossChunk; p < p1; ++p) {
       const float s = dot(U + int64_t{pb.user[p]} * d, V + int64_t{pb.item[p]} * d, d);
       const float y = pb.label[p];
-      const float x = -y * s;
-      const float e = expf(x > 0.0f ? -x : x);
-      // math::logistic_grad, from the same e.
-      pair_grad[p] = scale * (-y * (x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e)));
-      if (x > 0.0f) lin += static_cast<double>(x);
-      if (e < 0x1p-30f) {
-        tiny += static_cast<double>(e);
+      const math::LogisticTerms t = math::logistic_terms(s, y);
+      pair_grad[p] = scale * math::logistic_grad(t, y);
+      if (t.x > 0.0f) lin += static_cast<double>(t.x);
+      if (t.e < 0x1p-30f) {
+        tiny += static_cast<double>(t.e);
       } else {
-        prod *= 1.0 + static_cast<double>(e);
+        prod *= 1.0 + static_cast<double>(t.e);
         if (++in_prod == 256) {
           logs += std::log(prod);
           prod = 1.0;

@@ -5,6 +5,7 @@
 //   s_p = <U[user_p], V[item_p]>          U[n_users x d], V[n_items x d]
 //   g_p = scale * logistic_grad(s_p, y_p) -> pair_grad[n_pairs]
 //   *loss_out = scale * sum_p logistic_loss(s_p, y_p)
+//   (both from math::logistic_loss_grad: one exp, bit-identical to the two)
 //   dU[u] = sum_{p in CSR row u} g_p V[item_p],  dV[i] = sum_{p in CSR row i} g_p U[user_p]
 //   1. pair_loss_kernel: one warp per pair (lanes split the dot product, a
 //      shuffle reduction joins it); lane 0 writes g_p and adds the loss (in
@@ -68,9 +69,9 @@ __global__ void __launch_bounds__(32 * kLossWarps)
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (lane == 0) {
-      const float y = label[p];
-      pair_grad[p] = scale * math::logistic_grad(s, y);
-      sum += static_cast<double>(math::logistic_loss(s, y));
+      float g;
+      sum += static_cast<double>(math::logistic_loss_grad(s, label[p], &g));
+      pair_grad[p] = scale * g;
     }
   }
   if (lane == 0) warp_sum[warp] = sum;

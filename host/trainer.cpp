@@ -396,25 +396,23 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
   st.fence = be_.fence();
   d_pair_grad_.ensure(&be_, static_cast<int64_t>(np));
   const int32_t* base = d_ints_.data();
-  const size_t o_users = st.o_users, o_items = st.o_items, o_pu = st.o_pu, o_pi = st.o_pi,
-               o_uo = st.o_uo, o_up = st.o_up, o_io = st.o_io, o_ip = st.o_ip;
 
   Tower& ut = model_.user_tower();
   Tower& it = model_.item_tower();
-  const float* U = ut.forward(base + o_users, static_cast<int64_t>(nu));
-  const float* V = it.forward(base + o_items, static_cast<int64_t>(ni));
+  const float* U = ut.forward(base + st.o_users, static_cast<int64_t>(nu));
+  const float* V = it.forward(base + st.o_items, static_cast<int64_t>(ni));
   model_.zero_grad();
   PairBatch pb;
   pb.n_pairs = static_cast<int64_t>(np);
-  pb.user = base + o_pu;
-  pb.item = base + o_pi;
+  pb.user = base + st.o_pu;
+  pb.item = base + st.o_pi;
   pb.label = d_floats_.data();
   pb.n_users = static_cast<int32_t>(nu);
-  pb.user_offsets = base + o_uo;
-  pb.user_pairs = base + o_up;
+  pb.user_offsets = base + st.o_uo;
+  pb.user_pairs = base + st.o_up;
   pb.n_items = static_cast<int32_t>(ni);
-  pb.item_offsets = base + o_io;
-  pb.item_pairs = base + o_ip;
+  pb.item_offsets = base + st.o_io;
+  pb.item_pairs = base + st.o_ip;
   const int d = model_.out_dim();
   if (cfg_.loss == "logistic") {
     be_.logistic_loss(U, V, d, pb, 1.0f / static_cast<float>(np), ut.output_grad(),

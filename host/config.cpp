@@ -295,6 +295,17 @@ void apply_json(Config& cfg, const std::string& text, const std::string& source)
   }
 }
 
+FlagWord split_flag(const std::string& arg) {
+  FlagWord w;
+  w.name = arg.substr(2);
+  if (auto eq = w.name.find('='); eq != std::string::npos) {
+    w.value = w.name.substr(eq + 1);
+    w.name.resize(eq);
+    w.has_value = true;
+  }
+  return w;
+}
+
 std::vector<std::string> apply_flags(Config& cfg, const std::vector<std::string>& args) {
   std::vector<std::string> positional;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -303,13 +314,7 @@ std::vector<std::string> apply_flags(Config& cfg, const std::vector<std::string>
       positional.push_back(a);
       continue;
     }
-    std::string name = a.substr(2), value;
-    bool has_value = false;
-    if (auto eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      has_value = true;
-    }
+    auto [name, value, has_value] = split_flag(a);
     const ConfigKey* k = name == "config" ? nullptr : find_key(name);
     if (name != "config" && !k) throw Error("unknown option --" + name + " (see --help)");
     const bool is_bool = k && k->is_bool;

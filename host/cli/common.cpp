@@ -60,13 +60,7 @@ Options::Options(const Args& args, const std::vector<Spec>& specs) {
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a.rfind("--", 0) != 0 || a == "--") throw Error("unexpected argument '" + a + "'");
-    std::string name = a.substr(2), value;
-    bool has_value = false;
-    if (auto eq = name.find('='); eq != std::string::npos) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      has_value = true;
-    }
+    auto [name, value, has_value] = split_flag(a);
     const Spec* spec = nullptr;
     for (const auto& s : specs)
       if (s.name == name) spec = &s;

@@ -65,6 +65,14 @@ const std::vector<ConfigKey>& config_keys();
 // Applies flags (argv-style, without the program and command names). Returns
 // the positional arguments. Handles --config FILE in place.
 std::vector<std::string> apply_flags(Config& cfg, const std::vector<std::string>& args);
+
+// One command-line word "--name" or "--name=value" split into its parts
+// (`arg` must start with "--").
+struct FlagWord {
+  std::string name, value;
+  bool has_value = false;
+};
+FlagWord split_flag(const std::string& arg);
 // Applies a JSON object (file contents). `source` names it in errors.
 void apply_json(Config& cfg, const std::string& json_text, const std::string& source);
 // The whole configuration as pretty JSON.

@@ -48,11 +48,6 @@ using testing::random_ints;
 using testing::test_seed;
 using testing::upload;
 
-#define TOWERREC_REQUIRE_CUDA()                                                          \
-  if (!::towerrec::cuda_available())                                                     \
-  GTEST_SKIP() << "no CUDA device: the CUDA backend is compared with the CPU backend only " \
-                  "where a device is present"
-
 std::string seed_note() { return "TOWERREC_TEST_SEED=" + std::to_string(test_seed()); }
 
 std::vector<double> as_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }

@@ -246,10 +246,7 @@ TEST(RecommendTopk, BlocksMatchBruteForceOnEveryBackend) {
       scores[r] = static_cast<float>(-c[r].first);
     }
   };
-  std::vector<std::unique_ptr<Backend>> backends;
-  backends.push_back(make_cpu_backend(1));
-  if (cuda_available()) backends.push_back(make_cuda_backend(0));
-  for (auto& be : backends) {
+  for (auto& be : testing::every_backend()) {
     const auto dU = testing::upload(*be, U);
     const auto dV = testing::upload(*be, V);
     for (int64_t block : {int64_t{1}, int64_t{4}, int64_t{25}, int64_t{0}}) {

@@ -29,20 +29,9 @@ namespace towerrec {
 namespace {
 
 using testing::all_state;
+using testing::every_backend;
 using testing::ModelFixture;
 using testing::small_tower;
-
-#define TOWERREC_REQUIRE_CUDA()                                                            \
-  if (!::towerrec::cuda_available())                                                       \
-  GTEST_SKIP() << "no CUDA device: training on the CUDA backend is compared with the CPU " \
-                  "backend only where a device is present"
-
-std::vector<std::unique_ptr<Backend>> every_backend() {
-  std::vector<std::unique_ptr<Backend>> v;
-  v.push_back(make_cpu_backend(1));
-  if (cuda_available()) v.push_back(make_cuda_backend(0));
-  return v;
-}
 
 // Host -> device -> device -> host through staging buffers, with several copies
 // and fences in flight before any wait; the destination is poisoned first.

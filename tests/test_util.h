@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -144,5 +145,20 @@ inline std::string ml100k_dir() {
   if (dir.empty())                                                                          \
   GTEST_SKIP() << "MovieLens-100k not found: set TOWERREC_ML100K or place it at "           \
                   "../shared/data/ml-100k"
+
+// Skips the test where no CUDA device is present (the GPU check greps the
+// "no CUDA device" prefix to tell a skipped run from a real one).
+#define TOWERREC_REQUIRE_CUDA()                                                              \
+  if (!::towerrec::cuda_available())                                                         \
+  GTEST_SKIP() << "no CUDA device: CUDA results are compared with the CPU backend only "     \
+                  "where a device is present"
+
+// The CPU backend (1 thread), then the CUDA backend where a device is present.
+inline std::vector<std::unique_ptr<Backend>> every_backend() {
+  std::vector<std::unique_ptr<Backend>> v;
+  v.push_back(make_cpu_backend(1));
+  if (cuda_available()) v.push_back(make_cuda_backend(0));
+  return v;
+}
 
 }  // namespace towerrec::testing

@@ -6,6 +6,16 @@
 
 namespace towerrec {
 
+const char* matmul_precision_name(MatmulPrecision p) {
+  return p == MatmulPrecision::kBF16 ? "bf16" : "fp32";
+}
+
+MatmulPrecision parse_matmul_precision(const std::string& text) {
+  if (text == "fp32") return MatmulPrecision::kFP32;
+  if (text == "bf16") return MatmulPrecision::kBF16;
+  throw Error("unknown matmul precision '" + text + "': expected fp32 or bf16");
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& name, int cpu_threads) {
   if (name == "cpu") return make_cpu_backend(cpu_threads);
   if (name == "auto") return cuda_available() ? make_cuda_backend(0) : make_cpu_backend(cpu_threads);

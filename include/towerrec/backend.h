@@ -25,6 +25,19 @@ namespace towerrec {
 enum class DeviceKind { kCPU, kCUDA };
 enum class Activation { kNone, kReLU };
 
+// Precision of the tower layers' matrix products (dense_forward and
+// dense_backward's three GEMMs; every other op, and everything those two ops
+// add, compare or store, stays float32):
+//   kFP32  float32 operands (on CUDA: cuBLAS's default FP32 math, no TF32).
+//   kBF16  X, W and dZ rounded to bfloat16 (nearest even), products summed in
+//          float32: twice the float32 rate on CPUs with AVX512-BF16 or AMX and
+//          on tensor-core GPUs. Parameters, optimizer state and gradients
+//          outside the products stay float32.
+enum class MatmulPrecision { kFP32, kBF16 };
+// "fp32", "bf16"; parse_matmul_precision throws towerrec::Error naming the text.
+const char* matmul_precision_name(MatmulPrecision p);
+MatmulPrecision parse_matmul_precision(const std::string& text);
+
 // Hyper-parameters of one Adam step. `step` is the 1-based count of updates
 // including this one (used for bias correction). Decoupled weight decay (AdamW):
 //   p -= lr * (mhat / (sqrt(vhat) + eps) + weight_decay * p)
@@ -97,6 +110,10 @@ class Backend {
   virtual void wait_fence(uint64_t /*f*/) {}
 
   // ---- tower layers ----------------------------------------------------------
+  // The precision of the next dense_forward/dense_backward calls (default kFP32).
+  void set_matmul_precision(MatmulPrecision p) { matmul_precision_ = p; }
+  MatmulPrecision matmul_precision() const { return matmul_precision_; }
+
   // Y[n x out] = act(X[n x in] . W[in x out] + b[out]).
   virtual void dense_forward(const float* X, int64_t n, int in, const float* W, const float* b,
                              int out, Activation act, float* Y) = 0;
@@ -205,6 +222,9 @@ class Backend {
   virtual void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d,
                     int k, const int64_t* excl_offsets, const int32_t* excl_items,
                     int32_t* out_items, float* out_scores) = 0;
+
+ protected:
+  MatmulPrecision matmul_precision_ = MatmulPrecision::kFP32;
 };
 
 // The CPU reference backend. threads <= 0 means all cores.

@@ -111,13 +111,13 @@ inline void prefetch_row(const float* p, int64_t n) {
 
 }  // namespace
 
-CpuBackend::CpuBackend(int threads) : threads_(threads > 0 ? threads : omp_get_num_procs()) {
-  if (threads_ < 1) threads_ = 1;
+CpuBackend::CpuBackend(int threads)
+    : threads_(std::max(1, threads > 0 ? threads : omp_get_num_procs())), gemm_(threads_) {
   openblas_set_num_threads(threads_);
 }
 
 std::string CpuBackend::describe() const {
-  return "cpu (" + openblas_version() + ", " + std::to_string(threads_) +
+  return "cpu (" + openblas_version() + ", " + CpuGemm::version() + ", " + std::to_string(threads_) +
          (threads_ == 1 ? " thread)" : " threads)");
 }
 
@@ -171,8 +171,15 @@ void CpuBackend::dense_forward(const float* X, int64_t n, int in, const float* W
   TOWERREC_CHECK(X && W && b && Y, "dense_forward: null pointer");
   check_blas_dim(n, "dense_forward: n");
   // Y[n x out] = X[n x in] . W[in x out]
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(n), out, in, 1.0f, X,
-              in, W, out, 0.0f, Y, out);
+  if (matmul_precision_ == MatmulPrecision::kBF16) {
+    bf16_a_.resize(static_cast<size_t>(n * in));
+    bf16_w_.resize(static_cast<size_t>(int64_t{in} * out));
+    gemm_.convert(X, n * in, bf16_a_.data());
+    gemm_.convert(W, int64_t{in} * out, bf16_w_.data());
+    gemm_.bf16(CpuGemm::Op::kForward, n, in, out, bf16_a_.data(), bf16_w_.data(), Y);
+  } else {
+    gemm_.f32(CpuGemm::Op::kForward, n, in, out, X, W, Y);
+  }
   const bool relu = act == Activation::kReLU;
 #pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * out))
   for (int64_t r = 0; r < n; ++r) {
@@ -240,13 +247,22 @@ void CpuBackend::dense_backward(const float* X, int64_t n, int in, const float* 
     }
   });
 
-  // dW[in x out] = X^T[in x n] . dZ[n x out]
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, out, static_cast<int>(n), 1.0f, X, in,
-              dY, out, 0.0f, dW, out);
-  // dX[n x in] = dZ[n x out] . W^T[out x in]
-  if (dX)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), in, out, 1.0f, dY,
-                out, W, out, 0.0f, dX, in);
+  // dW[in x out] = X^T[in x n] . dZ[n x out],  dX[n x in] = dZ[n x out] . W^T[out x in]
+  if (matmul_precision_ == MatmulPrecision::kBF16) {
+    bf16_a_.resize(static_cast<size_t>(n * in));
+    bf16_b_.resize(static_cast<size_t>(n * out));
+    gemm_.convert(X, n * in, bf16_a_.data());
+    gemm_.convert(dY, n * out, bf16_b_.data());
+    gemm_.bf16(CpuGemm::Op::kBackwardWeights, n, in, out, bf16_a_.data(), bf16_b_.data(), dW);
+    if (dX) {
+      bf16_w_.resize(static_cast<size_t>(int64_t{in} * out));
+      gemm_.convert(W, int64_t{in} * out, bf16_w_.data());
+      gemm_.bf16(CpuGemm::Op::kBackwardData, n, in, out, bf16_b_.data(), bf16_w_.data(), dX);
+    }
+  } else {
+    gemm_.f32(CpuGemm::Op::kBackwardWeights, n, in, out, X, dY, dW);
+    if (dX) gemm_.f32(CpuGemm::Op::kBackwardData, n, in, out, dY, W, dX);
+  }
 }
 
 // ---- embeddings and features ----------------------------------------------------

@@ -1,5 +1,6 @@
 // The CPU reference backend: every op of the contract in include/towerrec/backend.h,
-// with matrix products through CBLAS (OpenBLAS) and the element-wise loops
+// with the tower layers' matrix products through oneDNN (cpu_gemm.h), the
+// losses' and topk's through CBLAS (OpenBLAS), and the element-wise loops
 // parallelised with OpenMP (static schedules, no scheduling-dependent float
 // reductions: for a fixed thread count every op is bit-for-bit deterministic).
 //
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/cpu_gemm.h"
 #include "towerrec/backend.h"
 
 namespace towerrec {
@@ -84,6 +86,8 @@ class CpuBackend final : public Backend {
   int threads_;
   int64_t topk_item_chunk_ = kTopkItemChunk;
   std::vector<float> topk_scores_;  // [block x chunk] scratch, reused across calls
+  CpuGemm gemm_;                     // the tower layers' products (oneDNN)
+  std::vector<uint16_t> bf16_a_, bf16_b_, bf16_w_;  // bfloat16 operands of those products
   std::vector<float> bias_partial_;  // dense_backward's per-row-block bias sums
   std::vector<int32_t> bag_span_;    // bag_forward's value range per row
 };

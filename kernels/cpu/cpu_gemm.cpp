@@ -1,0 +1,148 @@
+#include "kernels/cpu/cpu_gemm.h"
+
+#include <omp.h>
+
+#include <climits>
+#include <cstring>
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "towerrec/error.h"
+
+namespace towerrec {
+
+namespace {
+
+using dnnl::memory;
+constexpr memory::dim kRuntime = DNNL_RUNTIME_DIM_VAL;
+
+// Operand and result descriptors of one product: (rows, cols) and row-major or
+// transposed strides. `n` is kRuntime for the primitive and the real row count
+// at execution.
+struct Descs {
+  memory::desc a, b, c;
+};
+
+Descs descs(CpuGemm::Op op, memory::dim n, memory::dim in, memory::dim out, bool bf16) {
+  const auto t = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+  const auto f = memory::data_type::f32;
+  switch (op) {
+    case CpuGemm::Op::kForward:  // [n x in] . [in x out]
+      return {memory::desc({n, in}, t, {in, 1}), memory::desc({in, out}, t, {out, 1}),
+              memory::desc({n, out}, f, {out, 1})};
+    case CpuGemm::Op::kBackwardData:  // [n x out] . ([in x out] read as [out x in])
+      return {memory::desc({n, out}, t, {out, 1}), memory::desc({out, in}, t, {1, out}),
+              memory::desc({n, in}, f, {in, 1})};
+    case CpuGemm::Op::kBackwardWeights:  // ([n x in] read as [in x n]) . [n x out]
+      return {memory::desc({in, n}, t, {1, in}), memory::desc({n, out}, t, {out, 1}),
+              memory::desc({in, out}, f, {out, 1})};
+  }
+  throw Error("CpuGemm: unknown product");
+}
+
+// Runs f with OpenMP's thread count for this thread set to `threads` (oneDNN
+// sizes its parallel regions by omp_get_max_threads()).
+template <class F>
+void with_threads(int threads, F&& f) {
+  const int saved = omp_get_max_threads();
+  if (saved != threads) omp_set_num_threads(threads);
+  try {
+    f();
+  } catch (const dnnl::error& e) {
+    if (saved != threads) omp_set_num_threads(saved);
+    throw Error(std::string("oneDNN matmul failed: ") + e.what());
+  } catch (...) {
+    if (saved != threads) omp_set_num_threads(saved);
+    throw;
+  }
+  if (saved != threads) omp_set_num_threads(saved);
+}
+
+}  // namespace
+
+struct CpuGemm::Primitive {
+  dnnl::engine engine;
+  dnnl::stream stream;
+  dnnl::matmul matmul;
+  std::string impl;
+  bool reference = false;  // oneDNN's slow reference code: use the f32 fallback instead
+};
+
+CpuGemm::CpuGemm(int threads) : threads_(threads < 1 ? 1 : threads) {}
+CpuGemm::~CpuGemm() = default;
+
+std::string CpuGemm::version() {
+  const dnnl_version_t* v = dnnl_version();
+  return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
+         std::to_string(v->patch);
+}
+
+CpuGemm::Primitive& CpuGemm::get(Op op, int in, int out, bool bf16) {
+  auto& slot = cache_[{static_cast<int>(op), in, out, bf16}];
+  if (!slot) {
+    auto p = std::make_unique<Primitive>();
+    try {
+      p->engine = dnnl::engine(dnnl::engine::kind::cpu, 0);
+      p->stream = dnnl::stream(p->engine);
+      const Descs d = descs(op, kRuntime, in, out, bf16);
+      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(d.a, d.b, d.c), p->engine);
+      p->impl = pd.impl_info_str();
+      p->reference = p->impl.rfind("ref", 0) == 0;
+      p->matmul = dnnl::matmul(pd);
+    } catch (const dnnl::error& e) {
+      throw Error(std::string("oneDNN: cannot create a ") + (bf16 ? "bf16" : "f32") +
+                  " matmul for in=" + std::to_string(in) + " out=" + std::to_string(out) + ": " +
+                  e.what());
+    }
+    slot = std::move(p);
+  }
+  return *slot;
+}
+
+namespace {
+
+void run(CpuGemm::Op op, int64_t n, int in, int out, bool bf16, dnnl::engine& engine,
+         dnnl::stream& stream, dnnl::matmul& mm, const void* A, const void* B, float* C) {
+  const Descs d = descs(op, n, in, out, bf16);
+  memory a(d.a, engine, const_cast<void*>(A));
+  memory b(d.b, engine, const_cast<void*>(B));
+  memory c(d.c, engine, C);
+  mm.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+  stream.wait();
+}
+
+}  // namespace
+
+void CpuGemm::f32(Op op, int64_t n, int in, int out, const float* A, const float* B, float* C) {
+  TOWERREC_CHECK(n > 0 && in > 0 && out > 0 && A && B && C, "CpuGemm::f32: bad arguments");
+  Primitive& p = get(op, in, out, false);
+  with_threads(threads_, [&] { run(op, n, in, out, false, p.engine, p.stream, p.matmul, A, B, C); });
+}
+
+void CpuGemm::bf16(Op op, int64_t n, int in, int out, const uint16_t* A, const uint16_t* B,
+                   float* C) {
+  TOWERREC_CHECK(n > 0 && in > 0 && out > 0 && A && B && C, "CpuGemm::bf16: bad arguments");
+  Primitive& p = get(op, in, out, true);
+  if (!p.reference) {
+    with_threads(threads_, [&] { run(op, n, in, out, true, p.engine, p.stream, p.matmul, A, B, C); });
+    return;
+  }
+  // Operand sizes: A is n x (in or out), B is (in x out) or (n x out).
+  const int64_t a_count = n * (op == Op::kBackwardData ? out : in);
+  const int64_t b_count = op == Op::kBackwardWeights ? n * out : int64_t{in} * out;
+  widen_a_.resize(static_cast<size_t>(a_count));
+  widen_b_.resize(static_cast<size_t>(b_count));
+#pragma omp parallel for schedule(static) num_threads(threads_) if (a_count > (1 << 16))
+  for (int64_t i = 0; i < a_count; ++i) widen_a_[i] = from_bf16(A[i]);
+#pragma omp parallel for schedule(static) num_threads(threads_) if (b_count > (1 << 16))
+  for (int64_t i = 0; i < b_count; ++i) widen_b_[i] = from_bf16(B[i]);
+  f32(op, n, in, out, widen_a_.data(), widen_b_.data(), C);
+}
+
+void CpuGemm::convert(const float* src, int64_t count, uint16_t* dst) const {
+#pragma omp parallel for simd schedule(static) num_threads(threads_) if (count > (1 << 16))
+  for (int64_t i = 0; i < count; ++i) dst[i] = to_bf16(src[i]);
+}
+
+std::string CpuGemm::bf16_impl() { return get(Op::kForward, 64, 64, true).impl; }
+
+}  // namespace towerrec

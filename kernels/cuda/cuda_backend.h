@@ -116,6 +116,10 @@ class CudaBackend final : public Backend {
   int device() const { return device_; }
   // Makes this backend's device current on the calling thread (every op's first line).
   void activate() const;
+  // Column-major cuBLAS product for the tower layers in the current matmul
+  // precision (dense.cu).
+  void tower_gemm(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
+                  const float* A, int lda, const float* B, int ldb, float* C, int ldc);
   CachingAllocator::Stats allocator_stats() const { return alloc_.stats(); }
 
   // Tile of the top-K score matrix: users per block and items per chunk. The

@@ -17,6 +17,11 @@
 //      the partials in a fixed order (deterministic, no atomics).
 //   2. dW = X^T . dZ and dX = dZ . W^T by cuBLAS sgemm.
 //
+// MatmulPrecision::kBF16: every product goes through cuBLAS (the fused kernel
+// is float32) as cublasGemmEx with CUBLAS_COMPUTE_32F_FAST_16BF: float32
+// operands and results, operands converted to bfloat16 by cuBLAS, tensor-core
+// products summed in float32.
+//
 // Row-major data through column-major cuBLAS, explained once for this backend:
 //   a row-major matrix A[r x c] occupies memory exactly as the column-major
 //   matrix A^T[c x r] with leading dimension c. So a row-major product
@@ -185,13 +190,27 @@ void check_dims(int64_t n, int in, int out, const char* op) {
 
 }  // namespace
 
+// Column-major C[m x n] = op(A) . op(B) (see the header comment for the
+// row-major mapping) in the backend's current matmul precision.
+void CudaBackend::tower_gemm(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
+                             const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
+  const float one = 1.0f, zero = 0.0f;
+  if (matmul_precision_ == MatmulPrecision::kBF16) {
+    CUBLAS_CHECK(cublasGemmEx(cublas_, op_a, op_b, m, n, k, &one, A, CUDA_R_32F, lda, B,
+                              CUDA_R_32F, ldb, &zero, C, CUDA_R_32F, ldc,
+                              CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
+  } else {
+    CUBLAS_CHECK(cublasSgemm(cublas_, op_a, op_b, m, n, k, &one, A, lda, B, ldb, &zero, C, ldc));
+  }
+}
+
 void CudaBackend::dense_forward(const float* X, int64_t n, int in, const float* W, const float* b,
                                 int out, Activation act, float* Y) {
   check_dims(n, in, out, "dense_forward");
   if (n == 0) return;
   activate();
   const bool relu = act == Activation::kReLU;
-  if (out <= kFusedMaxOut || in == 0) {
+  if ((out <= kFusedMaxOut && matmul_precision_ == MatmulPrecision::kFP32) || in == 0) {
     const dim3 grid(static_cast<unsigned>((n + kBM - 1) / kBM),
                     static_cast<unsigned>((out + kBN - 1) / kBN));
     dense_fused_kernel<<<grid, kFusedThreads, 0, stream_>>>(X, W, b, Y, n, in, out, relu);
@@ -199,9 +218,7 @@ void CudaBackend::dense_forward(const float* X, int64_t n, int in, const float* 
     return;
   }
   // Row-major Y = X . W  <=>  column-major Y^T[out x n] = W^T[out x in] . X^T[in x n].
-  const float one = 1.0f, zero = 0.0f;
-  CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, out, static_cast<int>(n), in, &one,
-                           W, out, X, in, &zero, Y, out));
+  tower_gemm(CUBLAS_OP_N, CUBLAS_OP_N, out, static_cast<int>(n), in, W, out, X, in, Y, out);
   if (b != nullptr || relu) {
     bias_act_kernel<<<grid_for(n * out), kThreads, 0, stream_>>>(Y, b, n, out, relu);
     CUDA_CHECK_LAUNCH(stream_, "bias_act_kernel");
@@ -239,17 +256,14 @@ void CudaBackend::dense_backward(const float* X, int64_t n, int in, const float*
   }
   if (in == 0) return;
 
-  const float one = 1.0f, zero = 0.0f;
   const int ni = static_cast<int>(n);
   // 2. dW[in x out] = X^T . dZ  <=>  column-major dW^T[out x in] = dZ^T[out x n] . X[n x in],
   //    where X (row-major [n x in]) is column-major X^T[in x n], hence OP_T.
-  CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_T, out, in, ni, &one, dY, out, X, in,
-                           &zero, dW, out));
+  tower_gemm(CUBLAS_OP_N, CUBLAS_OP_T, out, in, ni, dY, out, X, in, dW, out);
   // 3. dX[n x in] = dZ . W^T  <=>  column-major dX^T[in x n] = W[in x out] . dZ^T[out x n],
   //    where W (row-major [in x out]) is column-major W^T[out x in], hence OP_T.
   if (dX != nullptr)
-    CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, in, ni, out, &one, W, out, dY,
-                             out, &zero, dX, in));
+    tower_gemm(CUBLAS_OP_T, CUBLAS_OP_N, in, ni, out, W, out, dY, out, dX, in);
 }
 
 }  // namespace towerrec::cuda

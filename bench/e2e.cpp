@@ -24,7 +24,10 @@
 //
 // usage: towerrec_e2e --config NAME [--data PATH] [--work DIR] [--epochs N] [--seed S]
 //          [--threads N] [--device cpu|cuda|auto] [--score-users N] [--eval-users N]
-//          [--export DIR] [--json FILE] [--ceilings FILE] [--profile]
+//          [--export DIR] [--json FILE] [--ceilings FILE] [--profile] [--precision fp32|bf16]
+//
+// --precision: the tower products' precision in training (TrainConfig::
+// matmul_precision; default fp32). The peer's --bf16 is its counterpart.
 //
 // --profile routes every op through a timing wrapper (bench/op_profile.h) and
 // prints the training time per op family; the rest of an epoch is host work
@@ -179,6 +182,7 @@ int main(int argc, char** argv) try {
   int epochs = -1, threads = 0;
   int64_t seed = -1;
   bool profile = false;
+  std::string precision;
   int64_t score_users = -1, eval_users = -1;
   for (int a = 1; a < argc; ++a) {
     const std::string arg = argv[a];
@@ -199,10 +203,12 @@ int main(int argc, char** argv) try {
     else if (arg == "--json") json_path = value();
     else if (arg == "--ceilings") ceilings_path = value();
     else if (arg == "--profile") profile = true;
+    else if (arg == "--precision") precision = value();
     else if (arg == "--help" || arg == "-h") {
       std::printf("usage: towerrec_e2e --config ml100k|wide|synth-100k|synth-1m [--data PATH] [--work DIR]\n"
                   "         [--epochs N] [--seed S] [--threads N] [--device cpu|cuda|auto] [--score-users N]\n"
-                  "         [--eval-users N] [--export DIR] [--json FILE] [--ceilings FILE] [--profile]\n");
+                  "         [--eval-users N] [--export DIR] [--json FILE] [--ceilings FILE] [--profile]\n"
+                  "         [--precision fp32|bf16]\n");
       return 0;
     } else throw Error("unknown option " + arg + " (see --help)");
   }
@@ -213,6 +219,10 @@ int main(int argc, char** argv) try {
   if (score_users >= 0) cfg.score_users = score_users;
   if (eval_users >= 0) cfg.eval_users = eval_users;
   if (!data_override.empty()) cfg.data = data_override;
+  if (!precision.empty()) {
+    parse_matmul_precision(precision);  // rejects anything else
+    cfg.train.matmul_precision = precision;
+  }
 
   // ---- data
   std::string data = cfg.data;
@@ -265,7 +275,8 @@ int main(int argc, char** argv) try {
   meta["train"] = {{"epochs", cfg.train.epochs}, {"batch_size", cfg.train.batch_size},
                    {"negatives", cfg.train.negatives}, {"lr", cfg.train.optimizer.lr},
                    {"beta1", cfg.train.optimizer.beta1}, {"beta2", cfg.train.optimizer.beta2},
-                   {"eps", cfg.train.optimizer.eps}, {"seed", cfg.train.seed}};
+                   {"eps", cfg.train.optimizer.eps}, {"seed", cfg.train.seed},
+                   {"matmul_precision", cfg.train.matmul_precision}};
   meta["eval"] = {{"k", 10}, {"score_users", cfg.score_users}, {"eval_users", cfg.eval_users}};
   if (!export_dir.empty()) {
     make_directories(export_dir);

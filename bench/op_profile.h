@@ -34,11 +34,13 @@ class ProfilingBackend final : public Backend {
   void dense_forward(const float* X, int64_t n, int i, const float* W, const float* b, int o,
                      Activation a, float* Y) override {
     T t(*this, "dense_forward");
+    in_.set_matmul_precision(matmul_precision());
     in_.dense_forward(X, n, i, W, b, o, a, Y);
   }
   void dense_backward(const float* X, int64_t n, int i, const float* W, int o, Activation a,
                       const float* Y, float* dY, float* dW, float* db, float* dX) override {
     T t(*this, "dense_backward");
+    in_.set_matmul_precision(matmul_precision());
     in_.dense_backward(X, n, i, W, o, a, Y, dY, dW, db, dX);
   }
   void gather_rows(const float* s, int d, const int32_t* idx, int64_t n, float* o, int ld,

@@ -17,7 +17,11 @@
 namespace towerrec {
 
 Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainConfig& cfg)
-    : model_(model), be_(model.backend()), train_(train), cfg_(cfg) {
+    : model_(model),
+      be_(model.backend()),
+      train_(train),
+      cfg_(cfg),
+      precision_(parse_matmul_precision(cfg.matmul_precision)) {
   n_users_ = model.user_tower().spec().n_entities;
   n_items_ = model.item_tower().spec().n_entities;
   TOWERREC_CHECK(train.size() > 0, "no training interactions");
@@ -386,6 +390,16 @@ void Trainer::stage(const Batch& b, Staged& st) {
 }
 
 void Trainer::forward_backward(Staged& st, float* loss_slot) {
+  // The training precision for this step's tower products; the backend's own
+  // setting (used by evaluation and scoring) comes back afterwards.
+  struct PrecisionScope {
+    Backend& be;
+    MatmulPrecision saved;
+    PrecisionScope(Backend& b, MatmulPrecision p) : be(b), saved(b.matmul_precision()) {
+      be.set_matmul_precision(p);
+    }
+    ~PrecisionScope() { be.set_matmul_precision(saved); }
+  } precision(be_, precision_);
   // One queued upload of every index array and one of the floats; the fence
   // tells stage() when the staging buffers may be refilled.
   const size_t nu = st.nu, ni = st.ni, np = st.np;

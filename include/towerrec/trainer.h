@@ -49,6 +49,9 @@ struct TrainConfig {
   // the CPU backend, up to 4 on a device backend; 0: plan inline). Plans never
   // depend on it.
   int planner_threads = -1;
+  // Precision of the tower layers' products in training steps: "fp32" or "bf16"
+  // (see MatmulPrecision in backend.h). Evaluation and scoring are not affected.
+  std::string matmul_precision = "fp32";
   OptimizerConfig optimizer;
 };
 
@@ -152,6 +155,7 @@ class Trainer {
   const Interactions& train_;
   TrainConfig cfg_;
   int32_t n_users_, n_items_;
+  MatmulPrecision precision_;     // of the tower products in forward_backward
   int epoch_ = 0;
   int64_t start_step_ = 0;        // first step of the next train_epoch()
   double start_loss_sum_ = 0;     // loss sum of the steps before it

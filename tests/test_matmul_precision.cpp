@@ -1,0 +1,266 @@
+// bfloat16 tower products (MatmulPrecision::kBF16): the rounding itself, the
+// dense layers on every backend against a float64 reference of the same
+// formula on bfloat16-rounded operands, and the trainer's setting.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu/cpu_gemm.h"
+#include "tests/model_fixture.h"
+#include "tests/test_util.h"
+#include "towerrec/backend.h"
+#include "towerrec/error.h"
+#include "towerrec/trainer.h"
+
+namespace towerrec::testing {
+namespace {
+
+#define TRACE_SEED() SCOPED_TRACE("TOWERREC_TEST_SEED=" + std::to_string(test_seed()))
+
+// The bfloat16 nearest to x, ties to even, worked out in double: bfloat16 keeps
+// 8 significant bits, so the spacing at x = m * 2^e (m in [0.5, 1)) is 2^(e-8),
+// and 2^-133 for the subnormals (e below -125). nearbyint rounds half to even.
+double bf16_ref(float x) {
+  if (!std::isfinite(x) || x == 0.0f) return x;
+  int e;
+  std::frexp(static_cast<double>(x), &e);
+  const double q = std::ldexp(1.0, std::max(e, -125) - 8);
+  return std::nearbyint(static_cast<double>(x) / q) * q;
+}
+
+std::vector<double> rounded(const std::vector<float>& v) {
+  std::vector<double> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = bf16_ref(v[i]);
+  return r;
+}
+
+float bits_to_float(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, sizeof x);
+  return x;
+}
+
+TEST(Bf16, RoundsToNearestEven) {
+  EXPECT_EQ(to_bf16(1.0f), 0x3F80);
+  EXPECT_EQ(to_bf16(1.0f + 0x1p-8f), 0x3F80);              // tie: down to the even 1.0
+  EXPECT_EQ(to_bf16(1.0f + 3 * 0x1p-8f), 0x3F82);          // tie: up to the even neighbour
+  EXPECT_EQ(to_bf16(1.0f + 0x1p-8f + 0x1p-20f), 0x3F81);   // just past the tie
+  EXPECT_EQ(to_bf16(-2.0f), 0xC000);
+  EXPECT_EQ(to_bf16(0.0f), 0x0000);
+  EXPECT_EQ(to_bf16(-0.0f), 0x8000);
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(to_bf16(inf), 0x7F80);
+  EXPECT_EQ(to_bf16(-inf), 0xFF80);
+  EXPECT_EQ(to_bf16(FLT_MAX), 0x7F80);  // past the largest bfloat16: rounds to infinity
+  // NaNs stay NaN, also one whose payload sits only in the dropped low bits.
+  EXPECT_TRUE(std::isnan(from_bf16(to_bf16(std::numeric_limits<float>::quiet_NaN()))));
+  EXPECT_TRUE(std::isnan(from_bf16(to_bf16(bits_to_float(0x7F800001u)))));
+  EXPECT_TRUE(std::isnan(from_bf16(to_bf16(bits_to_float(0xFF800001u)))));
+  EXPECT_EQ(from_bf16(0x3F80), 1.0f);
+}
+
+TEST(Bf16, RandomFloatsMatchTheDoubleReference) {
+  TRACE_SEED();
+  std::mt19937_64 g(test_seed());
+  int checked = 0;
+  for (int t = 0; t < 1000000; ++t) {
+    const float x = bits_to_float(static_cast<uint32_t>(g()));
+    if (!std::isfinite(x)) continue;
+    const float want = static_cast<float>(bf16_ref(x));
+    const float got = from_bf16(to_bf16(x));
+    ASSERT_EQ(std::memcmp(&got, &want, sizeof got), 0)
+        << "x=" << x << " (bits " << std::hex << to_bf16(x) << ") got " << got << " want " << want;
+    ++checked;
+  }
+  EXPECT_GT(checked, 990000);
+}
+
+// |got[i] - want[i]| <= bound[i] for all i.
+::testing::AssertionResult within(const std::vector<float>& got, const std::vector<double>& want,
+                                  const std::vector<double>& bound) {
+  if (got.size() != want.size()) return ::testing::AssertionFailure() << "size mismatch";
+  int bad = 0;
+  std::string msg;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (!(std::fabs(got[i] - want[i]) <= bound[i])) {
+      if (bad++ < 5)
+        msg += "\n  [" + std::to_string(i) + "] got " + std::to_string(got[i]) + " want " +
+               std::to_string(want[i]) + " bound " + std::to_string(bound[i]);
+    }
+  if (bad) return ::testing::AssertionFailure() << bad << " of " << got.size() << msg;
+  return ::testing::AssertionSuccess();
+}
+
+// C = A . B in double with A[m x k] (or its transpose stored [k x m]) and B[k x
+// n] (or its transpose stored [n x k]); `mag` gets sum_k |a||b| per element.
+void ref_product(const std::vector<double>& A, bool a_t, const std::vector<double>& B, bool b_t,
+                 int64_t m, int64_t k, int64_t n, std::vector<double>& C,
+                 std::vector<double>& mag) {
+  C.assign(static_cast<size_t>(m * n), 0.0);
+  mag.assign(C.size(), 0.0);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t c = 0; c < n; ++c) {
+      double s = 0, a_abs = 0;
+      for (int64_t q = 0; q < k; ++q) {
+        const double a = a_t ? A[q * m + r] : A[r * k + q];
+        const double b = b_t ? B[c * k + q] : B[q * n + c];
+        s += a * b;
+        a_abs += std::fabs(a * b);
+      }
+      C[r * n + c] = s;
+      mag[r * n + c] = a_abs;
+    }
+}
+
+// The dense layers in bfloat16. On the CPU the operands are rounded exactly as
+// bf16_ref does and the products summed in float32, so the result sits within
+// float32 summation error of the double reference on rounded operands. cuBLAS
+// converts the operands itself (its rounding is not documented), so on CUDA
+// the bound is that of any bfloat16 conversion: each operand off by at most
+// 2^-7 of itself, so each product by 2^-6 of |a b|, plus the summation error.
+TEST(MatmulPrecision, Bf16DenseLayersMatchFloat64OnRoundedOperands) {
+  TRACE_SEED();
+  std::mt19937_64 g(test_seed());
+  for (auto& bep : every_backend()) {
+    Backend& be = *bep;
+    SCOPED_TRACE(be.describe());
+    be.set_matmul_precision(MatmulPrecision::kBF16);
+    const bool exact_rounding = be.kind() == DeviceKind::kCPU;
+    bool saw_bf16_difference = false;
+    for (int64_t n : {1, 7, 64, 300})
+      for (int in : {1, 17, 130})
+        for (int out : {1, 5, 64, 300})
+          for (Activation act : {Activation::kNone, Activation::kReLU}) {
+            SCOPED_TRACE("n=" + std::to_string(n) + " in=" + std::to_string(in) +
+                         " out=" + std::to_string(out) +
+                         " relu=" + std::to_string(act == Activation::kReLU));
+            const auto X = random_floats(g, static_cast<size_t>(n * in));
+            const auto W = random_floats(g, static_cast<size_t>(in) * out);
+            const auto b = random_floats(g, static_cast<size_t>(out));
+            const auto G = random_floats(g, static_cast<size_t>(n * out));
+            auto dX = upload(be, X), dW = upload(be, W), db = upload(be, b);
+            auto dY = poisoned(be, n * out);
+            be.dense_forward(dX.data(), n, in, dW.data(), db.data(), out, act, dY.data());
+            const auto Y = download(be, dY);
+            auto gY = upload(be, G);
+            auto gW = poisoned(be, int64_t{in} * out), gb = poisoned(be, out),
+                 gX = poisoned(be, n * in);
+            be.dense_backward(dX.data(), n, in, dW.data(), out, act, dY.data(), gY.data(),
+                              gW.data(), gb.data(), gX.data());
+            const auto dZ = download(be, gY), gWh = download(be, gW), gbh = download(be, gb),
+                       gXh = download(be, gX);
+
+            // float32 summation of k exact products: within (k + 2) 2^-23 of sum |a b|.
+            auto bound = [&](const std::vector<double>& mag, int64_t k) {
+              std::vector<double> r(mag.size());
+              for (size_t i = 0; i < mag.size(); ++i)
+                r[i] = (exact_rounding ? 0.0 : 0x1p-6 * mag[i]) +
+                       double(k + 2) * 0x1p-23 * mag[i] + 1e-6;
+              return r;
+            };
+
+            // Forward: act(bf16(X) . bf16(W) + b).
+            const auto Xr = rounded(X), Wr = rounded(W);
+            std::vector<double> Z, mag;
+            ref_product(Xr, false, Wr, false, n, in, out, Z, mag);
+            for (int64_t r = 0; r < n; ++r)
+              for (int c = 0; c < out; ++c) Z[r * out + c] += b[c];
+            std::vector<double> Yref(Z);
+            if (act == Activation::kReLU)
+              for (double& y : Yref) y = std::max(y, 0.0);
+            // Near the ReLU kink the reference and the result may fall on
+            // different sides; both are then within the bound of 0.
+            ASSERT_TRUE(within(Y, Yref, bound(mag, in))) << "Y";
+            if (exact_rounding && n * in * out >= 300 * 17) {
+              std::vector<double> Zf, magf;
+              ref_product(to_double(X), false, to_double(W), false, n, in, out, Zf, magf);
+              for (int64_t r = 0; r < n && !saw_bf16_difference; ++r)
+                for (int c = 0; c < out; ++c)
+                  if (act == Activation::kNone &&
+                      std::fabs(Zf[r * out + c] + b[c] - Y[r * out + c]) > 1e-3)
+                    saw_bf16_difference = true;
+            }
+
+            // dZ: the float32 gradient, masked by the layer's own output.
+            std::vector<float> wantZ(G);
+            if (act == Activation::kReLU)
+              for (size_t i = 0; i < wantZ.size(); ++i)
+                if (!(Y[i] > 0.0f)) wantZ[i] = 0.0f;
+            ASSERT_TRUE(bit_identical(dZ, wantZ)) << "dZ";
+            // db from the unrounded dZ; dW = bf16(X)^T . bf16(dZ); dX = bf16(dZ) . bf16(W)^T.
+            std::vector<double> dbr(out, 0.0), dbmag(out, 0.0);
+            for (int64_t r = 0; r < n; ++r)
+              for (int c = 0; c < out; ++c) {
+                dbr[c] += wantZ[r * out + c];
+                dbmag[c] += std::fabs(wantZ[r * out + c]);
+              }
+            std::vector<double> dbb(out);
+            for (int c = 0; c < out; ++c) dbb[c] = 2e-6 * dbmag[c] + 1e-6;
+            ASSERT_TRUE(within(gbh, dbr, dbb)) << "db";
+            const auto Zr = rounded(wantZ);
+            std::vector<double> dWr, dXr;
+            ref_product(Xr, true, Zr, false, in, n, out, dWr, mag);
+            ASSERT_TRUE(within(gWh, dWr, bound(mag, n))) << "dW";
+            ref_product(Zr, false, Wr, true, n, out, in, dXr, mag);
+            ASSERT_TRUE(within(gXh, dXr, bound(mag, out))) << "dX";
+          }
+    // The test can tell bfloat16 from float32: the largest shapes' results
+    // differ from the unrounded product by far more than float32 error.
+    if (exact_rounding) {
+      EXPECT_TRUE(saw_bf16_difference);
+    }
+  }
+}
+
+TEST(MatmulPrecision, Fp32IsTheDefaultAndNamesParse) {
+  auto be = make_cpu_backend(1);
+  EXPECT_EQ(be->matmul_precision(), MatmulPrecision::kFP32);
+  EXPECT_EQ(parse_matmul_precision("bf16"), MatmulPrecision::kBF16);
+  EXPECT_EQ(parse_matmul_precision("fp32"), MatmulPrecision::kFP32);
+  EXPECT_STREQ(matmul_precision_name(MatmulPrecision::kBF16), "bf16");
+  EXPECT_THROW(parse_matmul_precision("fp16"), Error);
+}
+
+// The trainer runs its steps in its configured precision and leaves the
+// backend's own setting (used by evaluation and scoring) as it found it.
+TEST(MatmulPrecision, TrainerTrainsInBf16AndRestoresTheBackend) {
+  auto run = [](const std::string& precision) {
+    ModelFixture f(4, small_tower());
+    TrainConfig tc;
+    tc.epochs = 3;
+    tc.batch_size = 16;
+    tc.negatives = 2;
+    tc.loss = "logistic";
+    tc.matmul_precision = precision;
+    tc.optimizer.lr = 0.01f;
+    Trainer tr(*f.model, f.ds.interactions, tc);
+    std::vector<double> losses;
+    while (tr.epochs_done() < tc.epochs) losses.push_back(tr.train_epoch().loss);
+    EXPECT_EQ(f.model->backend().matmul_precision(), MatmulPrecision::kFP32);
+    for (double l : losses) EXPECT_TRUE(std::isfinite(l));
+    EXPECT_LT(losses.back(), losses.front());
+    return all_state(*f.model);
+  };
+  const auto fp32 = run("fp32"), bf16 = run("bf16");
+  ASSERT_EQ(fp32.size(), bf16.size());
+  EXPECT_NE(fp32, bf16);  // the setting reached the products
+  double max_diff = 0;
+  for (size_t i = 0; i < fp32.size(); ++i) max_diff = std::max(max_diff, std::fabs(double(fp32[i]) - bf16[i]));
+  EXPECT_LT(max_diff, 0.05);  // and training followed the same course
+  EXPECT_EQ(run("bf16"), bf16);  // deterministic
+
+  ModelFixture f(4, small_tower());
+  TrainConfig bad;
+  bad.matmul_precision = "fp16";
+  EXPECT_THROW(Trainer(*f.model, f.ds.interactions, bad), Error);
+}
+
+}  // namespace
+}  // namespace towerrec::testing

@@ -4,6 +4,8 @@
 // in -> out widths of the default towers (128 -> 128, 128 -> 64) and the wide
 // variant (1024 -> 512).
 //   forward  FLOPs 2 n in out + n out;    bytes 4 (n in + in out + out + n out)
+// Each in float32 and in bfloat16 matmul precision (precision=0/1; the bytes
+// counted are the float32 arrays the op reads and writes either way).
 //   backward FLOPs 4 n in out + 2 n out;  bytes 4 (n in + in out + 2 n out [Y, dY]
 //                                                 + n out [dZ] + in out + out + n in)
 #include "bench/bench_common.h"
@@ -23,6 +25,7 @@ void register_dense() {
   const std::vector<std::pair<int, int>> widths = {{128, 128}, {128, 64}, {1024, 512}};
   for (const auto& entry : backends()) {
     Backend* be = entry.be;
+    for (MatmulPrecision prec : {MatmulPrecision::kFP32, MatmulPrecision::kBF16})
     for (int64_t n : rows) {
       for (auto [in, out] : widths) {
         auto make = [be, n, in = in, out = out] {
@@ -42,8 +45,11 @@ void register_dense() {
         };
         const double fn = static_cast<double>(n), fi = in, fo = out;
         add_case<DenseFixture>(
-            case_name("dense_forward", entry.name, {{"n", n}, {"in", in}, {"out", out}}), make,
-            [be, n, in = in, out = out, fn, fi, fo](benchmark::State& s, DenseFixture& f) {
+            case_name("dense_forward", entry.name,
+                      {{"n", n}, {"in", in}, {"out", out}, {"bf16", prec == MatmulPrecision::kBF16}}),
+            make,
+            [be, n, in = in, out = out, fn, fi, fo, prec](benchmark::State& s, DenseFixture& f) {
+              be->set_matmul_precision(prec);
               run_timed(
                   s, *be,
                   [&] {
@@ -55,8 +61,11 @@ void register_dense() {
         // The backward masks dY in place; the mask is idempotent, so repeated
         // calls on the same buffers time the same work.
         add_case<DenseFixture>(
-            case_name("dense_backward", entry.name, {{"n", n}, {"in", in}, {"out", out}}), make,
-            [be, n, in = in, out = out, fn, fi, fo](benchmark::State& s, DenseFixture& f) {
+            case_name("dense_backward", entry.name,
+                      {{"n", n}, {"in", in}, {"out", out}, {"bf16", prec == MatmulPrecision::kBF16}}),
+            make,
+            [be, n, in = in, out = out, fn, fi, fo, prec](benchmark::State& s, DenseFixture& f) {
+              be->set_matmul_precision(prec);
               run_timed(
                   s, *be,
                   [&] {

@@ -82,6 +82,30 @@ TEST(Bf16, RandomFloatsMatchTheDoubleReference) {
   EXPECT_GT(checked, 990000);
 }
 
+// The bulk conversion (vectorised where the CPU allows) gives the scalar
+// rounding's bits for every float, NaNs, infinities and subnormals included,
+// over lengths that leave vector tails and cross its chunks.
+TEST(Bf16, BulkConversionMatchesScalarBits) {
+  TRACE_SEED();
+  std::mt19937_64 g(test_seed());
+  for (int threads : {1, 2})
+    for (int64_t count : {0, 1, 15, 16, 17, 1000, 65536 + 33, 200003}) {
+      std::vector<float> x(static_cast<size_t>(count));
+      for (auto& v : x) v = bits_to_float(static_cast<uint32_t>(g()));
+      if (count > 3) {
+        x[0] = std::numeric_limits<float>::quiet_NaN();
+        x[1] = bits_to_float(0x7F800001u);
+        x[2] = std::numeric_limits<float>::infinity();
+        x[3] = bits_to_float(0x00000001u);
+      }
+      std::vector<uint16_t> got(x.size() + 1, 0xABCD);
+      CpuGemm(threads).convert(x.data(), count, got.data());
+      for (int64_t i = 0; i < count; ++i)
+        ASSERT_EQ(got[i], to_bf16(x[i])) << "threads=" << threads << " count=" << count << " i=" << i;
+      EXPECT_EQ(got[count], 0xABCD) << "wrote past the end";
+    }
+}
+
 // |got[i] - want[i]| <= bound[i] for all i.
 ::testing::AssertionResult within(const std::vector<float>& got, const std::vector<double>& want,
                                   const std::vector<double>& bound) {

@@ -25,7 +25,10 @@ torch.matmul + torch.topk, nDCG@10 and Recall@10 as towerrec defines them
 
 usage: /usr/bin/python3 bench/peers/torch_two_tower.py --data DIR [--threads N]
          [--device cpu|cuda] [--compile] [--no-dedup] [--epochs N] [--seed S]
-         [--profile] [--json FILE]
+         [--profile] [--bf16] [--json FILE]
+--bf16 runs the towers under torch.autocast(bfloat16) (their matmuls in
+bfloat16, float32 sums; embeddings, loss and optimizers float32): the
+counterpart of towerrec's --matmul-precision bf16.
 --profile runs the training under torch.profiler and prints the time per op
 (the peer's counterpart of `towerrec_e2e --profile`; its rates then include the
 profiler's overhead and are not for comparison).
@@ -153,6 +156,9 @@ def main():
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--profile", action="store_true", help="time per op under torch.profiler")
+    ap.add_argument("--bf16", action="store_true",
+                    help="towers under torch.autocast(bfloat16): the counterpart of towerrec's "
+                         "--matmul-precision bf16 (embeddings and loss stay float32)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -208,14 +214,16 @@ def main():
             u = tr_u_d[sel]
             items = torch.cat([tr_i_d[sel].unsqueeze(1),
                                torch.randint(ni, (b, k), generator=gen, device=device)], 1)
-            if args.no_dedup:
-                U = fwd_u(u)
-                V = fwd_i(items.reshape(-1))
-            else:
-                uu, uinv = torch.unique(u, return_inverse=True)
-                ii, iinv = torch.unique(items.reshape(-1), return_inverse=True)
-                U = fwd_u(uu)[uinv]
-                V = fwd_i(ii)[iinv]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+                if args.no_dedup:
+                    U = fwd_u(u)
+                    V = fwd_i(items.reshape(-1))
+                else:
+                    uu, uinv = torch.unique(u, return_inverse=True)
+                    ii, iinv = torch.unique(items.reshape(-1), return_inverse=True)
+                    U = fwd_u(uu)[uinv]
+                    V = fwd_i(ii)[iinv]
+            U, V = U.float(), V.float()
             scores = (U.unsqueeze(1) * V.view(b, 1 + k, -1)).sum(-1)
             loss = F.softplus(-labels * scores).mean()
             opt_dense.zero_grad(set_to_none=True)
@@ -296,6 +304,7 @@ def main():
         "device": str(device),
         "compile": args.compile,
         "dedup": not args.no_dedup,
+        "matmul_precision": "bf16" if args.bf16 else "fp32",
         "threads": torch.get_num_threads(),
         "config": meta["config"],
         "train_seconds": train_s,
@@ -313,7 +322,8 @@ def main():
         "recall10": recall_sum / max(evaluated, 1),
     }
     print(f"pytorch {torch.__version__} {meta['config']} on {device} ({r['threads']} threads, "
-          f"{'dedup' if r['dedup'] else 'per pair'}{', compiled' if args.compile else ''})")
+          f"{'dedup' if r['dedup'] else 'per pair'}{', compiled' if args.compile else ''}"
+          f"{', bf16 autocast' if args.bf16 else ''})")
     print(f"  train   {r['train_samples_per_s']:10.0f} samples/s  ({samples} samples, {train_s:.1f} s)")
     print(f"  score   {r['score_users_per_s']:10.0f} users/s    ({n_score} users x {ni} items, top-10, {score_s:.2f} s)")
     print(f"  quality nDCG@10 {r['ndcg10']:.4f}  Recall@10 {r['recall10']:.4f}  ({evaluated} users)")

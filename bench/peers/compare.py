@@ -3,9 +3,11 @@
 
 usage: compare.py OUT_DIR CONFIG... [--markdown FILE] [--meta JSON]
 Training rates compare the median epoch of each engine (load bursts on a shared
-machine hit single epochs). Reads OUT_DIR/CONFIG/towerrec*.json and OUT_DIR/CONFIG/torch.r*.json (and
-torch-compile.r*.json where present), taking each engine's best run, prints the speed ratios and both engines'
-quality, checks the issue's floors (training >= 2x the peer's samples/s with
+machine hit single epochs). Reads OUT_DIR/CONFIG/towerrec-P.r*.json and
+OUT_DIR/CONFIG/torch-P.r*.json (and torch-compile-P.r*.json where present) for
+each matmul precision P (fp32, bf16), taking each engine's best run, prints the
+speed ratios (like for like, and towerrec bf16 against the peer's fp32) and both
+engines' quality, checks the issue's floors (training >= 2x the peer's samples/s with
 equal or better nDCG@10; all-users scoring >= 2x the peer's users/s), and can
 append the table to a markdown file.
 """
@@ -13,6 +15,8 @@ import glob
 import json
 import os
 import sys
+
+PRECISIONS = ("fp32", "bf16")
 
 
 def load(pattern):
@@ -45,35 +49,47 @@ def main():
         del args[j:j + 2]
     out_dir, configs = args[0], args[1:]
     rows, floors = [], []
-    head = ("| config | engine | train samples/s | score users/s | nDCG@10 | Recall@10 | "
+    head = ("| config | engine | precision | train samples/s | score users/s | nDCG@10 | Recall@10 | "
             "train x | score x |")
-    sep = "|---|---|---:|---:|---:|---:|---:|---:|"
+    sep = "|---|---|---|---:|---:|---:|---:|---:|---:|"
+
+    def verdict(c, label, t, p):
+        rt = t["train_rate"] / p["train_rate"]
+        rs = t["score_users_per_s"] / p["score_users_per_s"]
+        floors.append(f"{c}, {label}: training {rt:.2f}x (floor 2x: "
+                      f"{'met' if rt >= 2 else 'NOT met'}), nDCG@10 {t['ndcg10']:.4f} vs "
+                      f"{p['ndcg10']:.4f} ({'equal or better' if t['ndcg10'] >= p['ndcg10'] - 1e-4 else 'worse'}); "
+                      f"scoring {rs:.2f}x (floor 2x: {'met' if rs >= 2 else 'NOT met'})")
+        return rt, rs
+
     for c in configs:
-        t = load(os.path.join(out_dir, c, "towerrec*.json"))
-        peers = [(n, load(os.path.join(out_dir, c, f))) for n, f in
-                 (("pytorch", "torch.r*.json"), ("pytorch compile", "torch-compile.r*.json"))]
-        peers = [(n, p) for n, p in peers if p]
-        if not t:
-            continue
-        best_ratio_train = best_ratio_score = None
-        pct = ""
-        if "train_pct_of_sgemm" in t:
-            pct_at_rate = t["train_pct_of_sgemm"] * t["train_rate"] / t["train_samples_per_s"]
-            pct = f" ({pct_at_rate:.0f}% of sgemm)"
-        rows.append(f"| {c} | towerrec ({t['backend']}) | {t['train_rate']:,.0f}{pct} | "
-                    f"{t['score_users_per_s']:,.0f} | {t['ndcg10']:.4f} | {t['recall10']:.4f} | | |")
-        for n, p in peers:
-            rt = t["train_rate"] / p["train_rate"]
-            rs = t["score_users_per_s"] / p["score_users_per_s"]
-            rows.append(f"| {c} | {n} {p['torch']} ({p['device']}, {p['threads']} threads) | "
-                        f"{p['train_rate']:,.0f} | {p['score_users_per_s']:,.0f} | "
-                        f"{p['ndcg10']:.4f} | {p['recall10']:.4f} | {rt:.2f} | {rs:.2f} |")
-            best_ratio_train = rt if best_ratio_train is None else min(best_ratio_train, rt)
-            best_ratio_score = rs if best_ratio_score is None else min(best_ratio_score, rs)
-            floors.append(f"{c} vs {n}: training {rt:.2f}x (floor 2x: "
-                          f"{'met' if rt >= 2 else 'NOT met'}), nDCG@10 {t['ndcg10']:.4f} vs "
-                          f"{p['ndcg10']:.4f} ({'equal or better' if t['ndcg10'] >= p['ndcg10'] - 1e-4 else 'worse'}); "
-                          f"scoring {rs:.2f}x (floor 2x: {'met' if rs >= 2 else 'NOT met'})")
+        d = os.path.join(out_dir, c)
+        tw = {pr: load(os.path.join(d, f"towerrec-{pr}.r*.json")) for pr in PRECISIONS}
+        peers = {pr: [(n, load(os.path.join(d, f"{f}-{pr}.r*.json"))) for n, f in
+                      (("pytorch", "torch"), ("pytorch compile", "torch-compile"))]
+                 for pr in PRECISIONS}
+        for pr in PRECISIONS:
+            t = tw[pr]
+            if not t:
+                continue
+            pct = ""
+            if "train_pct_of_sgemm" in t:
+                pct_at_rate = t["train_pct_of_sgemm"] * t["train_rate"] / t["train_samples_per_s"]
+                pct = f" ({pct_at_rate:.0f}% of sgemm)"
+            rows.append(f"| {c} | towerrec ({t['backend']}) | {pr} | {t['train_rate']:,.0f}{pct} | "
+                        f"{t['score_users_per_s']:,.0f} | {t['ndcg10']:.4f} | {t['recall10']:.4f} | | |")
+            for n, p in peers[pr]:
+                if not p:
+                    continue
+                rt, rs = verdict(c, f"towerrec {pr} vs {n} {pr}", t, p)
+                rows.append(f"| {c} | {n} {p['torch']} ({p['device']}, {p['threads']} threads) | {pr} | "
+                            f"{p['train_rate']:,.0f} | {p['score_users_per_s']:,.0f} | "
+                            f"{p['ndcg10']:.4f} | {p['recall10']:.4f} | {rt:.2f} | {rs:.2f} |")
+        # Each engine's fastest setting against the peer's float32 default.
+        if tw.get("bf16"):
+            for n, p in peers.get("fp32", []):
+                if p:
+                    verdict(c, f"towerrec bf16 vs {n} fp32", tw["bf16"], p)
     text = "\n".join([head, sep] + rows) + "\n\n" + "\n".join(f"- {f}" for f in floors) + "\n"
     text += ("\n(train x, score x: towerrec's rate divided by the peer's; score = all-users "
              "top-10 with training items excluded, embeddings precomputed)\n")

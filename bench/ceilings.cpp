@@ -1,7 +1,8 @@
 // towerrec_ceilings: this machine's compute and memory ceilings.
 //
 //   CPU  sgemm GFLOP/s on large square matrices (the BLAS towerrec links, all
-//        threads), and STREAM-style copy (a = b) and triad (a = b + s c)
+//        threads), the same product through oneDNN in float32 and in bfloat16
+//        (the tower layers' GEMMs, kernels/cpu/cpu_gemm.h), and STREAM-style copy (a = b) and triad (a = b + s c)
 //        bandwidth with OpenMP over arrays far larger than the caches.
 //   GPU  (CUDA builds with a device) pinned host<->device and device copy
 //        bandwidth, cuBLAS FP32, TF32 and BF16 GEMM rates.
@@ -24,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bench/ceilings.h"
+#include "kernels/cpu/cpu_gemm.h"
 
 namespace {
 
@@ -87,6 +89,20 @@ int main(int argc, char** argv) {
                 n, 0.0f, C.data(), n);
   });
   const double sgemm_gflops = 2.0 * n * n * double(n) / t_gemm * 1e-9;
+  // The tower layers' GEMM (oneDNN) on the same matrices, float32 and bfloat16.
+  towerrec::CpuGemm gemm(threads);
+  const double t_dnnl = best_seconds(reps, [&] {
+    gemm.f32(towerrec::CpuGemm::Op::kForward, n, n, n, A.data(), B.data(), C.data());
+  });
+  std::vector<uint16_t> Ab(A.size()), Bb(B.size());
+  gemm.convert(A.data(), int64_t(A.size()), Ab.data());
+  gemm.convert(B.data(), int64_t(B.size()), Bb.data());
+  const double t_bf16 = best_seconds(reps, [&] {
+    gemm.bf16(towerrec::CpuGemm::Op::kForward, n, n, n, Ab.data(), Bb.data(), C.data());
+  });
+  const double dnnl_f32_gflops = 2.0 * n * n * double(n) / t_dnnl * 1e-9;
+  const double bf16_gflops = 2.0 * n * n * double(n) / t_bf16 * 1e-9;
+  const std::string bf16_impl = gemm.bf16_impl();
   A = B = C = {};
 
   // ---- STREAM-like copy and triad on 128 MiB float arrays (first touch in parallel).
@@ -117,6 +133,9 @@ int main(int argc, char** argv) {
 
   std::printf("cpu: %s, %d threads (%s)\n", cpu_model().c_str(), threads, openblas_get_config());
   std::printf("  sgemm %dx%dx%d      %8.1f GFLOP/s\n", n, n, n, sgemm_gflops);
+  std::printf("  %s f32 GEMM    %8.1f GFLOP/s\n", towerrec::CpuGemm::version().c_str(), dnnl_f32_gflops);
+  std::printf("  %s bf16 GEMM   %8.1f GFLOP/s (%s)\n", towerrec::CpuGemm::version().c_str(), bf16_gflops,
+              bf16_impl.c_str());
   std::printf("  stream copy  (%lld MiB)  %8.1f GB/s\n", static_cast<long long>(m * 4 >> 20), copy_gbs);
   std::printf("  stream triad (%lld MiB)  %8.1f GB/s\n", static_cast<long long>(m * 4 >> 20), triad_gbs);
 
@@ -140,6 +159,10 @@ int main(int argc, char** argv) {
                 {"blas", openblas_get_config()},
                 {"sgemm_n", n},
                 {"sgemm_gflops", sgemm_gflops},
+                {"dnnl", towerrec::CpuGemm::version()},
+                {"dnnl_f32_gemm_gflops", dnnl_f32_gflops},
+                {"bf16_gemm_gflops", bf16_gflops},
+                {"bf16_gemm_impl", bf16_impl},
                 {"stream_copy_gbs", copy_gbs},
                 {"stream_triad_gbs", triad_gbs}};
     if (g.measured)

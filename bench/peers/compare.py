@@ -73,9 +73,9 @@ def main():
             if not t:
                 continue
             pct = ""
-            if "train_pct_of_sgemm" in t:
-                pct_at_rate = t["train_pct_of_sgemm"] * t["train_rate"] / t["train_samples_per_s"]
-                pct = f" ({pct_at_rate:.0f}% of sgemm)"
+            if "train_pct_of_ceiling" in t:
+                pct_at_rate = t["train_pct_of_ceiling"] * t["train_rate"] / t["train_samples_per_s"]
+                pct = f" ({pct_at_rate:.0f}% of {t['train_ceiling']})"
             rows.append(f"| {c} | towerrec ({t['backend']}) | {pr} | {t['train_rate']:,.0f}{pct} | "
                         f"{t['score_users_per_s']:,.0f} | {t['ndcg10']:.4f} | {t['recall10']:.4f} | | |")
             for n, p in peers[pr]:

@@ -170,25 +170,16 @@ void CpuBackend::dense_forward(const float* X, int64_t n, int in, const float* W
   if (n == 0) return;
   TOWERREC_CHECK(X && W && b && Y, "dense_forward: null pointer");
   check_blas_dim(n, "dense_forward: n");
-  // Y[n x out] = X[n x in] . W[in x out]
+  // Y[n x out] = act(X[n x in] . W[in x out] + b), bias and ReLU in the GEMM's epilogue.
+  const CpuGemm::Epilogue ep{b, act == Activation::kReLU};
   if (matmul_precision_ == MatmulPrecision::kBF16) {
     bf16_a_.resize(static_cast<size_t>(n * in));
     bf16_w_.resize(static_cast<size_t>(int64_t{in} * out));
     gemm_.convert(X, n * in, bf16_a_.data());
     gemm_.convert(W, int64_t{in} * out, bf16_w_.data());
-    gemm_.bf16(CpuGemm::Op::kForward, n, in, out, bf16_a_.data(), bf16_w_.data(), Y);
+    gemm_.bf16(CpuGemm::Op::kForward, n, in, out, bf16_a_.data(), bf16_w_.data(), Y, ep);
   } else {
-    gemm_.f32(CpuGemm::Op::kForward, n, in, out, X, W, Y);
-  }
-  const bool relu = act == Activation::kReLU;
-#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * out))
-  for (int64_t r = 0; r < n; ++r) {
-    float* y = Y + r * out;
-    if (relu) {
-      for (int c = 0; c < out; ++c) y[c] = math::relu(y[c] + b[c]);
-    } else {
-      for (int c = 0; c < out; ++c) y[c] += b[c];
-    }
+    gemm_.f32(CpuGemm::Op::kForward, n, in, out, X, W, Y, ep);
   }
 }
 

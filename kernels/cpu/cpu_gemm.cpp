@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <unordered_map>
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "towerrec/error.h"
@@ -59,6 +60,11 @@ void with_threads(int threads, F&& f) {
   if (saved != threads) omp_set_num_threads(saved);
 }
 
+// The bias row of the forward product, added to every row of C.
+memory::desc bias_desc(memory::dim out) {
+  return memory::desc({1, out}, memory::data_type::f32, {out, 1});
+}
+
 }  // namespace
 
 struct CpuGemm::Primitive {
@@ -78,15 +84,25 @@ std::string CpuGemm::version() {
          std::to_string(v->patch);
 }
 
-CpuGemm::Primitive& CpuGemm::get(Op op, int in, int out, bool bf16) {
-  auto& slot = cache_[{static_cast<int>(op), in, out, bf16}];
+CpuGemm::Primitive& CpuGemm::get(Op op, int in, int out, bool bf16, const Epilogue& ep) {
+  TOWERREC_CHECK(op == Op::kForward || (!ep.bias && !ep.relu),
+                 "CpuGemm: a bias or ReLU epilogue needs the forward product");
+  auto& slot = cache_[{static_cast<int>(op), in, out, bf16, ep.bias != nullptr, ep.relu}];
   if (!slot) {
     auto p = std::make_unique<Primitive>();
     try {
       p->engine = dnnl::engine(dnnl::engine::kind::cpu, 0);
       p->stream = dnnl::stream(p->engine);
       const Descs d = descs(op, kRuntime, in, out, bf16);
-      dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(d.a, d.b, d.c), p->engine);
+      dnnl::primitive_attr attr;
+      if (ep.relu) {
+        dnnl::post_ops po;
+        po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+        attr.set_post_ops(po);
+      }
+      const auto desc = ep.bias ? dnnl::matmul::desc(d.a, d.b, bias_desc(out), d.c)
+                                : dnnl::matmul::desc(d.a, d.b, d.c);
+      dnnl::matmul::primitive_desc pd(desc, attr, p->engine);
       p->impl = pd.impl_info_str();
       p->reference = p->impl.rfind("ref", 0) == 0;
       p->matmul = dnnl::matmul(pd);
@@ -103,29 +119,37 @@ CpuGemm::Primitive& CpuGemm::get(Op op, int in, int out, bool bf16) {
 namespace {
 
 void run(CpuGemm::Op op, int64_t n, int in, int out, bool bf16, dnnl::engine& engine,
-         dnnl::stream& stream, dnnl::matmul& mm, const void* A, const void* B, float* C) {
+         dnnl::stream& stream, dnnl::matmul& mm, const void* A, const void* B, float* C,
+         const float* bias) {
   const Descs d = descs(op, n, in, out, bf16);
   memory a(d.a, engine, const_cast<void*>(A));
   memory b(d.b, engine, const_cast<void*>(B));
   memory c(d.c, engine, C);
-  mm.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}};
+  if (bias) args[DNNL_ARG_BIAS] = memory(bias_desc(out), engine, const_cast<float*>(bias));
+  mm.execute(stream, args);
   stream.wait();
 }
 
 }  // namespace
 
-void CpuGemm::f32(Op op, int64_t n, int in, int out, const float* A, const float* B, float* C) {
+void CpuGemm::f32(Op op, int64_t n, int in, int out, const float* A, const float* B, float* C,
+                  const Epilogue& ep) {
   TOWERREC_CHECK(n > 0 && in > 0 && out > 0 && A && B && C, "CpuGemm::f32: bad arguments");
-  Primitive& p = get(op, in, out, false);
-  with_threads(threads_, [&] { run(op, n, in, out, false, p.engine, p.stream, p.matmul, A, B, C); });
+  Primitive& p = get(op, in, out, false, ep);
+  with_threads(threads_, [&] {
+    run(op, n, in, out, false, p.engine, p.stream, p.matmul, A, B, C, ep.bias);
+  });
 }
 
 void CpuGemm::bf16(Op op, int64_t n, int in, int out, const uint16_t* A, const uint16_t* B,
-                   float* C) {
+                   float* C, const Epilogue& ep) {
   TOWERREC_CHECK(n > 0 && in > 0 && out > 0 && A && B && C, "CpuGemm::bf16: bad arguments");
-  Primitive& p = get(op, in, out, true);
+  Primitive& p = get(op, in, out, true, ep);
   if (!p.reference) {
-    with_threads(threads_, [&] { run(op, n, in, out, true, p.engine, p.stream, p.matmul, A, B, C); });
+    with_threads(threads_, [&] {
+      run(op, n, in, out, true, p.engine, p.stream, p.matmul, A, B, C, ep.bias);
+    });
     return;
   }
   // Operand sizes: A is n x (in or out), B is (in x out) or (n x out).
@@ -137,7 +161,7 @@ void CpuGemm::bf16(Op op, int64_t n, int in, int out, const uint16_t* A, const u
   for (int64_t i = 0; i < a_count; ++i) widen_a_[i] = from_bf16(A[i]);
 #pragma omp parallel for schedule(static) num_threads(threads_) if (b_count > (1 << 16))
   for (int64_t i = 0; i < b_count; ++i) widen_b_[i] = from_bf16(B[i]);
-  f32(op, n, in, out, widen_a_.data(), widen_b_.data(), C);
+  f32(op, n, in, out, widen_a_.data(), widen_b_.data(), C, ep);
 }
 
 namespace {
@@ -188,6 +212,6 @@ void CpuGemm::convert(const float* src, int64_t count, uint16_t* dst) const {
   }
 }
 
-std::string CpuGemm::bf16_impl() { return get(Op::kForward, 64, 64, true).impl; }
+std::string CpuGemm::bf16_impl() { return get(Op::kForward, 64, 64, true, {}).impl; }
 
 }  // namespace towerrec

@@ -6,7 +6,8 @@
 //   kBackwardData     C[n x in]   = A[n x out]   . B[in x out]^T   (dX = dZ . W^T)
 //   kBackwardWeights  C[in x out] = A[n x in]^T  . B[n x out]      (dW = X^T . dZ)
 // All matrices are row-major and dense (row stride = column count). C is
-// overwritten.
+// overwritten. The forward product can add a bias row and apply ReLU in its
+// epilogue (oneDNN post-ops), saving a pass over C.
 //
 // One oneDNN primitive per (product, in, out, precision), with n left as a
 // run-time dimension, so a new batch size costs no JIT compilation. In bfloat16
@@ -48,6 +49,13 @@ inline float from_bf16(uint16_t b) {
   return x;
 }
 
+// Applied to C in the product's epilogue (forward product only): C += bias
+// (one float per column), then ReLU.
+struct GemmEpilogue {
+  const float* bias = nullptr;
+  bool relu = false;
+};
+
 class CpuGemm {
  public:
   enum class Op { kForward, kBackwardData, kBackwardWeights };
@@ -57,8 +65,12 @@ class CpuGemm {
   CpuGemm(const CpuGemm&) = delete;
   CpuGemm& operator=(const CpuGemm&) = delete;
 
-  void f32(Op op, int64_t n, int in, int out, const float* A, const float* B, float* C);
-  void bf16(Op op, int64_t n, int in, int out, const uint16_t* A, const uint16_t* B, float* C);
+  using Epilogue = GemmEpilogue;
+
+  void f32(Op op, int64_t n, int in, int out, const float* A, const float* B, float* C,
+           const Epilogue& ep = {});
+  void bf16(Op op, int64_t n, int in, int out, const uint16_t* A, const uint16_t* B, float* C,
+            const Epilogue& ep = {});
 
   // dst[i] = to_bf16(src[i]) for i < count, on the gemm's threads.
   void convert(const float* src, int64_t count, uint16_t* dst) const;
@@ -71,10 +83,10 @@ class CpuGemm {
 
  private:
   struct Primitive;
-  Primitive& get(Op op, int in, int out, bool bf16);
+  Primitive& get(Op op, int in, int out, bool bf16, const Epilogue& ep);
 
   int threads_;
-  std::map<std::tuple<int, int, int, bool>, std::unique_ptr<Primitive>> cache_;
+  std::map<std::tuple<int, int, int, bool, bool, bool>, std::unique_ptr<Primitive>> cache_;
   std::vector<float> widen_a_, widen_b_;  // bf16 operands widened for the fallback
 };
 

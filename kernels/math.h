@@ -76,7 +76,9 @@ TR_HD double l2_inv_norm(double sumsq) { return 1.0 / fmax(sqrt(sumsq), 1e-12); 
 // kept (u >= p) elements are divided by 1 - p, dropped ones become 0.
 TR_HD float dropout(float x, float u, float p) { return u >= p ? x / (1.0f - p) : 0.0f; }
 
-TR_HD float relu(float x) { return x > 0.0f ? x : 0.0f; }
+// NaN passes through (as in oneDNN's ReLU, which the CPU backend's forward uses),
+// so a diverged layer shows up in the loss instead of vanishing.
+TR_HD float relu(float x) { return x > 0.0f || x != x ? x : 0.0f; }
 
 // Bias-correction factors of Adam for 1-based step t: 1 - beta^t.
 // Computed in double on the host once per step; passed to the element update.

@@ -82,6 +82,7 @@ TEST(Math, ReluClampsNegatives) {
   EXPECT_EQ(m::relu(-2.0f), 0.0f);
   EXPECT_EQ(m::relu(0.0f), 0.0f);
   EXPECT_EQ(m::relu(3.5f), 3.5f);
+  EXPECT_TRUE(std::isnan(m::relu(std::numeric_limits<float>::quiet_NaN())));
 }
 
 TEST(Math, AdamStepBiasCorrection) {

@@ -243,6 +243,71 @@ TEST(MatmulPrecision, Bf16DenseLayersMatchFloat64OnRoundedOperands) {
   }
 }
 
+// CpuGemm's three products with and without the epilogue, in float32 and in
+// bfloat16 by oneDNN's bf16 GEMM and by the widening fallback (CPUs without a
+// fast bf16 GEMM), against double products of the same operands.
+TEST(CpuGemm, ProductsMatchFloat64OnEveryPath) {
+  TRACE_SEED();
+  std::mt19937_64 g(test_seed());
+  CpuGemm gemm(1);
+  for (int path = 0; path < 3; ++path)  // 0: f32, 1: bf16 native, 2: bf16 fallback
+    for (int op = 0; op < 3; ++op)
+      for (int64_t n : {1, 37, 300})
+        for (auto [in, out] : {std::pair{1, 1}, std::pair{19, 5}, std::pair{64, 130}}) {
+          const auto o = static_cast<CpuGemm::Op>(op);
+          SCOPED_TRACE("path=" + std::to_string(path) + " op=" + std::to_string(op) +
+                       " n=" + std::to_string(n) + " in=" + std::to_string(in) +
+                       " out=" + std::to_string(out));
+          // A, B and C as the header lays them out for the product.
+          const int64_t a_rows = n, a_cols = o == CpuGemm::Op::kBackwardData ? out : in;
+          const int64_t b_rows = o == CpuGemm::Op::kBackwardWeights ? n : in, b_cols = out;
+          const int64_t c_rows = o == CpuGemm::Op::kBackwardWeights ? in : n;
+          const int64_t c_cols = o == CpuGemm::Op::kBackwardData ? in : out;
+          auto A = random_floats(g, size_t(a_rows * a_cols));
+          auto B = random_floats(g, size_t(b_rows * b_cols));
+          const auto bias = random_floats(g, size_t(out));
+          const bool epilogue = o == CpuGemm::Op::kForward && n % 2 == 1;
+          std::vector<float> C(size_t(c_rows * c_cols), poison());
+          if (path == 0) {
+            gemm.f32(o, n, in, out, A.data(), B.data(), C.data(),
+                     epilogue ? GemmEpilogue{bias.data(), true} : GemmEpilogue{});
+          } else {
+            std::vector<uint16_t> Ab(A.size()), Bb(B.size());
+            gemm.convert(A.data(), int64_t(A.size()), Ab.data());
+            gemm.convert(B.data(), int64_t(B.size()), Bb.data());
+            for (size_t i = 0; i < A.size(); ++i) A[i] = from_bf16(Ab[i]);
+            for (size_t i = 0; i < B.size(); ++i) B[i] = from_bf16(Bb[i]);
+            gemm.force_bf16_fallback(path == 2);
+            gemm.bf16(o, n, in, out, Ab.data(), Bb.data(), C.data(),
+                      epilogue ? GemmEpilogue{bias.data(), true} : GemmEpilogue{});
+            gemm.force_bf16_fallback(false);
+          }
+          std::vector<double> want, mag;
+          switch (o) {
+            case CpuGemm::Op::kForward:
+              ref_product(to_double(A), false, to_double(B), false, n, in, out, want, mag);
+              break;
+            case CpuGemm::Op::kBackwardData:  // [n x out] . [in x out]^T
+              ref_product(to_double(A), false, to_double(B), true, n, out, in, want, mag);
+              break;
+            case CpuGemm::Op::kBackwardWeights:  // [n x in]^T . [n x out]
+              ref_product(to_double(A), true, to_double(B), false, in, n, out, want, mag);
+              break;
+          }
+          const int64_t k = o == CpuGemm::Op::kForward ? in : o == CpuGemm::Op::kBackwardData ? out : n;
+          if (epilogue)
+            for (int64_t r = 0; r < n; ++r)
+              for (int c = 0; c < out; ++c) {
+                double& w = want[size_t(r * out + c)];
+                w = std::max(w + bias[c], 0.0);
+              }
+          std::vector<double> bound(want.size());
+          for (size_t i = 0; i < want.size(); ++i)
+            bound[i] = double(k + 2) * 0x1p-23 * mag[i] + 1e-6;
+          ASSERT_TRUE(within(C, want, bound));
+        }
+}
+
 TEST(MatmulPrecision, Fp32IsTheDefaultAndNamesParse) {
   auto be = make_cpu_backend(1);
   EXPECT_EQ(be->matmul_precision(), MatmulPrecision::kFP32);

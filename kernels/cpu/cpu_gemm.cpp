@@ -146,7 +146,7 @@ void CpuGemm::bf16(Op op, int64_t n, int in, int out, const uint16_t* A, const u
                    float* C, const Epilogue& ep) {
   TOWERREC_CHECK(n > 0 && in > 0 && out > 0 && A && B && C, "CpuGemm::bf16: bad arguments");
   Primitive& p = get(op, in, out, true, ep);
-  if (!p.reference) {
+  if (!p.reference && !force_fallback_) {
     with_threads(threads_, [&] {
       run(op, n, in, out, true, p.engine, p.stream, p.matmul, A, B, C, ep.bias);
     });

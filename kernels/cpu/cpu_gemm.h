@@ -75,6 +75,10 @@ class CpuGemm {
   // dst[i] = to_bf16(src[i]) for i < count, on the gemm's threads.
   void convert(const float* src, int64_t count, uint16_t* dst) const;
 
+  // Tests: take the widen-to-float32 path for bfloat16 products even where
+  // oneDNN has a fast bfloat16 GEMM.
+  void force_bf16_fallback(bool on) { force_fallback_ = on; }
+
   // "oneDNN 2.6.3"
   static std::string version();
   // The implementation oneDNN picked for a bf16 product ("gemm:jit", or "ref"
@@ -88,6 +92,7 @@ class CpuGemm {
   int threads_;
   std::map<std::tuple<int, int, int, bool, bool, bool>, std::unique_ptr<Primitive>> cache_;
   std::vector<float> widen_a_, widen_b_;  // bf16 operands widened for the fallback
+  bool force_fallback_ = false;
 };
 
 }  // namespace towerrec

@@ -162,6 +162,12 @@ void CpuBackend::fill(float* p, int64_t n, float value) {
 
 // ---- tower layers -------------------------------------------------------------
 
+const uint16_t* CpuBackend::bf16_copy(const float* x, int64_t count, std::vector<uint16_t>& buf) {
+  buf.resize(static_cast<size_t>(count));
+  gemm_.convert(x, count, buf.data());
+  return buf.data();
+}
+
 void CpuBackend::dense_forward(const float* X, int64_t n, int in, const float* W, const float* b,
                                int out, Activation act, float* Y) {
   TOWERREC_CHECK(n >= 0 && in > 0 && out > 0, "dense_forward: bad shape n=" + std::to_string(n) +
@@ -173,11 +179,8 @@ void CpuBackend::dense_forward(const float* X, int64_t n, int in, const float* W
   // Y[n x out] = act(X[n x in] . W[in x out] + b), bias and ReLU in the GEMM's epilogue.
   const CpuGemm::Epilogue ep{b, act == Activation::kReLU};
   if (matmul_precision_ == MatmulPrecision::kBF16) {
-    bf16_a_.resize(static_cast<size_t>(n * in));
-    bf16_w_.resize(static_cast<size_t>(int64_t{in} * out));
-    gemm_.convert(X, n * in, bf16_a_.data());
-    gemm_.convert(W, int64_t{in} * out, bf16_w_.data());
-    gemm_.bf16(CpuGemm::Op::kForward, n, in, out, bf16_a_.data(), bf16_w_.data(), Y, ep);
+    gemm_.bf16(CpuGemm::Op::kForward, n, in, out, bf16_copy(X, n * in, bf16_a_),
+               bf16_copy(W, int64_t{in} * out, bf16_w_), Y, ep);
   } else {
     gemm_.f32(CpuGemm::Op::kForward, n, in, out, X, W, Y, ep);
   }
@@ -240,16 +243,11 @@ void CpuBackend::dense_backward(const float* X, int64_t n, int in, const float* 
 
   // dW[in x out] = X^T[in x n] . dZ[n x out],  dX[n x in] = dZ[n x out] . W^T[out x in]
   if (matmul_precision_ == MatmulPrecision::kBF16) {
-    bf16_a_.resize(static_cast<size_t>(n * in));
-    bf16_b_.resize(static_cast<size_t>(n * out));
-    gemm_.convert(X, n * in, bf16_a_.data());
-    gemm_.convert(dY, n * out, bf16_b_.data());
-    gemm_.bf16(CpuGemm::Op::kBackwardWeights, n, in, out, bf16_a_.data(), bf16_b_.data(), dW);
-    if (dX) {
-      bf16_w_.resize(static_cast<size_t>(int64_t{in} * out));
-      gemm_.convert(W, int64_t{in} * out, bf16_w_.data());
-      gemm_.bf16(CpuGemm::Op::kBackwardData, n, in, out, bf16_b_.data(), bf16_w_.data(), dX);
-    }
+    const uint16_t* dz = bf16_copy(dY, n * out, bf16_b_);
+    gemm_.bf16(CpuGemm::Op::kBackwardWeights, n, in, out, bf16_copy(X, n * in, bf16_a_), dz, dW);
+    if (dX)
+      gemm_.bf16(CpuGemm::Op::kBackwardData, n, in, out, dz,
+                 bf16_copy(W, int64_t{in} * out, bf16_w_), dX);
   } else {
     gemm_.f32(CpuGemm::Op::kBackwardWeights, n, in, out, X, dY, dW);
     if (dX) gemm_.f32(CpuGemm::Op::kBackwardData, n, in, out, dY, W, dX);

@@ -88,8 +88,10 @@ class CpuBackend final : public Backend {
   std::vector<float> topk_scores_;  // [block x chunk] scratch, reused across calls
   CpuGemm gemm_;                     // the tower layers' products (oneDNN)
   std::vector<uint16_t> bf16_a_, bf16_b_, bf16_w_;  // bfloat16 operands of those products
+  // x[0, count) rounded to bfloat16 into buf (grown as needed); returns buf's data.
+  const uint16_t* bf16_copy(const float* x, int64_t count, std::vector<uint16_t>& buf);
   std::vector<float> bias_partial_;  // dense_backward's per-row-block bias sums
-  std::vector<int32_t> bag_span_;    // bag_forward's value range per row
+  std::vector<int32_t> bag_span_;    // the bags' value range per row (bag_forward/backward)
 };
 
 }  // namespace towerrec

@@ -42,23 +42,22 @@ Descs descs(CpuGemm::Op op, memory::dim n, memory::dim in, memory::dim out, bool
   throw Error("CpuGemm: unknown product");
 }
 
-// Runs f with OpenMP's thread count for this thread set to `threads` (oneDNN
-// sizes its parallel regions by omp_get_max_threads()).
-template <class F>
-void with_threads(int threads, F&& f) {
-  const int saved = omp_get_max_threads();
-  if (saved != threads) omp_set_num_threads(threads);
-  try {
-    f();
-  } catch (const dnnl::error& e) {
-    if (saved != threads) omp_set_num_threads(saved);
-    throw Error(std::string("oneDNN matmul failed: ") + e.what());
-  } catch (...) {
-    if (saved != threads) omp_set_num_threads(saved);
-    throw;
+// Sets OpenMP's thread count for the calling thread to `threads` for its
+// lifetime (oneDNN sizes its parallel regions by omp_get_max_threads()).
+class ThreadScope {
+ public:
+  explicit ThreadScope(int threads) : saved_(omp_get_max_threads()), threads_(threads) {
+    if (saved_ != threads_) omp_set_num_threads(threads_);
   }
-  if (saved != threads) omp_set_num_threads(saved);
-}
+  ~ThreadScope() {
+    if (saved_ != threads_) omp_set_num_threads(saved_);
+  }
+  ThreadScope(const ThreadScope&) = delete;
+  ThreadScope& operator=(const ThreadScope&) = delete;
+
+ private:
+  int saved_, threads_;
+};
 
 // The bias row of the forward product, added to every row of C.
 memory::desc bias_desc(memory::dim out) {
@@ -68,11 +67,14 @@ memory::desc bias_desc(memory::dim out) {
 }  // namespace
 
 struct CpuGemm::Primitive {
-  dnnl::engine engine;
-  dnnl::stream stream;
   dnnl::matmul matmul;
   std::string impl;
   bool reference = false;  // oneDNN's slow reference code: use the f32 fallback instead
+};
+
+struct CpuGemm::Dnnl {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
 };
 
 CpuGemm::CpuGemm(int threads) : threads_(threads < 1 ? 1 : threads) {}
@@ -91,8 +93,7 @@ CpuGemm::Primitive& CpuGemm::get(Op op, int in, int out, bool bf16, const Epilog
   if (!slot) {
     auto p = std::make_unique<Primitive>();
     try {
-      p->engine = dnnl::engine(dnnl::engine::kind::cpu, 0);
-      p->stream = dnnl::stream(p->engine);
+      if (!dnnl_) dnnl_ = std::make_unique<Dnnl>();
       const Descs d = descs(op, kRuntime, in, out, bf16);
       dnnl::primitive_attr attr;
       if (ep.relu) {
@@ -102,7 +103,7 @@ CpuGemm::Primitive& CpuGemm::get(Op op, int in, int out, bool bf16, const Epilog
       }
       const auto desc = ep.bias ? dnnl::matmul::desc(d.a, d.b, bias_desc(out), d.c)
                                 : dnnl::matmul::desc(d.a, d.b, d.c);
-      dnnl::matmul::primitive_desc pd(desc, attr, p->engine);
+      dnnl::matmul::primitive_desc pd(desc, attr, dnnl_->engine);
       p->impl = pd.impl_info_str();
       p->reference = p->impl.rfind("ref", 0) == 0;
       p->matmul = dnnl::matmul(pd);
@@ -116,30 +117,27 @@ CpuGemm::Primitive& CpuGemm::get(Op op, int in, int out, bool bf16, const Epilog
   return *slot;
 }
 
-namespace {
-
-void run(CpuGemm::Op op, int64_t n, int in, int out, bool bf16, dnnl::engine& engine,
-         dnnl::stream& stream, dnnl::matmul& mm, const void* A, const void* B, float* C,
-         const float* bias) {
+void CpuGemm::run(Op op, int64_t n, int in, int out, bool bf16, Primitive& p, const void* A,
+                  const void* B, float* C, const float* bias) {
   const Descs d = descs(op, n, in, out, bf16);
-  memory a(d.a, engine, const_cast<void*>(A));
-  memory b(d.b, engine, const_cast<void*>(B));
-  memory c(d.c, engine, C);
-  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}};
+  const dnnl::engine& engine = dnnl_->engine;
+  std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, memory(d.a, engine, const_cast<void*>(A))},
+                                          {DNNL_ARG_WEIGHTS, memory(d.b, engine, const_cast<void*>(B))},
+                                          {DNNL_ARG_DST, memory(d.c, engine, C)}};
   if (bias) args[DNNL_ARG_BIAS] = memory(bias_desc(out), engine, const_cast<float*>(bias));
-  mm.execute(stream, args);
-  stream.wait();
+  const ThreadScope threads(threads_);
+  try {
+    p.matmul.execute(dnnl_->stream, args);
+    dnnl_->stream.wait();
+  } catch (const dnnl::error& e) {
+    throw Error(std::string("oneDNN matmul failed: ") + e.what());
+  }
 }
-
-}  // namespace
 
 void CpuGemm::f32(Op op, int64_t n, int in, int out, const float* A, const float* B, float* C,
                   const Epilogue& ep) {
   TOWERREC_CHECK(n > 0 && in > 0 && out > 0 && A && B && C, "CpuGemm::f32: bad arguments");
-  Primitive& p = get(op, in, out, false, ep);
-  with_threads(threads_, [&] {
-    run(op, n, in, out, false, p.engine, p.stream, p.matmul, A, B, C, ep.bias);
-  });
+  run(op, n, in, out, false, get(op, in, out, false, ep), A, B, C, ep.bias);
 }
 
 void CpuGemm::bf16(Op op, int64_t n, int in, int out, const uint16_t* A, const uint16_t* B,
@@ -147,20 +145,17 @@ void CpuGemm::bf16(Op op, int64_t n, int in, int out, const uint16_t* A, const u
   TOWERREC_CHECK(n > 0 && in > 0 && out > 0 && A && B && C, "CpuGemm::bf16: bad arguments");
   Primitive& p = get(op, in, out, true, ep);
   if (!p.reference && !force_fallback_) {
-    with_threads(threads_, [&] {
-      run(op, n, in, out, true, p.engine, p.stream, p.matmul, A, B, C, ep.bias);
-    });
+    run(op, n, in, out, true, p, A, B, C, ep.bias);
     return;
   }
   // Operand sizes: A is n x (in or out), B is (in x out) or (n x out).
-  const int64_t a_count = n * (op == Op::kBackwardData ? out : in);
-  const int64_t b_count = op == Op::kBackwardWeights ? n * out : int64_t{in} * out;
-  widen_a_.resize(static_cast<size_t>(a_count));
-  widen_b_.resize(static_cast<size_t>(b_count));
-#pragma omp parallel for schedule(static) num_threads(threads_) if (a_count > (1 << 16))
-  for (int64_t i = 0; i < a_count; ++i) widen_a_[i] = from_bf16(A[i]);
-#pragma omp parallel for schedule(static) num_threads(threads_) if (b_count > (1 << 16))
-  for (int64_t i = 0; i < b_count; ++i) widen_b_[i] = from_bf16(B[i]);
+  auto widen = [this](const uint16_t* x, int64_t count, std::vector<float>& to) {
+    to.resize(static_cast<size_t>(count));
+#pragma omp parallel for schedule(static) num_threads(threads_) if (count > (1 << 16))
+    for (int64_t i = 0; i < count; ++i) to[static_cast<size_t>(i)] = from_bf16(x[i]);
+  };
+  widen(A, n * (op == Op::kBackwardData ? out : in), widen_a_);
+  widen(B, op == Op::kBackwardWeights ? n * out : int64_t{in} * out, widen_b_);
   f32(op, n, in, out, widen_a_.data(), widen_b_.data(), C, ep);
 }
 

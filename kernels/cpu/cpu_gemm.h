@@ -87,9 +87,13 @@ class CpuGemm {
 
  private:
   struct Primitive;
+  struct Dnnl;  // the engine and stream every primitive runs on
   Primitive& get(Op op, int in, int out, bool bf16, const Epilogue& ep);
+  void run(Op op, int64_t n, int in, int out, bool bf16, Primitive& p, const void* A,
+           const void* B, float* C, const float* bias);
 
   int threads_;
+  std::unique_ptr<Dnnl> dnnl_;
   std::map<std::tuple<int, int, int, bool, bool, bool>, std::unique_ptr<Primitive>> cache_;
   std::vector<float> widen_a_, widen_b_;  // bf16 operands widened for the fallback
   bool force_fallback_ = false;

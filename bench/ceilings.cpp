@@ -2,8 +2,9 @@
 //
 //   CPU  sgemm GFLOP/s on large square matrices (the BLAS towerrec links, all
 //        threads), the same product through oneDNN in float32 and in bfloat16
-//        (the tower layers' GEMMs, kernels/cpu/cpu_gemm.h), and STREAM-style copy (a = b) and triad (a = b + s c)
-//        bandwidth with OpenMP over arrays far larger than the caches.
+//        (the tower layers' GEMMs, kernels/cpu/cpu_gemm.h), and STREAM-style
+//        copy (a = b) and triad (a = b + s c) bandwidth with OpenMP over arrays
+//        far larger than the caches.
 //   GPU  (CUDA builds with a device) pinned host<->device and device copy
 //        bandwidth, cuBLAS FP32, TF32 and BF16 GEMM rates.
 //
@@ -88,7 +89,8 @@ int main(int argc, char** argv) {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, A.data(), n, B.data(),
                 n, 0.0f, C.data(), n);
   });
-  const double sgemm_gflops = 2.0 * n * n * double(n) / t_gemm * 1e-9;
+  auto gflops = [n](double seconds) { return 2.0 * n * n * double(n) / seconds * 1e-9; };
+  const double sgemm_gflops = gflops(t_gemm);
   // The tower layers' GEMM (oneDNN) on the same matrices, float32 and bfloat16.
   towerrec::CpuGemm gemm(threads);
   const double t_dnnl = best_seconds(reps, [&] {
@@ -100,8 +102,8 @@ int main(int argc, char** argv) {
   const double t_bf16 = best_seconds(reps, [&] {
     gemm.bf16(towerrec::CpuGemm::Op::kForward, n, n, n, Ab.data(), Bb.data(), C.data());
   });
-  const double dnnl_f32_gflops = 2.0 * n * n * double(n) / t_dnnl * 1e-9;
-  const double bf16_gflops = 2.0 * n * n * double(n) / t_bf16 * 1e-9;
+  const double dnnl_f32_gflops = gflops(t_dnnl);
+  const double bf16_gflops = gflops(t_bf16);
   const std::string bf16_impl = gemm.bf16_impl();
   A = B = C = {};
 

@@ -20,7 +20,8 @@
 // train.csv, test.csv in dense indices, *.f32/*.i32 little-endian arrays) for
 // the PyTorch peer (bench/peers/torch_two_tower.py), so both train and are
 // evaluated on identical data. --ceilings FILE (from towerrec_ceilings --json)
-// adds % of the machine's sgemm ceiling to the report.
+// adds % of the machine's GEMM ceilings to the report: training against the
+// float32 or bfloat16 GEMM rate of its precision, scoring against sgemm.
 //
 // usage: towerrec_e2e --config NAME [--data PATH] [--work DIR] [--epochs N] [--seed S]
 //          [--threads N] [--device cpu|cuda|auto] [--score-users N] [--eval-users N]

@@ -7,8 +7,8 @@ machine hit single epochs). Reads OUT_DIR/CONFIG/towerrec-P.r*.json and
 OUT_DIR/CONFIG/torch-P.r*.json (and torch-compile-P.r*.json where present) for
 each matmul precision P (fp32, bf16), taking each engine's best run, prints the
 speed ratios (like for like, and towerrec bf16 against the peer's fp32) and both
-engines' quality, checks the issue's floors (training >= 2x the peer's samples/s with
-equal or better nDCG@10; all-users scoring >= 2x the peer's users/s), and can
+engines' quality, checks the issue's floors (training >= 2x the peer's
+samples/s with equal or better nDCG@10; all-users scoring >= 2x the peer's users/s), and can
 append the table to a markdown file.
 """
 import glob
@@ -86,8 +86,8 @@ def main():
                             f"{p['train_rate']:,.0f} | {p['score_users_per_s']:,.0f} | "
                             f"{p['ndcg10']:.4f} | {p['recall10']:.4f} | {rt:.2f} | {rs:.2f} |")
         # Each engine's fastest setting against the peer's float32 default.
-        if tw.get("bf16"):
-            for n, p in peers.get("fp32", []):
+        if tw["bf16"]:
+            for n, p in peers["fp32"]:
                 if p:
                     verdict(c, f"towerrec bf16 vs {n} fp32", tw["bf16"], p)
     text = "\n".join([head, sep] + rows) + "\n\n" + "\n".join(f"- {f}" for f in floors) + "\n"

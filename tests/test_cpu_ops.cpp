@@ -58,7 +58,6 @@ class CpuOps : public ::testing::Test {
   std::mt19937_64 rng_;
 };
 
-#define TRACE_SEED() SCOPED_TRACE("TOWERREC_TEST_SEED=" + std::to_string(testing::test_seed()))
 
 // ---- dense ------------------------------------------------------------------
 

@@ -48,8 +48,6 @@ using testing::random_ints;
 using testing::test_seed;
 using testing::upload;
 
-std::string seed_note() { return "TOWERREC_TEST_SEED=" + std::to_string(test_seed()); }
-
 std::vector<double> as_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
 const int kWidths[] = {1, 5, 17, 64, 130, 300};
@@ -77,7 +75,7 @@ TEST(CudaBackend, DescribeAndBadDevice) {
 
 TEST(CudaBackend, MemoryRoundTrip) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto gpu = make_cuda_backend(0);
   for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{257}, int64_t{100003}}) {
@@ -96,7 +94,7 @@ TEST(CudaBackend, MemoryRoundTrip) {
 
 TEST(CudaOps, DenseForward) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -124,7 +122,7 @@ TEST(CudaOps, DenseForward) {
 
 TEST(CudaOps, DenseBackward) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -169,7 +167,7 @@ TEST(CudaOps, DenseBackward) {
 
 TEST(CudaOps, GatherRows) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -212,7 +210,7 @@ Bags random_bags(std::mt19937_64& g, int32_t n_entities, int32_t vocab) {
 
 TEST(CudaOps, BagForward) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -241,7 +239,7 @@ TEST(CudaOps, BagForward) {
 
 TEST(CudaOps, BagBackward) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -303,7 +301,7 @@ HostPairs random_pairs(std::mt19937_64& g, int64_t n_pairs, int32_t n_users, int
 
 TEST(CudaOps, LogisticLoss) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -418,7 +416,7 @@ HostPairs random_groups(std::mt19937_64& g, int64_t n_groups, int group, int32_t
 
 TEST(CudaOps, BprLoss) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -477,7 +475,7 @@ TEST(CudaOps, BprLoss) {
 
 TEST(CudaOps, SoftmaxLoss) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -538,7 +536,7 @@ TEST(CudaOps, SoftmaxLoss) {
 
 TEST(CudaOps, L2Normalize) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -570,7 +568,7 @@ TEST(CudaOps, L2Normalize) {
 
 TEST(CudaOps, L2NormalizeBackward) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -604,7 +602,7 @@ TEST(CudaOps, L2NormalizeBackward) {
 
 TEST(CudaOps, Dropout) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -638,7 +636,7 @@ TEST(CudaOps, Dropout) {
 
 TEST(CudaOps, Adam) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -674,7 +672,7 @@ TEST(CudaOps, Adam) {
 
 TEST(CudaOps, SparseAdam) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -716,7 +714,7 @@ TEST(CudaOps, SparseAdam) {
 
 TEST(CudaOps, Sgd) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -738,7 +736,7 @@ TEST(CudaOps, Sgd) {
 
 TEST(CudaOps, SparseSgd) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -878,7 +876,7 @@ void check_topk_versions(Backend& gpu, const std::vector<float>& U, const std::v
 
 TEST(CudaOps, Topk) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -941,7 +939,7 @@ TEST(CudaOps, Topk) {
 // enough for compute-sanitizer racecheck.
 TEST(CudaOps, TopkSmallEdgeCases) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto cpu = make_cpu_backend();
   auto gpu = make_cuda_backend(0);
@@ -985,7 +983,7 @@ TEST(CudaOps, TopkSmallEdgeCases) {
 // Bound per item: 1.5 * 2^-m * sum_t |u_t v_t| + 1e-6 d, m = 10 (tf32), 8 (bf16).
 TEST(CudaOps, TopkReducedPrecision) {
   TOWERREC_REQUIRE_CUDA();
-  SCOPED_TRACE(seed_note());
+  TRACE_SEED();
   std::mt19937_64 g(test_seed());
   auto gpu = make_cuda_backend(0);
   struct Case {

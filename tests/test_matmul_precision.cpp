@@ -22,7 +22,6 @@
 namespace towerrec::testing {
 namespace {
 
-#define TRACE_SEED() SCOPED_TRACE("TOWERREC_TEST_SEED=" + std::to_string(test_seed()))
 
 // The bfloat16 nearest to x, ties to even, worked out in double: bfloat16 keeps
 // 8 significant bits, so the spacing at x = m * 2^e (m in [0.5, 1)) is 2^(e-8),

@@ -48,6 +48,10 @@ inline uint64_t test_seed() {
   return seed;
 }
 
+// Names the seed in every failure of the enclosing scope.
+#define TRACE_SEED() \
+  SCOPED_TRACE("TOWERREC_TEST_SEED=" + std::to_string(::towerrec::testing::test_seed()))
+
 // |got - want| <= abs_tol + rel_tol * |want|, reporting the first mismatches.
 inline ::testing::AssertionResult all_close(const std::vector<float>& got,
                                             const std::vector<double>& want, double abs_tol,

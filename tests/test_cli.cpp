@@ -38,7 +38,7 @@ Result cli(const std::string& args) {
   static int n = 0;
   const std::string o = path("stdout." + std::to_string(n)), e = path("stderr." + std::to_string(n));
   ++n;
-  const std::string cmd = std::string(TOWERREC_CLI_PATH) + " " + args + " >" + o + " 2>" + e;
+  const std::string cmd = testing::cli_path() + " " + args + " >" + o + " 2>" + e;
   const int st = std::system(cmd.c_str());
   Result r;
   r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
@@ -341,6 +341,34 @@ TEST(MovieLens, QualityFloorWithDefaultSettings) {
   EXPECT_GE(ndcg, 0.445) << e.out;
   EXPECT_GE(metric(e.out, "test@10", "recall"), 0.21) << e.out;
   EXPECT_GT(ndcg, metric(e.out, "popularity@10", "ndcg")) << e.out;
+}
+
+// The CLI, the corpus and the data sets are found when the tests run (the
+// staged GPU check runs these binaries on another machine): an environment
+// variable overrides, else beside the executable. Nothing of the build tree's
+// location is compiled in.
+TEST(TestPaths, ResolvedAtRunTimeBesideTheExecutableOrFromTheEnvironment) {
+  const std::string exe_dir = testing::executable_dir();
+  const char* saved = std::getenv("TOWERREC_CLI");
+  const std::string keep = saved ? saved : "";
+  ::unsetenv("TOWERREC_CLI");
+  EXPECT_EQ(testing::cli_path(), exe_dir + "/towerrec");
+  EXPECT_TRUE(file_exists(testing::cli_path())) << testing::cli_path();
+  ::setenv("TOWERREC_CLI", "/elsewhere/towerrec", 1);
+  EXPECT_EQ(testing::cli_path(), "/elsewhere/towerrec");
+  if (saved) ::setenv("TOWERREC_CLI", keep.c_str(), 1); else ::unsetenv("TOWERREC_CLI");
+
+  ::setenv("TOWERREC_ML100K_PROBE", "/nonexistent-dir", 1);
+  EXPECT_EQ(testing::shared_data_dir("TOWERREC_ML100K_PROBE", "ml-100k", "u.data"), "");
+  ::unsetenv("TOWERREC_ML100K_PROBE");
+  // Without the variable: shared/data/NAME in the executable's directory or above.
+  const std::string found = testing::shared_data_dir("TOWERREC_ML100K_PROBE", "ml-100k", "u.data");
+  if (!found.empty()) {
+    EXPECT_TRUE(file_exists(found + "/u.data"));
+    EXPECT_EQ(exe_dir.rfind(std::filesystem::path(found).parent_path().parent_path().parent_path().string(), 0), 0u)
+        << found << " is not above " << exe_dir;
+  }
+  EXPECT_EQ(testing::shared_data_dir("TOWERREC_ML100K_PROBE", "no-such-data-set", "u.data"), "");
 }
 
 }  // namespace

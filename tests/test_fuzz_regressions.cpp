@@ -161,7 +161,7 @@ TEST_F(FuzzRegression, CheckpointFeatureRowsMustMatchTheIds) {
 // The seed corpus itself: every file is there, and those of the file readers
 // are refused or read without a crash (the fuzz targets check more).
 TEST_F(FuzzRegression, SeedCorpusIsPresent) {
-  const std::string root = std::string(TOWERREC_SOURCE_DIR) + "/tests/fuzz/corpus/";
+  const std::string root = testing::fuzz_corpus_dir() + "/";
   for (const char* t : {"fuzz_interactions_csv", "fuzz_features_csv", "fuzz_movielens_100k",
                         "fuzz_movielens_dat", "fuzz_config", "fuzz_checkpoint"}) {
     ASSERT_TRUE(is_directory(root + t)) << t;

@@ -54,7 +54,7 @@ std::vector<std::string> words(const std::string& s) {
 // when `err_pipe` is given).
 pid_t spawn(const std::string& args, const std::string& log, int* err_pipe = nullptr) {
   std::vector<std::string> w = words(args);
-  w.insert(w.begin(), TOWERREC_CLI_PATH);
+  w.insert(w.begin(), testing::cli_path());
   int fds[2] = {-1, -1};
   if (err_pipe && ::pipe(fds) != 0) return -1;
   const pid_t pid = ::fork();

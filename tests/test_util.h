@@ -10,6 +10,7 @@
 #include <numeric>
 #include <cstdint>
 #include <cstdlib>
+#include <filesystem>
 #include <limits>
 #include <memory>
 #include <random>
@@ -137,13 +138,50 @@ inline DeviceArray<float> poisoned(Backend& be, int64_t n) {
   return a;
 }
 
-// The MovieLens-100k directory: $TOWERREC_ML100K, else ../shared/data/ml-100k
-// relative to the source tree. Empty when absent.
-inline std::string ml100k_dir() {
-  if (const char* s = std::getenv("TOWERREC_ML100K")) return file_exists(std::string(s) + "/u.data") ? s : "";
-  const std::string d = std::string(TOWERREC_SOURCE_DIR) + "/../shared/data/ml-100k";
-  return file_exists(d + "/u.data") ? d : "";
+// The directory holding this test executable (from /proc/self/exe).
+inline std::string executable_dir() {
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  return ec ? std::string(".") : exe.parent_path().string();
 }
+
+// Paths are resolved when the tests run, never baked in at build time, so the
+// binaries work wherever they are copied (the staged GPU check runs them on
+// another machine): the environment variable first, then beside the executable.
+
+// The towerrec CLI: $TOWERREC_CLI, else `towerrec` beside the test executable.
+inline std::string cli_path() {
+  if (const char* s = std::getenv("TOWERREC_CLI"); s && *s) return s;
+  return executable_dir() + "/towerrec";
+}
+
+// The fuzz seed corpus: $TOWERREC_FUZZ_CORPUS, else `fuzz-corpus/` beside the
+// test executable (the build copies tests/fuzz/corpus there).
+inline std::string fuzz_corpus_dir() {
+  if (const char* s = std::getenv("TOWERREC_FUZZ_CORPUS"); s && *s) return s;
+  return executable_dir() + "/fuzz-corpus";
+}
+
+// A data set of ../shared/data/: $VAR when set (empty when the marker file is
+// missing there), else `shared/data/NAME` in the executable's directory or any
+// directory above it. Empty when absent.
+inline std::string shared_data_dir(const char* var, const std::string& name,
+                                   const std::string& marker) {
+  if (const char* s = std::getenv(var); s && *s)
+    return file_exists(std::string(s) + "/" + marker) ? s : "";
+  std::filesystem::path p = executable_dir();
+  for (;;) {
+    const std::filesystem::path d = p / "shared" / "data" / name;
+    if (file_exists((d / marker).string())) return d.string();
+    if (!p.has_parent_path() || p.parent_path() == p) return "";
+    p = p.parent_path();
+  }
+}
+
+// The MovieLens-100k directory: $TOWERREC_ML100K, else shared/data/ml-100k
+// above the executable (../shared/data/ml-100k beside the checkout).
+inline std::string ml100k_dir() { return shared_data_dir("TOWERREC_ML100K", "ml-100k", "u.data"); }
+
 #define TOWERREC_REQUIRE_ML100K(dir)                                                        \
   const std::string dir = ::towerrec::testing::ml100k_dir();                                \
   if (dir.empty())                                                                          \

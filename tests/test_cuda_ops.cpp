@@ -90,6 +90,36 @@ TEST(CudaBackend, MemoryRoundTrip) {
   gpu->synchronize();
 }
 
+#if TOWERREC_HAVE_CUDA
+// fence() recycles passed fences with cudaEventQuery. A fence still pending
+// answers cudaErrorNotReady, which is no failure and must not come back as the
+// error of the next, unrelated launch check.
+TEST(CudaBackend, PendingFenceIsNotTheNextLaunchsError) {
+  TOWERREC_REQUIRE_CUDA();
+  auto gpu = make_cuda_backend(0);
+  // Tens of milliseconds of queued FP32 GEMMs (137 GFLOP each) ahead of the fences.
+  const int64_t n = 4096;
+  const int in = 4096, out = 4096;
+  DeviceArray<float> X(gpu.get(), n * in), W(gpu.get(), int64_t{in} * out), b(gpu.get(), out),
+      Y(gpu.get(), n * out);
+  gpu->fill(X.data(), n * in, 1e-2f);
+  gpu->fill(W.data(), int64_t{in} * out, 1e-2f);
+  gpu->fill(b.data(), out, 0.0f);
+  for (int i = 0; i < 20; ++i)
+    gpu->dense_forward(X.data(), n, in, W.data(), b.data(), out, Activation::kNone, Y.data());
+  uint64_t last = 0;
+  for (int i = 0; i < 24; ++i) last = gpu->fence();
+  // The recycle loop queried the oldest fence and found it pending (else it
+  // would have cut the list back to 16 before each new fence).
+  ASSERT_GT(cuda::pending_fences(*gpu), 17) << "the queued work finished before the fences";
+  EXPECT_NO_THROW(gpu->fill(Y.data(), n * out, 3.0f));
+  EXPECT_NO_THROW(gpu->wait_fence(last));
+  EXPECT_EQ(cuda::pending_fences(*gpu), 0);
+  const std::vector<float> y = download(*gpu, Y);
+  EXPECT_TRUE(all_close(y, std::vector<double>(y.size(), 3.0), 0, 0));
+}
+#endif
+
 // ---- dense --------------------------------------------------------------------------
 
 TEST(CudaOps, DenseForward) {

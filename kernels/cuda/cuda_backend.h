@@ -121,6 +121,9 @@ class CudaBackend final : public Backend {
   void tower_gemm(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
                   const float* A, int lda, const float* B, int ldb, float* C, int ldc);
   CachingAllocator::Stats allocator_stats() const { return alloc_.stats(); }
+  // Fences recorded and not yet known to have passed (recycled by fence(),
+  // dropped by wait_fence()).
+  int64_t pending_fences() const { return static_cast<int64_t>(fences_.size()); }
 
   // Tile of the top-K score matrix: users per block and items per chunk. The
   // defaults bound the tile to 32 MiB; tests shrink them to cross chunk edges.

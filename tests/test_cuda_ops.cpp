@@ -30,6 +30,7 @@
 #include <tuple>
 #include <vector>
 
+#include "tests/compare.h"
 #include "tests/test_util.h"
 #include "towerrec/backend.h"
 #include "towerrec/error.h"
@@ -42,6 +43,8 @@ namespace {
 
 using testing::all_close;
 using testing::download;
+using testing::near;
+using testing::ranks_after;
 using testing::poisoned;
 using testing::random_floats;
 using testing::random_ints;
@@ -857,25 +860,49 @@ TopkOut run_topk(Backend& be, const std::vector<float>& U, const std::vector<flo
       }
       if (excl.count(item)) fail(r, j, "excluded item " + std::to_string(item));
       if (!seen.insert(item).second) fail(r, j, "duplicate item " + std::to_string(item));
-      if (std::fabs(s - ref(r, item)) > tol) fail(r, j, "score differs from float64 recompute");
-      if (std::fabs(double(s) - double(want.scores[at])) > tol)
+      if (!near(s, ref(r, item), tol)) fail(r, j, "score differs from float64 recompute");
+      if (!near(s, want.scores[at], tol))
         fail(r, j, "score " + std::to_string(s) + " vs CPU " + std::to_string(want.scores[at]));
       if (item != want_item) {
         if (c.integer)
           fail(r, j, "item " + std::to_string(item) + " vs CPU " + std::to_string(want_item) +
                          " with exact scores");
-        else if (want_item < 0 || std::fabs(ref(r, item) - ref(r, want_item)) > tol)
+        else if (want_item < 0 || !near(ref(r, item), ref(r, want_item), tol))
           fail(r, j, "item " + std::to_string(item) + " vs CPU " + std::to_string(want_item) +
                          " and the scores do not tie");
       }
       if (j > 0) {
-        const float prev = got.scores[at - 1];
-        if (s > prev || (s == prev && item < got.items[at - 1])) fail(r, j, "out of order");
+        if (!ranks_after(s, item, got.scores[at - 1], got.items[at - 1]))
+          fail(r, j, "out of order");
       }
     }
   }
   if (bad) return ::testing::AssertionFailure() << bad << " problems" << msg;
   return ::testing::AssertionSuccess();
+}
+
+// The checker itself, on the CPU: a result whose items are right but whose
+// scores were never written (still the NaN poison) must be rejected, as must
+// one NaN score among correct ones.
+TEST(CudaOps, TopkCheckerRejectsUnwrittenScores) {
+  TRACE_SEED();
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend(1);
+  const TopkCase c{6, 50, 4, 5, true, false};
+  const auto U = random_floats(g, static_cast<size_t>(c.users * c.d));
+  const auto V = random_floats(g, static_cast<size_t>(c.items * c.d));
+  const std::vector<int64_t> eoff{0, 0, 1, 2, 2, 3, 3};
+  const std::vector<int32_t> eitems{7, 49, 0};
+  const TopkOut want = run_topk(*cpu, U, V, c, eoff, eitems);
+  ASSERT_TRUE(topk_agrees(want, want, U, V, c, eoff, eitems));
+  TopkOut unwritten = want;
+  std::fill(unwritten.scores.begin(), unwritten.scores.end(), testing::poison());
+  EXPECT_FALSE(topk_agrees(unwritten, want, U, V, c, eoff, eitems));
+  for (size_t at : {size_t{0}, size_t{3}, unwritten.scores.size() - 1}) {
+    TopkOut one = want;
+    one.scores[at] = testing::poison();
+    EXPECT_FALSE(topk_agrees(one, want, U, V, c, eoff, eitems)) << "NaN at " << at;
+  }
 }
 
 #if TOWERREC_HAVE_CUDA
@@ -1089,14 +1116,14 @@ TEST(CudaOps, TopkReducedPrecision) {
           }
           if (excl.count(item)) fail(r, j, "excluded item");
           if (!seen.insert(item).second) fail(r, j, "duplicate item");
-          if (std::fabs(s - ref[item]) > bound[item])
+          if (!near(s, ref[item], bound[item]))
             fail(r, j, "score " + std::to_string(s) + " vs float64 " + std::to_string(ref[item]));
-          if (ref[item] < exact[j] - 2 * max_bound)
+          if (!(ref[item] >= exact[j] - 2 * max_bound))
             fail(r, j, "item scores " + std::to_string(ref[item]) + ", the exact rank-" +
                            std::to_string(j) + " score is " + std::to_string(exact[j]));
           if (j > 0) {
-            const float prev = got.scores[at - 1];
-            if (s > prev || (s == prev && item < got.items[at - 1])) fail(r, j, "out of order");
+            if (!ranks_after(s, item, got.scores[at - 1], got.items[at - 1]))
+              fail(r, j, "out of order");
           }
         }
       }

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "tests/model_fixture.h"
+#include "tests/compare.h"
 #include "tests/test_util.h"
 #include "towerrec/checkpoint.h"
 #include "towerrec/error.h"
@@ -178,7 +179,7 @@ TEST(Model, WholeModelGradientsWithDropout) {
     const double num = numeric_grad(tr, *f.be, b, f.model->arena().data() + j, 1e-3, &kinked);
     if (kinked) continue;
     ++checked;
-    if (std::fabs(num - g1[j]) > 1e-4 + 1e-2 * std::fabs(num) && bad++ < 5)
+    if (!testing::near(g1[j], num, 1e-4 + 1e-2 * std::fabs(num)) && bad++ < 5)
       ADD_FAILURE() << "arena[" << j << "] analytic " << g1[j] << " numeric " << num;
   }
   EXPECT_GT(checked, static_cast<int>(g1.size() / 4));

@@ -35,6 +35,20 @@ class CpuBackend final : public Backend {
   void copy(void* dst, const void* src, size_t bytes) override;
   void fill(float* p, int64_t n, float value) override;
   void synchronize() override {}
+  int64_t memory_available() const override { return -1; }
+
+  // Staging memory is ordinary memory and the copies complete before they
+  // return, so every fence has passed when it is recorded.
+  void* allocate_host(size_t bytes) override { return allocate(bytes); }
+  void deallocate_host(void* p) noexcept override { deallocate(p); }
+  void to_device_async(void* dst, const void* host_src, size_t bytes) override {
+    to_device(dst, host_src, bytes);
+  }
+  void to_host_async(void* host_dst, const void* src, size_t bytes) override {
+    to_host(host_dst, src, bytes);
+  }
+  uint64_t fence() override { return 0; }
+  void wait_fence(uint64_t) override {}
 
   void dense_forward(const float* X, int64_t n, int in, const float* W, const float* b, int out,
                      Activation act, float* Y) override;

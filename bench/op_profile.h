@@ -142,6 +142,9 @@ class ProfilingBackend final : public Backend {
     T t(*this, "topk");
     in_.topk(U, nu, V, ni, d, k, eo, ei, oi, os);
   }
+  int64_t preferred_topk_users(int32_t n_items, int d, int k) const override {
+    return in_.preferred_topk_users(n_items, d, k);
+  }
 
  private:
   struct T {

@@ -288,6 +288,7 @@ class TinyBackend final : public Backend {
   void sgd(float*, const float*, int64_t, float, float) override { fail(); }
   void sparse_sgd(float*, int, const int32_t*, int64_t, const float*, int, int, float, float) override { fail(); }
   void topk(const float*, int64_t, const float*, int64_t, int, int, const int64_t*, const int32_t*, int32_t*, float*) override { fail(); }
+  int64_t preferred_topk_users(int32_t, int, int) const override { return 1; }
 
  private:
   [[noreturn]] static void fail() { throw Error("op called"); }

@@ -74,6 +74,7 @@ TEST(ProfilingBackend, ForwardsEveryOpOfATraining) {
         EXPECT_GT(calls(out, op), 0) << op;
         EXPECT_EQ(calls(inner, op), calls(out, op)) << op;
       }
+      EXPECT_EQ(out.preferred_topk_users(1000, 8, 10), be->preferred_topk_users(1000, 8, 10));
     }
 }
 

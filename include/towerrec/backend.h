@@ -217,6 +217,11 @@ class Backend {
   virtual void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d,
                     int k, const int64_t* excl_offsets, const int32_t* excl_items,
                     int32_t* out_items, float* out_scores) = 0;
+  // Users per topk call that recommend_topk and evaluate_ranking use by
+  // default: enough to keep the backend busy, few enough that the call's
+  // buffers (a row of d floats and k results per user, two calls in flight)
+  // stay bounded; topk bounds its own scratch whatever the user count.
+  virtual int64_t preferred_topk_users(int32_t n_items, int d, int k) const = 0;
 
  protected:
   MatmulPrecision matmul_precision_ = MatmulPrecision::kFP32;

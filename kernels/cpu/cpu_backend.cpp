@@ -954,6 +954,13 @@ void CpuBackend::topk(const float* U, int64_t n_users, const float* V, int64_t n
   }
 }
 
+int64_t CpuBackend::preferred_topk_users(int32_t n_items, int, int) const {
+  // 64 Mi scores' worth of users (the figure from when recommend_topk scored a
+  // whole block at once). topk's own scratch no longer depends on it, and on
+  // the CPU larger calls gain nothing: the threads share each block of users.
+  return std::clamp<int64_t>((int64_t{64} << 20) / std::max<int32_t>(n_items, 1), 1, 4096);
+}
+
 std::unique_ptr<Backend> make_cpu_backend(int threads) {
   return std::make_unique<CpuBackend>(threads);
 }

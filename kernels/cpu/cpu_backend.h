@@ -87,6 +87,8 @@ class CpuBackend final : public Backend {
   void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d, int k,
             const int64_t* excl_offsets, const int32_t* excl_items, int32_t* out_items,
             float* out_scores) override;
+  // 64 Mi / n_items users, within [1, 4096].
+  int64_t preferred_topk_users(int32_t n_items, int d, int k) const override;
 
   // Users whose scores topk computes together (one sgemm per item chunk).
   static constexpr int64_t kTopkUserBlock = 512;

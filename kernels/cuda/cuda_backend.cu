@@ -8,6 +8,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -54,6 +55,7 @@ CudaBackend::CudaBackend(int device) : device_(device) {
 
     cudaDeviceProp prop{};
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+    sm_count_ = std::max(1, prop.multiProcessorCount);
     int cublas_version = 0;
     CUBLAS_CHECK(cublasGetVersion(cublas_, &cublas_version));
     char buf[512];

@@ -109,6 +109,7 @@ class CudaBackend final : public Backend {
   void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d, int k,
             const int64_t* excl_offsets, const int32_t* excl_items, int32_t* out_items,
             float* out_scores) override;
+  int64_t preferred_topk_users(int32_t n_items, int d, int k) const override;
 
   // ---- backend internals, used by the op files -------------------------------
   cudaStream_t stream() const { return stream_; }
@@ -135,6 +136,7 @@ class CudaBackend final : public Backend {
 
  private:
   int device_ = 0;
+  int sm_count_ = 1;  // streaming multiprocessors of the device
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;

@@ -32,6 +32,7 @@
 
 #include "tests/compare.h"
 #include "tests/test_util.h"
+#include "tests/topk_special.h"
 #include "towerrec/backend.h"
 #include "towerrec/error.h"
 #if TOWERREC_HAVE_CUDA
@@ -1033,6 +1034,34 @@ TEST(CudaOps, TopkSmallEdgeCases) {
 }
 
 #if TOWERREC_HAVE_CUDA
+// NaN, -0, +0, -inf, +inf and ties (tests/topk_special.h) give the same items
+// and score bits on the CPU and on every CUDA version, 1 x 3 tiles included.
+TEST(CudaOps, TopkSpecialScores) {
+  TOWERREC_REQUIRE_CUDA();
+  auto cpu = make_cpu_backend(1);
+  auto gpu = make_cuda_backend(0);
+  for (const auto& sc : testing::topk_special_cases()) {
+    const TopkCase c{static_cast<int64_t>(sc.U.size()), static_cast<int64_t>(sc.V.size()), 1,
+                     sc.k, false, false};
+    SCOPED_TRACE("users=" + std::to_string(c.users) + " items=" + std::to_string(c.items) +
+                 " k=" + std::to_string(c.k));
+    auto check = [&](Backend& be, const char* what) {
+      const TopkOut got = run_topk(be, sc.U, sc.V, c, {}, {});
+      EXPECT_TRUE(testing::topk_special_matches(sc, got.items, got.scores)) << what;
+    };
+    check(*cpu, "cpu");
+    check(*gpu, "default path");
+    cuda::set_topk_path(*gpu, cuda::TopkPath::kGemm);
+    check(*gpu, "gemm path");
+    cuda::set_topk_tiles(*gpu, 1, 3);
+    check(*gpu, "gemm path, tiles 1 x 3");
+    cuda::set_topk_tiles(*gpu, 512, 16384);
+    cuda::set_topk_path(*gpu, cuda::TopkPath::kFused);
+    check(*gpu, "fused path");
+    cuda::set_topk_path(*gpu, cuda::TopkPath::kAuto);
+  }
+}
+
 // TF32 and BF16 score GEMMs rank approximately. Each returned score must be
 // within the precision's error bound of the item's float64 score, and the
 // float64 score of the item at rank j must be within twice that bound of the

@@ -214,6 +214,8 @@ class Backend {
   // excl_items[excl_offsets[r] .. excl_offsets[r+1]) are skipped (excl_offsets may
   // be null: nothing excluded). Where fewer than k items remain, the tail is
   // padded with item -1 and score -inf. out_items/out_scores are [n_users x k].
+  // A NaN score ranks as -inf and is reported as -inf; -0 ranks as +0 (a tie)
+  // and is reported as +0.
   virtual void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d,
                     int k, const int64_t* excl_offsets, const int32_t* excl_items,
                     int32_t* out_items, float* out_scores) = 0;

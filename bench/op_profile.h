@@ -2,11 +2,17 @@
 // each op family takes (synchronizing after each call, so a device backend's
 // queued work is attributed to the op that queued it). Used by
 // `towerrec_e2e --profile` to show where a training epoch's time goes.
+//
+// It overrides every op of Backend (all of them pure virtual), so an op added to
+// the contract and not forwarded here is a compile error, not a silent default.
+// Staged copies go to the inner backend's staged copies from its own staging
+// memory, as without the wrapper.
 #pragma once
 
 #include <chrono>
 #include <map>
 #include <string>
+#include <type_traits>
 
 #include "towerrec/backend.h"
 
@@ -15,6 +21,10 @@ namespace towerrec::bench {
 class ProfilingBackend final : public Backend {
  public:
   explicit ProfilingBackend(Backend& inner) : in_(inner) {}
+  // Not copyable: a copy would share the inner backend under a second table
+  // (and would be chosen over wrapping when the argument is a ProfilingBackend).
+  ProfilingBackend(const ProfilingBackend&) = delete;
+  ProfilingBackend& operator=(const ProfilingBackend&) = delete;
   struct Entry {
     double seconds = 0;
     int64_t calls = 0;
@@ -31,6 +41,28 @@ class ProfilingBackend final : public Backend {
   void copy(void* d, const void* s, size_t b) override { T t(*this, "copy"); in_.copy(d, s, b); }
   void fill(float* p, int64_t n, float v) override { T t(*this, "fill (zero_grad)"); in_.fill(p, n, v); }
   void synchronize() override { in_.synchronize(); }
+  int64_t memory_available() const override { return in_.memory_available(); }
+  void* allocate_host(size_t b) override {
+    T t(*this, "allocate_host");  // page-locked memory on CUDA: not cheap
+    return in_.allocate_host(b);
+  }
+  void deallocate_host(void* p) noexcept override { in_.deallocate_host(p); }
+  void to_device_async(void* d, const void* s, size_t b) override {
+    T t(*this, "copy (staged host<->backend)");
+    in_.to_device_async(d, s, b);
+  }
+  void to_host_async(void* d, const void* s, size_t b) override {
+    T t(*this, "copy (staged host<->backend)");
+    in_.to_host_async(d, s, b);
+  }
+  uint64_t fence() override {
+    T t(*this, "fence");
+    return in_.fence();
+  }
+  void wait_fence(uint64_t f) override {
+    T t(*this, "wait_fence");
+    in_.wait_fence(f);
+  }
   void dense_forward(const float* X, int64_t n, int i, const float* W, const float* b, int o,
                      Activation a, float* Y) override {
     T t(*this, "dense_forward");
@@ -110,6 +142,9 @@ class ProfilingBackend final : public Backend {
     T t(*this, "topk");
     in_.topk(U, nu, V, ni, d, k, eo, ei, oi, os);
   }
+  int64_t preferred_topk_users(int32_t n_items, int d, int k) const override {
+    return in_.preferred_topk_users(n_items, d, k);
+  }
 
  private:
   struct T {
@@ -127,5 +162,6 @@ class ProfilingBackend final : public Backend {
   Backend& in_;
   std::map<std::string, Entry> table_;
 };
+static_assert(!std::is_abstract_v<ProfilingBackend>, "ProfilingBackend must forward every op");
 
 }  // namespace towerrec::bench

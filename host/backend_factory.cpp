@@ -1,6 +1,3 @@
-#include <cstdlib>
-#include <new>
-
 #include "towerrec/backend.h"
 #include "towerrec/error.h"
 
@@ -27,42 +24,6 @@ std::unique_ptr<Backend> make_backend(const std::string& name, int cpu_threads) 
     return make_cuda_backend(std::stoi(n));
   }
   throw Error("unknown device '" + name + "': expected auto, cpu, cuda or cuda:N");
-}
-
-}  // namespace towerrec
-
-namespace towerrec {
-namespace {
-[[noreturn]] void not_implemented(const Backend& be, const char* op) {
-  throw Error(std::string("op ") + op + " is not implemented by backend " + be.describe());
-}
-}  // namespace
-
-void* Backend::allocate_host(size_t bytes) {
-  if (bytes == 0) return nullptr;
-  void* p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-  if (p == nullptr) throw std::bad_alloc();
-  return p;
-}
-void Backend::deallocate_host(void* p) noexcept { std::free(p); }
-
-void Backend::bpr_loss(const float*, const float*, int, const PairBatch&, int, float, float*,
-                       float*, float*, float*) {
-  not_implemented(*this, "bpr_loss");
-}
-void Backend::softmax_loss(const float*, const float*, int, const PairBatch&, const float*, float,
-                           float, float*, float*, float*, float*, float*) {
-  not_implemented(*this, "softmax_loss");
-}
-void Backend::l2_normalize(const float*, int64_t, int, float*, float*) {
-  not_implemented(*this, "l2_normalize");
-}
-void Backend::l2_normalize_backward(const float*, const float*, const float*, int64_t, int,
-                                    float*) {
-  not_implemented(*this, "l2_normalize_backward");
-}
-void Backend::dropout(float*, int64_t, float, uint64_t, uint64_t) {
-  not_implemented(*this, "dropout");
 }
 
 }  // namespace towerrec

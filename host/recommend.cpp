@@ -74,10 +74,7 @@ void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceAr
     std::iota(all.begin(), all.end(), 0);
     users = &all;
   }
-  if (block_users <= 0) {
-    // Bound the score scratch of a block to about 256 MiB.
-    block_users = std::clamp<int64_t>((int64_t(64) << 20) / std::max<int32_t>(n_items, 1), 1, 4096);
-  }
+  if (block_users <= 0) block_users = std::max<int64_t>(1, be.preferred_topk_users(n_items, d, k));
   const int64_t nb = std::min<int64_t>(block_users, static_cast<int64_t>(users->size()));
   // Two slots: while the device selects block b (queued), the host hands block
   // b - 1's results to the sink. Each slot stages its inputs (user rows,

@@ -20,8 +20,10 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/cpu_backend.h"
 #include "kernels/math.h"
 #include "tests/test_util.h"
+#include "tests/topk_special.h"
 #include "towerrec/backend.h"
 #include "towerrec/error.h"
 
@@ -816,9 +818,23 @@ TEST_F(CpuOps, TopkNaNScoresRankLastWithoutCrashing) {
   const TopkOut got = run_topk(be(), U, 2, V, 4, 2, 6, nullptr, nullptr);
   // user 0 scores: 1, NaN, 2, -9; user 1: -1, NaN, 0.5, 1.5
   EXPECT_EQ(got.items, (std::vector<int32_t>{2, 0, 3, 1, -1, -1, 3, 2, 0, 1, -1, -1}));
-  EXPECT_TRUE(std::isnan(got.scores[3]) || got.scores[3] == -INFINITY);
+  EXPECT_EQ(got.scores[3], -INFINITY);  // reported as it ranks
   EXPECT_EQ(got.scores[4], -INFINITY);
   EXPECT_EQ(got.scores[5], -INFINITY);
+}
+
+TEST_F(CpuOps, TopkSpecialScores) {
+  for (const auto& c : testing::topk_special_cases()) {
+    const int64_t nu = static_cast<int64_t>(c.U.size()), ni = static_cast<int64_t>(c.V.size());
+    SCOPED_TRACE("users=" + std::to_string(nu) + " items=" + std::to_string(ni) +
+                 " k=" + std::to_string(c.k));
+    for (int64_t chunk : {1, 3, 256}) {  // the fold across chunk edges too
+      CpuBackend cpu(1);
+      cpu.set_topk_item_chunk(chunk);
+      const TopkOut got = run_topk(cpu, c.U, nu, c.V, ni, 1, c.k, nullptr, nullptr);
+      EXPECT_TRUE(testing::topk_special_matches(c, got.items, got.scores)) << "chunk " << chunk;
+    }
+  }
 }
 
 TEST_F(CpuOps, TopkEmptyCatalogPadsEverything) {

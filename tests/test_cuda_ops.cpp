@@ -30,7 +30,9 @@
 #include <tuple>
 #include <vector>
 
+#include "tests/compare.h"
 #include "tests/test_util.h"
+#include "tests/topk_special.h"
 #include "towerrec/backend.h"
 #include "towerrec/error.h"
 #if TOWERREC_HAVE_CUDA
@@ -42,6 +44,8 @@ namespace {
 
 using testing::all_close;
 using testing::download;
+using testing::near;
+using testing::ranks_after;
 using testing::poisoned;
 using testing::random_floats;
 using testing::random_ints;
@@ -89,6 +93,36 @@ TEST(CudaBackend, MemoryRoundTrip) {
   }
   gpu->synchronize();
 }
+
+#if TOWERREC_HAVE_CUDA
+// fence() recycles passed fences with cudaEventQuery. A fence still pending
+// answers cudaErrorNotReady, which is no failure and must not come back as the
+// error of the next, unrelated launch check.
+TEST(CudaBackend, PendingFenceIsNotTheNextLaunchsError) {
+  TOWERREC_REQUIRE_CUDA();
+  auto gpu = make_cuda_backend(0);
+  // Tens of milliseconds of queued FP32 GEMMs (137 GFLOP each) ahead of the fences.
+  const int64_t n = 4096;
+  const int in = 4096, out = 4096;
+  DeviceArray<float> X(gpu.get(), n * in), W(gpu.get(), int64_t{in} * out), b(gpu.get(), out),
+      Y(gpu.get(), n * out);
+  gpu->fill(X.data(), n * in, 1e-2f);
+  gpu->fill(W.data(), int64_t{in} * out, 1e-2f);
+  gpu->fill(b.data(), out, 0.0f);
+  for (int i = 0; i < 20; ++i)
+    gpu->dense_forward(X.data(), n, in, W.data(), b.data(), out, Activation::kNone, Y.data());
+  uint64_t last = 0;
+  for (int i = 0; i < 24; ++i) last = gpu->fence();
+  // The recycle loop queried the oldest fence and found it pending (else it
+  // would have cut the list back to 16 before each new fence).
+  ASSERT_GT(cuda::pending_fences(*gpu), 17) << "the queued work finished before the fences";
+  EXPECT_NO_THROW(gpu->fill(Y.data(), n * out, 3.0f));
+  EXPECT_NO_THROW(gpu->wait_fence(last));
+  EXPECT_EQ(cuda::pending_fences(*gpu), 0);
+  const std::vector<float> y = download(*gpu, Y);
+  EXPECT_TRUE(all_close(y, std::vector<double>(y.size(), 3.0), 0, 0));
+}
+#endif
 
 // ---- dense --------------------------------------------------------------------------
 
@@ -827,25 +861,49 @@ TopkOut run_topk(Backend& be, const std::vector<float>& U, const std::vector<flo
       }
       if (excl.count(item)) fail(r, j, "excluded item " + std::to_string(item));
       if (!seen.insert(item).second) fail(r, j, "duplicate item " + std::to_string(item));
-      if (std::fabs(s - ref(r, item)) > tol) fail(r, j, "score differs from float64 recompute");
-      if (std::fabs(double(s) - double(want.scores[at])) > tol)
+      if (!near(s, ref(r, item), tol)) fail(r, j, "score differs from float64 recompute");
+      if (!near(s, want.scores[at], tol))
         fail(r, j, "score " + std::to_string(s) + " vs CPU " + std::to_string(want.scores[at]));
       if (item != want_item) {
         if (c.integer)
           fail(r, j, "item " + std::to_string(item) + " vs CPU " + std::to_string(want_item) +
                          " with exact scores");
-        else if (want_item < 0 || std::fabs(ref(r, item) - ref(r, want_item)) > tol)
+        else if (want_item < 0 || !near(ref(r, item), ref(r, want_item), tol))
           fail(r, j, "item " + std::to_string(item) + " vs CPU " + std::to_string(want_item) +
                          " and the scores do not tie");
       }
       if (j > 0) {
-        const float prev = got.scores[at - 1];
-        if (s > prev || (s == prev && item < got.items[at - 1])) fail(r, j, "out of order");
+        if (!ranks_after(s, item, got.scores[at - 1], got.items[at - 1]))
+          fail(r, j, "out of order");
       }
     }
   }
   if (bad) return ::testing::AssertionFailure() << bad << " problems" << msg;
   return ::testing::AssertionSuccess();
+}
+
+// The checker itself, on the CPU: a result whose items are right but whose
+// scores were never written (still the NaN poison) must be rejected, as must
+// one NaN score among correct ones.
+TEST(CudaOps, TopkCheckerRejectsUnwrittenScores) {
+  TRACE_SEED();
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend(1);
+  const TopkCase c{6, 50, 4, 5, true, false};
+  const auto U = random_floats(g, static_cast<size_t>(c.users * c.d));
+  const auto V = random_floats(g, static_cast<size_t>(c.items * c.d));
+  const std::vector<int64_t> eoff{0, 0, 1, 2, 2, 3, 3};
+  const std::vector<int32_t> eitems{7, 49, 0};
+  const TopkOut want = run_topk(*cpu, U, V, c, eoff, eitems);
+  ASSERT_TRUE(topk_agrees(want, want, U, V, c, eoff, eitems));
+  TopkOut unwritten = want;
+  std::fill(unwritten.scores.begin(), unwritten.scores.end(), testing::poison());
+  EXPECT_FALSE(topk_agrees(unwritten, want, U, V, c, eoff, eitems));
+  for (size_t at : {size_t{0}, size_t{3}, unwritten.scores.size() - 1}) {
+    TopkOut one = want;
+    one.scores[at] = testing::poison();
+    EXPECT_FALSE(topk_agrees(one, want, U, V, c, eoff, eitems)) << "NaN at " << at;
+  }
 }
 
 #if TOWERREC_HAVE_CUDA
@@ -976,11 +1034,43 @@ TEST(CudaOps, TopkSmallEdgeCases) {
 }
 
 #if TOWERREC_HAVE_CUDA
+// NaN, -0, +0, -inf, +inf and ties (tests/topk_special.h) give the same items
+// and score bits on the CPU and on every CUDA version, 1 x 3 tiles included.
+TEST(CudaOps, TopkSpecialScores) {
+  TOWERREC_REQUIRE_CUDA();
+  auto cpu = make_cpu_backend(1);
+  auto gpu = make_cuda_backend(0);
+  for (const auto& sc : testing::topk_special_cases()) {
+    const TopkCase c{static_cast<int64_t>(sc.U.size()), static_cast<int64_t>(sc.V.size()), 1,
+                     sc.k, false, false};
+    SCOPED_TRACE("users=" + std::to_string(c.users) + " items=" + std::to_string(c.items) +
+                 " k=" + std::to_string(c.k));
+    auto check = [&](Backend& be, const char* what) {
+      const TopkOut got = run_topk(be, sc.U, sc.V, c, {}, {});
+      EXPECT_TRUE(testing::topk_special_matches(sc, got.items, got.scores)) << what;
+    };
+    check(*cpu, "cpu");
+    check(*gpu, "default path");
+    cuda::set_topk_path(*gpu, cuda::TopkPath::kGemm);
+    check(*gpu, "gemm path");
+    cuda::set_topk_tiles(*gpu, 1, 3);
+    check(*gpu, "gemm path, tiles 1 x 3");
+    cuda::set_topk_tiles(*gpu, 512, 16384);
+    cuda::set_topk_path(*gpu, cuda::TopkPath::kFused);
+    check(*gpu, "fused path");
+    cuda::set_topk_path(*gpu, cuda::TopkPath::kAuto);
+  }
+}
+
 // TF32 and BF16 score GEMMs rank approximately. Each returned score must be
 // within the precision's error bound of the item's float64 score, and the
 // float64 score of the item at rank j must be within twice that bound of the
 // exact j-th best; exclusions, padding, order and uniqueness hold exactly.
-// Bound per item: 1.5 * 2^-m * sum_t |u_t v_t| + 1e-6 d, m = 10 (tf32), 8 (bf16).
+// Each operand is rounded with relative error at most e: tf32 keeps 10 mantissa
+// bits and the tensor cores may truncate rather than round, so e = 2^-10; bf16
+// keeps 7 and to_bf16_kernel rounds to nearest, so e = 2^-8. A product is then
+// off by at most 2e + e^2 relative, and the bound per item is
+//   (2e + e^2) * sum_t |u_t v_t| + 1e-6 d   (the last term: FP32 accumulation).
 TEST(CudaOps, TopkReducedPrecision) {
   TOWERREC_REQUIRE_CUDA();
   TRACE_SEED();
@@ -992,7 +1082,7 @@ TEST(CudaOps, TopkReducedPrecision) {
   };
   for (const auto& [precision, name, mant] :
        {std::tuple{cuda::TopkPrecision::kTF32, "tf32", 10},
-        std::tuple{cuda::TopkPrecision::kBF16, "bf16", 8}})
+        std::tuple{cuda::TopkPrecision::kBF16, "bf16", 8}})  // e = 2^-mant
     for (const Case c : {Case{7, 300, 64, 10}, Case{33, 5000, 17, 100}, Case{600, 2000, 128, 50},
                          Case{5, 40, 8, 60}}) {
       SCOPED_TRACE(std::string(name) + " users=" + std::to_string(c.users) +
@@ -1019,7 +1109,8 @@ TEST(CudaOps, TopkReducedPrecision) {
       cuda::set_topk_path(*gpu, cuda::TopkPath::kAuto);
       cuda::set_topk_precision(*gpu, cuda::TopkPrecision::kFP32);
 
-      const double unit = 1.5 * std::ldexp(1.0, -mant);
+      const double e = std::ldexp(1.0, -mant);
+      const double unit = 2 * e + e * e;
       int bad = 0;
       std::string msg;
       auto fail = [&](int64_t r, int j, const std::string& what) {
@@ -1059,14 +1150,14 @@ TEST(CudaOps, TopkReducedPrecision) {
           }
           if (excl.count(item)) fail(r, j, "excluded item");
           if (!seen.insert(item).second) fail(r, j, "duplicate item");
-          if (std::fabs(s - ref[item]) > bound[item])
+          if (!near(s, ref[item], bound[item]))
             fail(r, j, "score " + std::to_string(s) + " vs float64 " + std::to_string(ref[item]));
-          if (ref[item] < exact[j] - 2 * max_bound)
+          if (!(ref[item] >= exact[j] - 2 * max_bound))
             fail(r, j, "item scores " + std::to_string(ref[item]) + ", the exact rank-" +
                            std::to_string(j) + " score is " + std::to_string(exact[j]));
           if (j > 0) {
-            const float prev = got.scores[at - 1];
-            if (s > prev || (s == prev && item < got.items[at - 1])) fail(r, j, "out of order");
+            if (!ranks_after(s, item, got.scores[at - 1], got.items[at - 1]))
+              fail(r, j, "out of order");
           }
         }
       }

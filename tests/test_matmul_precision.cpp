@@ -156,7 +156,9 @@ TEST(MatmulPrecision, Bf16DenseLayersMatchFloat64OnRoundedOperands) {
     SCOPED_TRACE(be.describe());
     be.set_matmul_precision(MatmulPrecision::kBF16);
     const bool exact_rounding = be.kind() == DeviceKind::kCPU;
-    bool saw_bf16_difference = false;
+    // Forward results at the larger shapes, and those off the float32 product
+    // by more than float32 error: most of them in bfloat16, none in float32.
+    int64_t compared = 0, differing = 0;
     for (int64_t n : {1, 7, 64, 300})
       for (int in : {1, 17, 130})
         for (int out : {1, 5, 64, 300})
@@ -201,14 +203,16 @@ TEST(MatmulPrecision, Bf16DenseLayersMatchFloat64OnRoundedOperands) {
             // Near the ReLU kink the reference and the result may fall on
             // different sides; both are then within the bound of 0.
             ASSERT_TRUE(within(Y, Yref, bound(mag, in))) << "Y";
-            if (exact_rounding && n * in * out >= 300 * 17) {
+            if (act == Activation::kNone && in >= 17 && n * in * out >= 300 * 17) {
               std::vector<double> Zf, magf;
               ref_product(to_double(X), false, to_double(W), false, n, in, out, Zf, magf);
-              for (int64_t r = 0; r < n && !saw_bf16_difference; ++r)
-                for (int c = 0; c < out; ++c)
-                  if (act == Activation::kNone &&
-                      std::fabs(Zf[r * out + c] + b[c] - Y[r * out + c]) > 1e-3)
-                    saw_bf16_difference = true;
+              for (size_t i = 0; i < Zf.size(); ++i) {
+                const double err = Zf[i] + b[i % out] - Y[i];
+                ++compared;
+                // Y is within the bfloat16 bound (checked above), so not NaN;
+                // the float32 error bound is bound()'s without the bfloat16 term.
+                if (std::fabs(err) > double(in + 2) * 0x1p-23 * magf[i] + 1e-6) ++differing;
+              }
             }
 
             // dZ: the float32 gradient, masked by the layer's own output.
@@ -234,11 +238,11 @@ TEST(MatmulPrecision, Bf16DenseLayersMatchFloat64OnRoundedOperands) {
             ref_product(Zr, false, Wr, true, n, out, in, dXr, mag);
             ASSERT_TRUE(within(gXh, dXr, bound(mag, out))) << "dX";
           }
-    // The test can tell bfloat16 from float32: the largest shapes' results
-    // differ from the unrounded product by far more than float32 error.
-    if (exact_rounding) {
-      EXPECT_TRUE(saw_bf16_difference);
-    }
+    // The test can tell bfloat16 from a float32 fallback, on every backend:
+    // most results of the larger shapes differ from the unrounded float32
+    // product by more than float32 error (about 90% on random inputs).
+    EXPECT_GT(compared, 0);
+    EXPECT_GT(differing, compared / 2) << differing << " of " << compared;
   }
 }
 

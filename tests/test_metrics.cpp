@@ -9,6 +9,7 @@
 #include <numeric>
 #include <random>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 #include "tests/test_util.h"
@@ -283,6 +284,75 @@ TEST(RecommendTopk, BlocksMatchBruteForceOnEveryBackend) {
                      5),
                  std::runtime_error);
     EXPECT_EQ(calls, 2);
+  }
+}
+
+// Users per topk call by default: the CPU backend keeps 64 Mi / n_items
+// within [1, 4096]; a CUDA device asks for thousands whatever the catalogue.
+TEST(RecommendTopk, PreferredUsersPerCall) {
+  auto cpu = make_cpu_backend(1);
+  const std::pair<int32_t, int64_t> cases[] = {{1, 4096},    {1000, 4096},     {16384, 4096},
+                                               {16385, 4095}, {1 << 20, 64},   {10000000, 6},
+                                               {std::numeric_limits<int32_t>::max(), 1}};
+  for (const auto& [n_items, users] : cases)
+    for (int k : {1, 100, 1000})
+      EXPECT_EQ(cpu->preferred_topk_users(n_items, 64, k), users) << n_items << " items, k=" << k;
+  if (!cuda_available()) return;
+  auto gpu = make_cuda_backend(0);
+  for (int32_t n_items : {1000, 1 << 20, 10000000}) {
+    const int64_t users = gpu->preferred_topk_users(n_items, 64, 100);
+    EXPECT_GE(users, 4096) << n_items << " items";
+    EXPECT_EQ(users % 512, 0) << "whole GEMM-path user tiles";
+  }
+  // The call's buffers stay within 256 MiB at the largest k.
+  const int64_t big_k = gpu->preferred_topk_users(1 << 20, 64, 1024);
+  EXPECT_GE(big_k, 1);
+  EXPECT_LE(big_k * 2 * (16 * 1024 + 4 * 64 + 24), int64_t{256} << 20);
+}
+
+// Blocks of 3 users, the backend's preferred block and one block of all users
+// give bit-identical results on random float embeddings.
+TEST(RecommendTopk, SmallBlocksEqualOneBigBlock) {
+  std::mt19937_64 g(testing::test_seed());
+  const int32_t n_users = 300, n_items = 700;
+  const int d = 9, k = 12;
+  const auto U = testing::random_floats(g, static_cast<size_t>(n_users) * d);
+  const auto V = testing::random_floats(g, static_cast<size_t>(n_items) * d);
+  Interactions seen;
+  for (int32_t u = 0; u < n_users; ++u)
+    for (int j = 0; j < 5; ++j) {
+      seen.user.push_back(u);
+      seen.item.push_back(static_cast<int32_t>(g() % n_items));
+    }
+  const UserItems excl = group_by_user(seen, n_users);
+  for (auto& be : testing::every_backend()) {
+    const auto dU = testing::upload(*be, U);
+    const auto dV = testing::upload(*be, V);
+    auto run = [&](int64_t block) {
+      TopKBlock all;
+      int64_t calls = 0;
+      recommend_topk(
+          *be, dU, dV, n_users, n_items, d, {}, k, &excl,
+          [&](const TopKBlock& b) {
+            ++calls;
+            all.users.insert(all.users.end(), b.users.begin(), b.users.end());
+            all.items.insert(all.items.end(), b.items.begin(), b.items.end());
+            all.scores.insert(all.scores.end(), b.scores.begin(), b.scores.end());
+          },
+          block);
+      EXPECT_EQ(calls, block > 0 ? (n_users + block - 1) / block : calls);
+      return all;
+    };
+    SCOPED_TRACE(be->describe());
+    const TopKBlock one = run(n_users), small = run(3), preferred = run(0);
+    ASSERT_EQ(one.users.size(), static_cast<size_t>(n_users));
+    for (int32_t u = 0; u < n_users; ++u) ASSERT_EQ(one.users[u], u);
+    for (float s : one.scores) ASSERT_TRUE(std::isfinite(s));
+    for (const TopKBlock* b : {&small, &preferred}) {
+      EXPECT_EQ(b->users, one.users);
+      EXPECT_EQ(b->items, one.items);
+      EXPECT_TRUE(testing::bit_identical(b->scores, one.scores));
+    }
   }
 }
 

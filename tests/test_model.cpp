@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "tests/model_fixture.h"
+#include "tests/compare.h"
 #include "tests/test_util.h"
 #include "towerrec/checkpoint.h"
 #include "towerrec/error.h"
@@ -178,7 +179,7 @@ TEST(Model, WholeModelGradientsWithDropout) {
     const double num = numeric_grad(tr, *f.be, b, f.model->arena().data() + j, 1e-3, &kinked);
     if (kinked) continue;
     ++checked;
-    if (std::fabs(num - g1[j]) > 1e-4 + 1e-2 * std::fabs(num) && bad++ < 5)
+    if (!testing::near(g1[j], num, 1e-4 + 1e-2 * std::fabs(num)) && bad++ < 5)
       ADD_FAILURE() << "arena[" << j << "] analytic " << g1[j] << " numeric " << num;
   }
   EXPECT_GT(checked, static_cast<int>(g1.size() / 4));
@@ -265,17 +266,29 @@ class TinyBackend final : public Backend {
   void copy(void*, const void*, size_t) override { fail(); }
   void fill(float*, int64_t, float) override { fail(); }
   void synchronize() override {}
+  void* allocate_host(size_t) override { throw Error("allocate_host called"); }
+  void deallocate_host(void*) noexcept override {}
+  void to_device_async(void*, const void*, size_t) override { fail(); }
+  void to_host_async(void*, const void*, size_t) override { fail(); }
+  uint64_t fence() override { fail(); }
+  void wait_fence(uint64_t) override { fail(); }
   void dense_forward(const float*, int64_t, int, const float*, const float*, int, Activation, float*) override { fail(); }
   void dense_backward(const float*, int64_t, int, const float*, int, Activation, const float*, float*, float*, float*, float*) override { fail(); }
   void gather_rows(const float*, int, const int32_t*, int64_t, float*, int, int) override { fail(); }
   void bag_forward(const float*, int, const int32_t*, const int32_t*, const int32_t*, int64_t, float*, int, int) override { fail(); }
   void bag_backward(const float*, int, int, const int32_t*, const int32_t*, const int32_t*, int64_t, int, float*) override { fail(); }
   void logistic_loss(const float*, const float*, int, const PairBatch&, float, float*, float*, float*, float*) override { fail(); }
+  void bpr_loss(const float*, const float*, int, const PairBatch&, int, float, float*, float*, float*, float*) override { fail(); }
+  void softmax_loss(const float*, const float*, int, const PairBatch&, const float*, float, float, float*, float*, float*, float*, float*) override { fail(); }
+  void l2_normalize(const float*, int64_t, int, float*, float*) override { fail(); }
+  void l2_normalize_backward(const float*, const float*, const float*, int64_t, int, float*) override { fail(); }
+  void dropout(float*, int64_t, float, uint64_t, uint64_t) override { fail(); }
   void adam(float*, const float*, float*, float*, int64_t, const AdamParams&) override { fail(); }
   void sparse_adam(float*, float*, float*, int, const int32_t*, int64_t, const float*, int, int, const AdamParams&) override { fail(); }
   void sgd(float*, const float*, int64_t, float, float) override { fail(); }
   void sparse_sgd(float*, int, const int32_t*, int64_t, const float*, int, int, float, float) override { fail(); }
   void topk(const float*, int64_t, const float*, int64_t, int, int, const int64_t*, const int32_t*, int32_t*, float*) override { fail(); }
+  int64_t preferred_topk_users(int32_t, int, int) const override { return 1; }
 
  private:
   [[noreturn]] static void fail() { throw Error("op called"); }

@@ -6,6 +6,13 @@
 
 namespace towerrec::cuda {
 
+namespace {
+int device_malloc(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
+int device_free(void* p) { return cudaFree(p); }
+}  // namespace
+
+CachingAllocator::CachingAllocator() : calls_{device_malloc, device_free} {}
+
 size_t CachingAllocator::bucket_size(size_t bytes) {
   constexpr size_t kMin = 512;
   if (bytes <= kMin) return kMin;
@@ -18,9 +25,10 @@ size_t CachingAllocator::bucket_size(size_t bytes) {
 CachingAllocator::~CachingAllocator() {
   // Errors are ignored: a destructor cannot report them and the context may
   // already be unusable after a device fault.
-  for (auto& [p, size] : live_) cudaFree(p);
+  for (auto& [p, size] : live_) calls_.free(p);
   for (auto& [size, blocks] : free_)
-    for (void* p : blocks) cudaFree(p);
+    for (void* p : blocks) calls_.free(p);
+  cudaGetLastError();  // a failure above must not become the next launch's error
 }
 
 void* CachingAllocator::allocate(size_t bytes) {
@@ -38,7 +46,7 @@ void* CachingAllocator::allocate(size_t bytes) {
     return p;
   }
   void* p = nullptr;
-  cudaError_t e = cudaMalloc(&p, size);
+  const cudaError_t e = static_cast<cudaError_t>(calls_.malloc(&p, size));
   if (e == cudaErrorMemoryAllocation) {
     cudaGetLastError();  // clear the (non-sticky) error
     return nullptr;
@@ -63,17 +71,22 @@ void CachingAllocator::deallocate(void* p) noexcept {
     stats_.cached_bytes += size;
   } catch (...) {
     // Out of host memory for the free list: give the block back to the driver.
-    cudaFree(p);
+    if (calls_.free(p) != cudaSuccess) cudaGetLastError();  // cannot report it
     stats_.live_bytes -= size;
   }
 }
 
 void CachingAllocator::release_cached() {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& [size, blocks] : free_)
-    for (void* p : blocks) CUDA_CHECK(cudaFree(p));
-  free_.clear();
-  stats_.cached_bytes = 0;
+  for (auto it = free_.begin(); it != free_.end(); it = free_.erase(it)) {
+    std::vector<void*>& blocks = it->second;
+    while (!blocks.empty()) {
+      void* p = blocks.back();
+      blocks.pop_back();
+      stats_.cached_bytes -= it->first;
+      CUDA_CHECK(static_cast<cudaError_t>(calls_.free(p)));
+    }
+  }
 }
 
 CachingAllocator::Stats CachingAllocator::stats() const {

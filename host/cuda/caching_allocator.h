@@ -31,7 +31,14 @@ class CachingAllocator {
     int64_t hits = 0;         // requests served from a free list
   };
 
-  CachingAllocator() = default;
+  // The two driver calls, replaceable for tests; each returns a cudaError_t.
+  struct DeviceCalls {
+    int (*malloc)(void** p, size_t bytes);
+    int (*free)(void* p);
+  };
+  // cudaMalloc and cudaFree.
+  CachingAllocator();
+  explicit CachingAllocator(DeviceCalls calls) : calls_(calls) {}
   // Frees every block, live or cached. The caller synchronizes first.
   ~CachingAllocator();
   CachingAllocator(const CachingAllocator&) = delete;
@@ -44,12 +51,17 @@ class CachingAllocator {
   // Returns p to its bucket's free list. Unknown pointers are ignored.
   void deallocate(void* p) noexcept;
   // cudaFree of every cached block. The caller makes sure no queued work uses them.
+  // Each block leaves its free list before it is freed: when a cudaFree fails
+  // (and this throws) the blocks freed so far and the failed one are off the
+  // lists, the others still on them, so a later call or the destructor never
+  // frees a block twice (the failed one is given up).
   void release_cached();
 
   Stats stats() const;
   static size_t bucket_size(size_t bytes);
 
  private:
+  DeviceCalls calls_;
   mutable std::mutex mu_;
   std::unordered_map<void*, size_t> live_;        // pointer -> bucket size
   std::map<size_t, std::vector<void*>> free_;     // bucket size -> cached blocks

@@ -12,6 +12,8 @@
 //  * Ops fully overwrite their outputs unless the comment says "+=" : tests poison
 //    outputs first, so an unwritten element is a bug.
 //  * Index arrays are int32.
+//  * Every op is pure virtual: a backend, or a wrapper such as the profiler in
+//    bench/op_profile.h, that leaves one out does not compile.
 #pragma once
 
 #include <cstddef>
@@ -87,7 +89,7 @@ class Backend {
   virtual void synchronize() = 0;
   // Bytes the backend can still allocate, or -1 when it cannot tell (the CPU
   // backend leaves that to the operating system).
-  virtual int64_t memory_available() const { return -1; }
+  virtual int64_t memory_available() const = 0;
 
   // ---- staged (asynchronous) copies ------------------------------------------------
   // Host buffers that the device copies to and from directly (page-locked on
@@ -95,19 +97,15 @@ class Backend {
   // queued like an op and returns at once; the host must not touch the buffer
   // until a fence recorded after the copy has passed. With them the host can plan
   // the next batch, or read the previous block's results, while the device works.
-  virtual void* allocate_host(size_t bytes);
-  virtual void deallocate_host(void* p) noexcept;
-  virtual void to_device_async(void* dst, const void* host_src, size_t bytes) {
-    to_device(dst, host_src, bytes);
-  }
-  virtual void to_host_async(void* host_dst, const void* src, size_t bytes) {
-    to_host(host_dst, src, bytes);
-  }
+  virtual void* allocate_host(size_t bytes) = 0;
+  virtual void deallocate_host(void* p) noexcept = 0;
+  virtual void to_device_async(void* dst, const void* host_src, size_t bytes) = 0;
+  virtual void to_host_async(void* host_dst, const void* src, size_t bytes) = 0;
   // A marker behind all work queued so far (0 on a backend whose ops complete
   // before they return). wait_fence(f) returns once everything queued before f
   // has finished; waiting on an old or zero fence returns at once.
-  virtual uint64_t fence() { return 0; }
-  virtual void wait_fence(uint64_t /*f*/) {}
+  virtual uint64_t fence() = 0;
+  virtual void wait_fence(uint64_t f) = 0;
 
   // ---- tower layers ----------------------------------------------------------
   // The precision of the next dense_forward/dense_backward calls (default kFP32).
@@ -167,7 +165,7 @@ class Backend {
   // n_pairs must be a multiple of group; group >= 2.
   virtual void bpr_loss(const float* U, const float* V, int d, const PairBatch& pb, int group,
                         float scale, float* dU, float* dV, float* pair_grad,
-                        float* loss_out);
+                        float* loss_out) = 0;
 
   // Sampled softmax over the batch's items (in-batch negatives) with logQ
   // correction. Each pair p of `pb` is a positive (labels ignored); its logits
@@ -180,23 +178,20 @@ class Backend {
   // Scratch: logits [n_pairs x n_items], pair_rows [n_pairs x d].
   virtual void softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
                             const float* log_q, float temperature, float scale, float* dU,
-                            float* dV, float* logits, float* pair_rows, float* loss_out);
-
-  // (The ops from bpr_loss to dropout have default bodies that throw, so a
-  // backend can be built before it implements them.)
+                            float* dV, float* logits, float* pair_rows, float* loss_out) = 0;
 
   // ---- embedding transforms ------------------------------------------------------
   // Y[r] = X[r] / max(||X[r]||, 1e-12) for r < n rows of width d; inv_norm[r]
   // receives 1 / max(||X[r]||, 1e-12). Y may alias X.
-  virtual void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv_norm);
+  virtual void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv_norm) = 0;
   // Backward of l2_normalize given its output Y and inv_norm:
   //   dX[r] = inv_norm[r] * (dY[r] - <dY[r], Y[r]> Y[r]).   dX may alias dY.
   virtual void l2_normalize_backward(const float* Y, const float* inv_norm, const float* dY,
-                                     int64_t n, int d, float* dX);
+                                     int64_t n, int d, float* dX) = 0;
   // Inverted dropout in place on n elements: x[j] = keep_j ? x[j] / (1 - p) : 0,
   // keep_j = rng::uniform(seed, rng::kDropout, offset + j) >= p (include/towerrec/rng.h).
   // Applying it with the same (seed, offset) to a gradient gives the backward.
-  virtual void dropout(float* x, int64_t n, float p, uint64_t seed, uint64_t offset);
+  virtual void dropout(float* x, int64_t n, float p, uint64_t seed, uint64_t offset) = 0;
 
   // ---- optimizers --------------------------------------------------------------
   // Dense Adam(W) over n contiguous parameters.
@@ -219,9 +214,16 @@ class Backend {
   // excl_items[excl_offsets[r] .. excl_offsets[r+1]) are skipped (excl_offsets may
   // be null: nothing excluded). Where fewer than k items remain, the tail is
   // padded with item -1 and score -inf. out_items/out_scores are [n_users x k].
+  // A NaN score ranks as -inf and is reported as -inf; -0 ranks as +0 (a tie)
+  // and is reported as +0.
   virtual void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d,
                     int k, const int64_t* excl_offsets, const int32_t* excl_items,
                     int32_t* out_items, float* out_scores) = 0;
+  // Users per topk call that recommend_topk and evaluate_ranking use by
+  // default: enough to keep the backend busy, few enough that the call's
+  // buffers (a row of d floats and k results per user, two calls in flight)
+  // stay bounded; topk bounds its own scratch whatever the user count.
+  virtual int64_t preferred_topk_users(int32_t n_items, int d, int k) const = 0;
 
  protected:
   MatmulPrecision matmul_precision_ = MatmulPrecision::kFP32;

@@ -53,7 +53,10 @@ std::string openblas_version() {
 }
 
 // Ranking key of a score: NaN ranks like -inf.
-inline float rank_key(float s) { return std::isnan(s) ? -std::numeric_limits<float>::infinity() : s; }
+inline float rank_key(float s) {
+  if (std::isnan(s)) return -std::numeric_limits<float>::infinity();
+  return s == 0.0f ? 0.0f : s;  // -0 ties with +0
+}
 
 // Runs body(c0, c1) over a partition of [0, dim) into one contiguous column range
 // per thread. Used where different rows may hit the same output row, so rows must
@@ -750,7 +753,8 @@ void CpuBackend::sparse_sgd(float* table, int dim, const int32_t* rows, int64_t 
 // once the heap is full a new item enters only if its score beats the worst key
 // strictly (a tie loses on the index): almost every score is rejected by one
 // compare, done a block of 64 at a time (topk_skip, AVX2 where the CPU has it). The key is the score with
-// NaN mapped to -inf; out_scores reports the raw score. Excluded items are checked
+// NaN mapped to -inf and -0 to +0, and out_scores reports the key, exactly as the
+// CUDA backend's key mapping (kernels/cuda/topk.cu) does. Excluded items are checked
 // only for candidates that pass the threshold, against the user's sorted exclusion
 // list with a cursor that moves forward with the item index.
 //
@@ -760,9 +764,8 @@ void CpuBackend::sparse_sgd(float* table, int dim, const int32_t* rows, int64_t 
 namespace {
 
 struct TopkCand {
-  float key;    // rank_key(score)
+  float key;  // rank_key(score), also the score reported
   int32_t item;
-  float score;  // raw score (NaN stays NaN in the output)
 };
 
 // Heap order: a "less than" b when a ranks better, so the heap top is the worst.
@@ -809,7 +812,7 @@ void topk_fold(TopkRow& st, int k, const float* s, int64_t w, int32_t item0) {
   for (; j < w && st.size < k; ++j) {
     const int32_t it = item0 + static_cast<int32_t>(j);
     if (st.n_excl && topk_excluded(st, it)) continue;
-    st.heap[st.size++] = TopkCand{rank_key(s[j]), it, s[j]};
+    st.heap[st.size++] = TopkCand{rank_key(s[j]), it};
     std::push_heap(st.heap, st.heap + st.size, topk_better);
   }
   if (j >= w) return;
@@ -819,7 +822,7 @@ void topk_fold(TopkRow& st, int k, const float* s, int64_t w, int32_t item0) {
     const int32_t it = item0 + static_cast<int32_t>(jj);
     if (st.n_excl && topk_excluded(st, it)) return;
     std::pop_heap(st.heap, st.heap + k, topk_better);
-    st.heap[k - 1] = TopkCand{s[jj], it, s[jj]};  // s > thr: not NaN
+    st.heap[k - 1] = TopkCand{rank_key(s[jj]), it};  // s > thr: not NaN, but maybe -0
     std::push_heap(st.heap, st.heap + k, topk_better);
     thr = st.heap[0].key;
   };
@@ -944,7 +947,7 @@ void CpuBackend::topk(const float* U, int64_t n_users, const float* V, int64_t n
       float* os = out_scores + (u0 + b) * k;
       for (int32_t j = 0; j < st.size; ++j) {
         oi[j] = st.heap[j].item;
-        os[j] = st.heap[j].score;
+        os[j] = st.heap[j].key;
       }
       for (int j = st.size; j < k; ++j) {
         oi[j] = -1;
@@ -952,6 +955,13 @@ void CpuBackend::topk(const float* U, int64_t n_users, const float* V, int64_t n
       }
     }
   }
+}
+
+int64_t CpuBackend::preferred_topk_users(int32_t n_items, int, int) const {
+  // 64 Mi scores' worth of users (the figure from when recommend_topk scored a
+  // whole block at once). topk's own scratch no longer depends on it, and on
+  // the CPU larger calls gain nothing: the threads share each block of users.
+  return std::clamp<int64_t>((int64_t{64} << 20) / std::max<int32_t>(n_items, 1), 1, 4096);
 }
 
 std::unique_ptr<Backend> make_cpu_backend(int threads) {

@@ -35,6 +35,20 @@ class CpuBackend final : public Backend {
   void copy(void* dst, const void* src, size_t bytes) override;
   void fill(float* p, int64_t n, float value) override;
   void synchronize() override {}
+  int64_t memory_available() const override { return -1; }
+
+  // Staging memory is ordinary memory and the copies complete before they
+  // return, so every fence has passed when it is recorded.
+  void* allocate_host(size_t bytes) override { return allocate(bytes); }
+  void deallocate_host(void* p) noexcept override { deallocate(p); }
+  void to_device_async(void* dst, const void* host_src, size_t bytes) override {
+    to_device(dst, host_src, bytes);
+  }
+  void to_host_async(void* host_dst, const void* src, size_t bytes) override {
+    to_host(host_dst, src, bytes);
+  }
+  uint64_t fence() override { return 0; }
+  void wait_fence(uint64_t) override {}
 
   void dense_forward(const float* X, int64_t n, int in, const float* W, const float* b, int out,
                      Activation act, float* Y) override;
@@ -73,6 +87,8 @@ class CpuBackend final : public Backend {
   void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d, int k,
             const int64_t* excl_offsets, const int32_t* excl_items, int32_t* out_items,
             float* out_scores) override;
+  // 64 Mi / n_items users, within [1, 4096].
+  int64_t preferred_topk_users(int32_t n_items, int d, int k) const override;
 
   // Users whose scores topk computes together (one sgemm per item chunk).
   static constexpr int64_t kTopkUserBlock = 512;

@@ -8,6 +8,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -54,6 +55,7 @@ CudaBackend::CudaBackend(int device) : device_(device) {
 
     cudaDeviceProp prop{};
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
+    sm_count_ = std::max(1, prop.multiProcessorCount);
     int cublas_version = 0;
     CUBLAS_CHECK(cublasGetVersion(cublas_, &cublas_version));
     char buf[512];
@@ -87,6 +89,7 @@ CudaBackend::~CudaBackend() {
   cublasDestroy(cublas_);
   cudaFree(cublas_workspace_);
   cudaStreamDestroy(stream_);
+  cudaGetLastError();  // a failure above must not become the next launch's error
   // alloc_ frees its blocks in its own destructor, after this body.
 }
 
@@ -127,7 +130,7 @@ void* CudaBackend::allocate(size_t bytes) {
   }
   if (p == nullptr) {
     size_t free_b = 0, total_b = 0;
-    cudaMemGetInfo(&free_b, &total_b);
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) cudaGetLastError();
     throw Error("CUDA backend: out of device memory allocating " + std::to_string(bytes) +
                 " bytes on " + description_ + " (" + std::to_string(free_b >> 20) + " of " +
                 std::to_string(total_b >> 20) + " MiB free)");
@@ -173,7 +176,7 @@ void* CudaBackend::allocate_host(size_t bytes) {
 }
 
 void CudaBackend::deallocate_host(void* p) noexcept {
-  if (p != nullptr) cudaFreeHost(p);
+  if (p != nullptr && cudaFreeHost(p) != cudaSuccess) cudaGetLastError();  // cannot report it
 }
 
 void CudaBackend::to_device_async(void* dst, const void* host_src, size_t bytes) {
@@ -194,7 +197,12 @@ uint64_t CudaBackend::fence() {
   // theirs do not grow the list.
   while (fences_.size() > 16) {
     const cudaError_t q = cudaEventQuery(fences_.front().second);
-    if (q == cudaErrorNotReady) break;
+    if (q == cudaErrorNotReady) {
+      // Not a failure, but the runtime may keep it as this thread's last error,
+      // where the next launch check (cudaGetLastError) would report it.
+      cudaGetLastError();
+      break;
+    }
     CUDA_CHECK(q);
     passed_fence_ = fences_.front().first;
     free_events_.push_back(fences_.front().second);
@@ -274,6 +282,8 @@ void set_topk_path(Backend& be, TopkPath path) {
 }
 
 int64_t allocator_mallocs(Backend& be) { return as_cuda(be).allocator_stats().mallocs; }
+
+int64_t pending_fences(Backend& be) { return as_cuda(be).pending_fences(); }
 
 }  // namespace towerrec::cuda
 

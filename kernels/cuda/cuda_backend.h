@@ -109,6 +109,7 @@ class CudaBackend final : public Backend {
   void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d, int k,
             const int64_t* excl_offsets, const int32_t* excl_items, int32_t* out_items,
             float* out_scores) override;
+  int64_t preferred_topk_users(int32_t n_items, int d, int k) const override;
 
   // ---- backend internals, used by the op files -------------------------------
   cudaStream_t stream() const { return stream_; }
@@ -121,6 +122,9 @@ class CudaBackend final : public Backend {
   void tower_gemm(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
                   const float* A, int lda, const float* B, int ldb, float* C, int ldc);
   CachingAllocator::Stats allocator_stats() const { return alloc_.stats(); }
+  // Fences recorded and not yet known to have passed (recycled by fence(),
+  // dropped by wait_fence()).
+  int64_t pending_fences() const { return static_cast<int64_t>(fences_.size()); }
 
   // Tile of the top-K score matrix: users per block and items per chunk. The
   // defaults bound the tile to 32 MiB; tests shrink them to cross chunk edges.
@@ -132,6 +136,7 @@ class CudaBackend final : public Backend {
 
  private:
   int device_ = 0;
+  int sm_count_ = 1;  // streaming multiprocessors of the device
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   void* cublas_workspace_ = nullptr;

@@ -18,8 +18,11 @@
 
 namespace towerrec::cuda {
 
+// Clears the thread's last error first: a caller that catches the exception and
+// goes on must not see the same failure again at its next launch check.
 [[noreturn]] inline void throw_cuda_error(cudaError_t e, const char* expr, const char* file,
                                           int line) {
+  cudaGetLastError();
   throw_error(file, line,
               std::string("CUDA error ") + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
                   ") in " + expr);

@@ -36,4 +36,9 @@ void set_topk_tiles(Backend& be, int64_t users, int64_t items);
 // Number of cudaMalloc calls made by a CUDA backend's allocator so far.
 int64_t allocator_mallocs(Backend& be);
 
+// Fences of a CUDA backend not yet known to have passed. fence() recycles passed
+// ones while more than 16 are held; a count above 17 after it means its query
+// found the oldest still pending.
+int64_t pending_fences(Backend& be);
+
 }  // namespace towerrec::cuda

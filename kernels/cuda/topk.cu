@@ -349,6 +349,25 @@ bool CudaBackend::topk_fused_supported(int d, int k) const {
   return topk_precision_ == TopkPrecision::kFP32 && d <= kFusedMaxD && k <= kFusedMaxK;
 }
 
+// Users per call for recommend_topk; topk's own scratch is bounded by the tile
+// whatever the call's size. The fused kernel runs one warp per user, 8 users per
+// block, and about 4 of its blocks (38.3 KiB of shared memory each) fit on an
+// SM: four waves of them keep every SM busy through the tail of a call, and
+// are whole GEMM-path user tiles. The caller's buffers bound it from above: per
+// user a row of d floats and k items and scores, on the device and in
+// page-locked host memory, for two calls in flight, within 256 MiB in all.
+int64_t CudaBackend::preferred_topk_users(int32_t /*n_items*/, int d, int k) const {
+  constexpr int64_t kBlocksPerSm = 4, kWaves = 4, kBudget = int64_t{256} << 20;
+  const int64_t tile = std::max<int64_t>(1, topk_users_per_tile_);
+  int64_t users = int64_t{sm_count_} * kBlocksPerSm * kFusedWarps * kWaves;
+  users = (users + tile - 1) / tile * tile;
+  const int64_t per_user =
+      2 * (16 * int64_t{std::max(k, 1)} + 4 * int64_t{std::max(d, 1)} + 24);
+  const int64_t cap = kBudget / per_user;
+  if (users > cap) users = cap >= tile ? cap / tile * tile : std::max<int64_t>(1, cap);
+  return users;
+}
+
 // ---- the op ------------------------------------------------------------------------------
 
 void CudaBackend::topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d,

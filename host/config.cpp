@@ -7,6 +7,7 @@
 
 #include "towerrec/error.h"
 #include "towerrec/io.h"
+#include "towerrec/options.h"
 
 namespace towerrec {
 namespace {
@@ -113,6 +114,21 @@ ConfigKey choice_key(const char* name, const char* help, Get ref, std::vector<st
           [=](const Config& c) { return quote(ref(const_cast<Config&>(c))); }};
 }
 
+// A key whose values are the names of enum E (options.h).
+template <typename E, typename Get>
+ConfigKey enum_key(const char* name, const char* help, Get ref) {
+  return {name, help,
+          [=](Config& c, const std::string& v) {
+            for (size_t i = 0; i < EnumNames<E>::names.size(); ++i)
+              if (v == EnumNames<E>::names[i]) {
+                ref(c) = static_cast<E>(i);
+                return;
+              }
+            throw Error(std::string("--") + name + ": '" + v + "' is not one of " + enum_choices<E>());
+          },
+          [=](const Config& c) { return quote(to_string(ref(const_cast<Config&>(c)))); }};
+}
+
 std::vector<ConfigKey> build_keys() {
   std::vector<ConfigKey> k;
   const float inf = 1e30f;
@@ -174,18 +190,18 @@ std::vector<ConfigKey> build_keys() {
                [](const Config& c) {
                  return c.negatives_auto ? quote("auto") : std::to_string(c.train.negatives);
                }});
-  k.push_back(choice_key("sampler", "negative sampler: uniform or popularity (count^alpha)",
-                         [](Config& c) -> std::string& { return c.train.sampler; }, {"uniform", "popularity"}));
+  k.push_back(enum_key<Sampler>("sampler", "negative sampler: uniform or popularity (count^alpha)",
+                              [](Config& c) -> Sampler& { return c.train.sampler; }));
   k.push_back(float_key("pop-alpha", "exponent of the popularity sampler",
                         [](Config& c) -> float& { return c.train.pop_alpha; }, 0.0f, 2.0f));
   k.push_back(int_key("planner-threads", "host threads planning batches ahead of the running step (-1: auto, 0 on cpu, up to 4 on cuda; 0: inline)",
                       [](Config& c) -> int& { return c.train.planner_threads; }, -1, 64));
-  k.push_back(choice_key("matmul-precision", "tower products in training: fp32, or bf16 (bfloat16 operands, float32 sums; 2x the CPU's float32 rate with AVX512-BF16/AMX)",
-                         [](Config& c) -> std::string& { return c.train.matmul_precision; }, {"fp32", "bf16"}));
+  k.push_back(enum_key<MatmulPrecision>("matmul-precision", "tower products in training: fp32, or bf16 (bfloat16 operands, float32 sums; 2x the CPU's float32 rate with AVX512-BF16/AMX)",
+                                      [](Config& c) -> MatmulPrecision& { return c.train.matmul_precision; }));
   k.push_back(bool_key("reject-hits", "resample negatives that are training positives of the user",
                        [](Config& c) -> bool& { return c.train.reject_hits; }));
-  k.push_back(choice_key("loss", "logistic (pointwise), bpr (pairwise) or softmax (sampled softmax over the batch's items)",
-                         [](Config& c) -> std::string& { return c.train.loss; }, {"logistic", "bpr", "softmax"}));
+  k.push_back(enum_key<Loss>("loss", "logistic (pointwise), bpr (pairwise) or softmax (sampled softmax over the batch's items)",
+                           [](Config& c) -> Loss& { return c.train.loss; }));
   k.push_back(float_key("temperature", "softmax: logits are scores / temperature",
                         [](Config& c) -> float& { return c.train.temperature; }, 1e-4f, 1e4f));
   k.push_back(bool_key("logq", "softmax: correct logits by each item's log sampling rate",
@@ -194,16 +210,16 @@ std::vector<ConfigKey> build_keys() {
                          [](Config& c) -> std::string& { return c.normalize; }, {"auto", "true", "false"}));
   k.push_back(float_key("dropout", "dropout rate after each hidden layer while training",
                         [](Config& c) -> float& { return c.tower.dropout; }, 0.0f, 0.95f));
-  k.push_back(choice_key("lr-schedule", "constant, cosine (decay to 0) or step",
-                         [](Config& c) -> std::string& { return c.train.lr_schedule; }, {"constant", "cosine", "step"}));
+  k.push_back(enum_key<LrSchedule>("lr-schedule", "constant, cosine (decay to 0) or step",
+                                 [](Config& c) -> LrSchedule& { return c.train.lr_schedule; }));
   k.push_back(float_key("warmup-epochs", "linear learning-rate warm-up, in epochs",
                         [](Config& c) -> float& { return c.train.warmup_epochs; }, 0.0f, 1e6f));
   k.push_back(int_key("lr-step-epochs", "step schedule: epochs between decays",
                       [](Config& c) -> int& { return c.train.lr_step_epochs; }, 1, 1000000));
   k.push_back(float_key("lr-gamma", "step schedule: decay factor",
                         [](Config& c) -> float& { return c.train.lr_gamma; }, 1e-6f, 1.0f));
-  k.push_back(choice_key("optimizer", "adam or sgd",
-                         [](Config& c) -> std::string& { return c.train.optimizer.name; }, {"adam", "sgd"}));
+  k.push_back(enum_key<OptimizerKind>("optimizer", "adam or sgd",
+                                    [](Config& c) -> OptimizerKind& { return c.train.optimizer.kind; }));
   k.push_back(float_key("lr", "learning rate", [](Config& c) -> float& { return c.train.optimizer.lr; }, 0.0f, 100.0f));
   k.push_back(float_key("weight-decay", "decoupled weight decay of tower layers and feature tables",
                         [](Config& c) -> float& { return c.train.optimizer.weight_decay; }, 0.0f, 10.0f));
@@ -249,7 +265,7 @@ const ConfigKey* find_key(const std::string& name) {
 }  // namespace
 
 void resolve_defaults(Config& cfg) {
-  const bool softmax = cfg.train.loss == "softmax";
+  const bool softmax = cfg.train.loss == Loss::kSoftmax;
   if (cfg.negatives_auto) {
     cfg.train.negatives = softmax ? 0 : 4;
     cfg.negatives_auto = false;

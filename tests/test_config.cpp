@@ -30,7 +30,7 @@ TEST(Config, JsonRoundTripsEveryKey) {
   apply_json(d, text, "cfg.json");
   EXPECT_EQ(to_json(d), text);
   EXPECT_TRUE(d.tower.hidden.empty());
-  EXPECT_EQ(d.train.sampler, "popularity");
+  EXPECT_EQ(d.train.sampler, Sampler::kPopularity);
   EXPECT_FALSE(d.features);
   EXPECT_EQ(d.train.seed, 99u);
   // Every key appears in the JSON.

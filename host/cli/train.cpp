@@ -95,11 +95,6 @@ class StopSignals {
   struct sigaction old_int_ {}, old_term_ {};
 };
 
-// A diverged run; its message already says what the checkpoint holds.
-struct Diverged : Error {
-  using Error::Error;
-};
-
 std::string describe(const TrainPosition& p) {
   return p.step ? "epoch " + std::to_string(p.epoch + 1) + " step " + std::to_string(p.step)
                 : "epoch " + std::to_string(p.epoch);
@@ -122,11 +117,11 @@ void check_resumable(const std::string& path, const Checkpoint& ck, const Config
     const std::string was = k.get(old), now = k.get(cfg);
     if (was == now) continue;
     // A learning-rate schedule spans all epochs: more epochs change its earlier steps.
-    if (k.name == "epochs" && cfg.train.lr_schedule != "constant") {
+    if (k.name == "epochs" && cfg.train.lr_schedule != LrSchedule::kConstant) {
       std::fprintf(stderr,
                    "warning: --epochs was %s, now %s: the %s learning-rate schedule changes, so the "
                    "resumed run will not match an uninterrupted one of %s epochs\n",
-                   was.c_str(), now.c_str(), cfg.train.lr_schedule.c_str(), now.c_str());
+                   was.c_str(), now.c_str(), to_string(cfg.train.lr_schedule), now.c_str());
       continue;
     }
     if (listed(k.name, std::begin(kShapeKeys), std::end(kShapeKeys)))
@@ -270,14 +265,22 @@ int cmd_train(const Args& args) {
     for (size_t t = 0; t < ck.state.tensors.size(); ++t)
       for (float x : ck.state.tensors[t])
         if (!std::isfinite(x))
-          throw Diverged("training diverged: parameter tensor '" + ck.state.names[t] +
+          throw DivergedError("training diverged: parameter tensor '" + ck.state.names[t] +
                       "' holds a non-finite value at " + describe(pos) +
-                      " (lower the learning rate)" + kept_note());
+                      " (lower the learning rate)");
     ck.seen = seen_all;
     save_checkpoint(ckpt_path, ck);
     saved_at = describe(pos);
   };
-  auto save = [&] { save_at(trainer.position()); };
+  // A divergence found by the trainer or by save_at: add what the checkpoint holds.
+  auto noting_kept = [&](const auto& f) {
+    try {
+      return f();
+    } catch (const DivergedError& err) {
+      throw DivergedError(err.what() + kept_note());
+    }
+  };
+  auto save = [&] { noting_kept([&] { save_at(trainer.position()); }); };
   // Mid-epoch checkpoints: every N steps and/or M minutes since the last save.
   int64_t steps_since_save = 0;
   auto last_save = std::chrono::steady_clock::now();
@@ -292,9 +295,8 @@ int cmd_train(const Args& args) {
     TrainPosition p = next;
     p.loss_sum = loss_sum();
     if (!std::isfinite(p.loss_sum))
-      throw Diverged("training diverged: the loss is not finite in epoch " + std::to_string(p.epoch + 1) +
-                  " before step " + std::to_string(p.step + 1) + " (lower the learning rate)" +
-                  kept_note());
+      throw DivergedError("training diverged: the loss is not finite in epoch " + std::to_string(p.epoch + 1) +
+                  " before step " + std::to_string(p.step + 1) + " (lower the learning rate)");
     save_at(p);
     steps_since_save = 0;
     last_save = std::chrono::steady_clock::now();
@@ -325,20 +327,13 @@ int cmd_train(const Args& args) {
   auto signals = std::make_unique<StopSignals>();  // only while training
   for (int e = start_epoch; e < cfg.train.epochs; ++e) {
     const int64_t done_before = trainer.steps_per_epoch() * (e - start_epoch) - skipped;
-    EpochStats st;
-    try {
-      st = trainer.train_epoch(
+    const EpochStats st = noting_kept([&] {
+      return trainer.train_epoch(
           [&](const TrainProgress& p) {
             if (p.step < p.steps) printer.update(p, done_before + p.step, total_steps, since());
           },
           cfg.log_every);
-    } catch (const Diverged&) {
-      throw;
-    } catch (const Error& err) {
-      // The trainer's own end-of-epoch check.
-      if (std::string(err.what()).rfind("training diverged", 0) == 0) throw Diverged(err.what() + kept_note());
-      throw;
-    }
+    });
     if (!st.complete) {
       // Stopped by a signal: keep the position and exit.
       save();

@@ -11,6 +11,7 @@
 #include "towerrec/data.h"
 #include "towerrec/model.h"
 #include "towerrec/recommend.h"
+#include "towerrec/session.h"
 #include "towerrec/trainer.h"
 
 namespace towerrec::cli {
@@ -61,22 +62,6 @@ class ProgressPrinter {
  private:
   bool quiet_, tty_;
 };
-
-std::string format_seconds(double s);
-
-// Loads the dataset a configuration names.
-Dataset load_dataset(const Config& cfg);
-
-// Reads an interaction CSV whose IDs must all be known (unknown ID: InputError
-// naming file, line and field) and keeps rows with rating >= threshold when the
-// file has ratings.
-Interactions read_known_interactions(const std::string& path, const IdMap& users,
-                                     const IdMap& items, float rating_threshold);
-
-// Builds the model a configuration and entity features describe.
-std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
-                                           const EntityFeatures& user_features, int32_t n_users,
-                                           const EntityFeatures& item_features, int32_t n_items);
 
 // A trained model rebuilt from a checkpoint.
 struct LoadedModel {

@@ -16,14 +16,6 @@ bool wants_help(const Args& args) {
   return false;
 }
 
-std::string format_seconds(double s) {
-  char buf[64];
-  if (s < 60) std::snprintf(buf, sizeof buf, "%.1fs", s);
-  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s) / 60, int(s) % 60);
-  else std::snprintf(buf, sizeof buf, "%dh%02dm", int(s) / 3600, (int(s) % 3600) / 60);
-  return buf;
-}
-
 ProgressPrinter::ProgressPrinter(bool quiet) : quiet_(quiet), tty_(::isatty(2) != 0) {}
 
 void ProgressPrinter::update(const TrainProgress& p, int64_t done, int64_t total, double secs) {
@@ -44,16 +36,6 @@ void ProgressPrinter::epoch_done(const EpochStats& s, double secs, int64_t steps
                s.epoch, s.loss, s.samples_per_s, format_seconds(s.seconds).c_str(),
                format_seconds(per_step * static_cast<double>(steps_left)).c_str());
   (void)secs;
-}
-
-Dataset load_dataset(const Config& cfg) {
-  if (cfg.data.empty()) throw Error("no input: give --data (a MovieLens or synth directory, or a CSV)");
-  LoadOptions opt;
-  opt.rating_threshold = cfg.rating_threshold;
-  opt.features = cfg.features;
-  if (!cfg.user_features.empty() || !cfg.item_features.empty())
-    return load_csv(cfg.data, cfg.user_features, cfg.item_features, opt);
-  return load_auto(cfg.data, opt);
 }
 
 Options::Options(const Args& args, const std::vector<Spec>& specs) {
@@ -127,36 +109,6 @@ double Options::get_double(const std::string& name, double fallback, double lo, 
     throw Error("--" + name + ": expected a number, got '" + v + "'");
   if (x < lo || x > hi) throw Error("--" + name + ": " + v + " is out of range");
   return x;
-}
-
-Interactions read_known_interactions(const std::string& path, const IdMap& users,
-                                     const IdMap& items, float rating_threshold) {
-  if (!file_exists(path)) throw Error(path + ": no such file");
-  // With allow_new = false the maps are only searched, never changed.
-  Interactions x = read_interactions_csv(path, const_cast<IdMap&>(users), const_cast<IdMap&>(items), false);
-  if (x.rating.empty() || std::isnan(rating_threshold)) return x;
-  std::vector<int64_t> keep;
-  for (int64_t r = 0; r < x.size(); ++r)
-    if (x.rating[r] >= rating_threshold) keep.push_back(r);
-  if (static_cast<int64_t>(keep.size()) == x.size()) return x;
-  Interactions y;
-  for (int64_t r : keep) {
-    y.user.push_back(x.user[r]);
-    y.item.push_back(x.item[r]);
-    y.rating.push_back(x.rating[r]);
-    if (!x.timestamp.empty()) y.timestamp.push_back(x.timestamp[r]);
-  }
-  return y;
-}
-
-std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
-                                           const EntityFeatures& user_features, int32_t n_users,
-                                           const EntityFeatures& item_features, int32_t n_items) {
-  const TowerInputSpec us = make_input_spec(user_features, n_users, cfg.features);
-  const TowerInputSpec is = make_input_spec(item_features, n_items, cfg.features);
-  auto model = std::make_unique<TwoTowerModel>(be, cfg.tower, us, is, cfg.train.seed);
-  if (cfg.features) model->set_features(user_features, item_features);
-  return model;
 }
 
 LoadedModel load_model(const std::string& model, const std::string& device, int threads) {

@@ -6,7 +6,6 @@
 #include <sstream>
 
 #include "towerrec/error.h"
-#include "towerrec/io.h"
 #include "towerrec/options.h"
 
 namespace towerrec {
@@ -61,7 +60,7 @@ std::string num(double x) {
 
 ConfigKey str_key(const char* name, const char* help, std::string Config::*m) {
   return {name, help, [m](Config& c, const std::string& v) { c.*m = v; },
-          [m](const Config& c) { return quote(c.*m); }};
+          [m](const Config& c) { return quote(c.*m); }, false, "TEXT"};
 }
 
 template <typename Get>
@@ -74,7 +73,7 @@ ConfigKey int_key(const char* name, const char* help, Get ref, int64_t lo, int64
                           std::to_string(lo) + ", " + std::to_string(hi) + "]");
             ref(c) = static_cast<std::remove_reference_t<decltype(ref(c))>>(x);
           },
-          [=](const Config& c) { return std::to_string(ref(const_cast<Config&>(c))); }};
+          [=](const Config& c) { return std::to_string(ref(const_cast<Config&>(c))); }, false, "N"};
 }
 
 template <typename Get>
@@ -87,15 +86,14 @@ ConfigKey float_key(const char* name, const char* help, Get ref, float lo, float
                           ", " + num(hi) + "]");
             ref(c) = x;
           },
-          [=](const Config& c) { return num(ref(const_cast<Config&>(c))); }};
+          [=](const Config& c) { return num(ref(const_cast<Config&>(c))); }, false, "X"};
 }
 
 template <typename Get>
 ConfigKey bool_key(const char* name, const char* help, Get ref) {
-  ConfigKey k{name, help, [=](Config& c, const std::string& v) { ref(c) = parse_bool(name, v); },
-              [=](const Config& c) { return std::string(ref(const_cast<Config&>(c)) ? "true" : "false"); }};
-  k.is_bool = true;
-  return k;
+  return {name, help, [=](Config& c, const std::string& v) { ref(c) = parse_bool(name, v); },
+          [=](const Config& c) { return std::string(ref(const_cast<Config&>(c)) ? "true" : "false"); },
+          true, "[true|false]"};
 }
 
 template <typename Get>
@@ -111,7 +109,12 @@ ConfigKey choice_key(const char* name, const char* help, Get ref, std::vector<st
             for (const auto& ch : choices) all += (all.empty() ? "" : ", ") + ch;
             throw Error(std::string("--") + name + ": '" + v + "' is not one of " + all);
           },
-          [=](const Config& c) { return quote(ref(const_cast<Config&>(c))); }};
+          [=](const Config& c) { return quote(ref(const_cast<Config&>(c))); }, false,
+          [&] {
+            std::string names;
+            for (const auto& ch : choices) names += (names.empty() ? "" : "|") + ch;
+            return names;
+          }()};
 }
 
 // A key whose values are the names of enum E (options.h).
@@ -126,7 +129,12 @@ ConfigKey enum_key(const char* name, const char* help, Get ref) {
               }
             throw Error(std::string("--") + name + ": '" + v + "' is not one of " + enum_choices<E>());
           },
-          [=](const Config& c) { return quote(to_string(ref(const_cast<Config&>(c)))); }};
+          [=](const Config& c) { return quote(to_string(ref(const_cast<Config&>(c)))); }, false,
+          [] {
+            std::string names;
+            for (const char* n : EnumNames<E>::names) names += (names.empty() ? "" : "|") + std::string(n);
+            return names;
+          }()};
 }
 
 std::vector<ConfigKey> build_keys() {
@@ -253,6 +261,13 @@ std::vector<ConfigKey> build_keys() {
                  c.checkpoint_every_minutes = x;
                },
                [](const Config& c) { return num(c.checkpoint_every_minutes); }});
+  // What the values of the keys with their own parsers are.
+  const std::pair<const char*, const char*> value_names[] = {
+      {"holdout", "X"}, {"split-seed", "N"}, {"hidden", "W,W,..|none"}, {"negatives", "N|auto"},
+      {"seed", "N"}, {"device", "auto|cpu|cuda|cuda:N"}, {"checkpoint-every-minutes", "X"}};
+  for (auto& key : k)
+    for (const auto& [name, value] : value_names)
+      if (key.name == name) key.value_name = value;
   return k;
 }
 
@@ -313,62 +328,12 @@ void apply_json(Config& cfg, const std::string& text, const std::string& source)
   }
 }
 
-FlagWord split_flag(const std::string& arg) {
-  FlagWord w;
-  w.name = arg.substr(2);
-  if (auto eq = w.name.find('='); eq != std::string::npos) {
-    w.value = w.name.substr(eq + 1);
-    w.name.resize(eq);
-    w.has_value = true;
-  }
-  return w;
-}
-
-std::vector<std::string> apply_flags(Config& cfg, const std::vector<std::string>& args) {
-  std::vector<std::string> positional;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a.rfind("--", 0) != 0 || a == "--") {
-      positional.push_back(a);
-      continue;
-    }
-    auto [name, value, has_value] = split_flag(a);
-    const ConfigKey* k = name == "config" ? nullptr : find_key(name);
-    if (name != "config" && !k) throw Error("unknown option --" + name + " (see --help)");
-    const bool is_bool = k && k->is_bool;
-    if (!has_value) {
-      if (is_bool && (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0)) {
-        value = "true";
-      } else {
-        if (i + 1 >= args.size()) throw Error("option --" + name + " needs a value");
-        value = args[++i];
-      }
-    }
-    if (name == "config") apply_json(cfg, read_file(value), value);
-    else k->set(cfg, value);
-  }
-  return positional;
-}
-
 std::string to_json(const Config& cfg) {
   std::string s = "{\n";
   const auto& keys = config_keys();
   for (size_t i = 0; i < keys.size(); ++i)
     s += "  " + quote(keys[i].name) + ": " + keys[i].get(cfg) + (i + 1 < keys.size() ? ",\n" : "\n");
   return s + "}\n";
-}
-
-std::string config_help() {
-  Config def;
-  std::string s;
-  for (const auto& k : config_keys()) {
-    std::string left = "  --" + k.name;
-    if (left.size() < 22) left.resize(22, ' ');
-    else left += "  ";
-    s += left + k.help + " [" + k.get(def) + "]\n";
-  }
-  s += "  --config FILE         JSON file with any of the keys above\n";
-  return s;
 }
 
 }  // namespace towerrec

@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "host/cli/cli.h"
+#include "host/config_flags.h"
 #include "towerrec/error.h"
 #include "towerrec/recommend.h"
 #include "towerrec/session.h"
@@ -11,43 +12,6 @@
 namespace towerrec::cli {
 
 namespace {
-
-// Options of `train` that are not configuration keys (they say where this run's
-// data and state come from, not what the model is).
-struct RunOptions {
-  bool resume = false;     // continue from OUT/model.ckpt when it exists
-};
-
-// Takes the run options out of args; everything else goes to apply_flags.
-Args take_run_options(const Args& args, RunOptions& run) {
-  Args rest;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string name = args[i], value;
-    bool has_value = false;
-    if (auto eq = name.find('='); eq != std::string::npos && name.rfind("--", 0) == 0) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      has_value = true;
-    }
-    auto take_value = [&]() {
-      if (!has_value) {
-        if (i + 1 >= args.size()) throw Error("option " + name + " needs a value");
-        value = args[++i];
-      }
-      return value;
-    };
-    if (name == "--validation") {
-      rest.push_back("--holdout");  // --validation F is --holdout F
-      rest.push_back(take_value());
-    } else if (name == "--resume") {
-      if (has_value && value != "true" && value != "false") throw Error("--resume takes no value");
-      run.resume = !has_value || value == "true";
-    } else {
-      rest.push_back(args[i]);
-    }
-  }
-  return rest;
-}
 
 // The session's reports as the command line shows them: results on stdout,
 // progress and notes on stderr.
@@ -131,33 +95,27 @@ void print_samples(TrainingSession& s) {
 }  // namespace
 
 int cmd_train(const Args& args) {
-  if (wants_help(args)) {
-    std::printf(
-        "usage: towerrec train --data PATH [options]\n\n"
-        "Trains a two-tower model and writes OUT/model.ckpt (after every epoch) and\n"
-        "OUT/config.json.\n\n"
-        "run options:\n"
-        "  --validation F        per-user fraction of the training interactions held out for\n"
-        "                        evaluation (the same as --holdout F)\n"
-        "  --resume              continue from OUT/model.ckpt when it exists, up to --epochs\n"
-        "                        (the model-shaping keys must match the checkpoint's)\n\n"
-        "Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes OUT/model.ckpt and\n"
-        "exits with status 130 (143 for SIGTERM); --resume continues from that step.\n"
-        "A non-finite loss or parameter stops training with an error; OUT/model.ckpt\n"
-        "then keeps the last good state.\n\n"
-        "configuration keys:\n%s",
-        config_help().c_str());
-    return 0;
-  }
-  RunOptions run;
+  CLI::App app(
+      "Trains a two-tower model and writes OUT/model.ckpt (after every epoch) and\n"
+      "OUT/config.json.",
+      "towerrec train");
+  configure_app(app);
   Config cfg;
-  const auto positional = apply_flags(cfg, take_run_options(args, run));
-  resolve_defaults(cfg);
-  if (!positional.empty()) throw Error("unexpected argument '" + positional[0] + "'");
-  ProgressPrinter printer(cfg.quiet);
   SessionOptions options;
-  options.resume = run.resume;
   options.handle_signals = true;
+  app.add_flag("--resume", options.resume,
+               "continue from OUT/model.ckpt when it exists, up to --epochs (the model-shaping "
+               "keys must match the checkpoint's)");
+  add_validation_option(app, cfg);
+  add_config_options(app, cfg);
+  app.footer(
+      "Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes OUT/model.ckpt and\n"
+      "exits with status 130 (143 for SIGTERM); --resume continues from that step.\n"
+      "A non-finite loss or parameter stops training with an error; OUT/model.ckpt\n"
+      "then keeps the last good state.");
+  if (!parse_args(app, args)) return 0;
+  resolve_defaults(cfg);
+  ProgressPrinter printer(cfg.quiet);
   TrainingSession session(cfg, options, printing_callbacks(printer));
   const SessionResult r = session.run();
   if (r.end == SessionResult::End::kStopped) return report_stop(r, session.checkpoint_path());

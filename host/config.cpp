@@ -137,8 +137,8 @@ ConfigKey enum_key(const char* name, const char* help, Get ref) {
           }()};
 }
 
-std::vector<ConfigKey> build_keys() {
-  std::vector<ConfigKey> k;
+// The keys in the order of config.json: data and model, training, the run.
+void add_data_and_model_keys(std::vector<ConfigKey>& k) {
   const float inf = 1e30f;
   k.push_back(str_key("data", "input: MovieLens dir, `towerrec synth` dir, or interactions CSV", &Config::data));
   k.push_back(str_key("user-features", "user feature CSV (with a CSV --data)", &Config::user_features));
@@ -181,6 +181,9 @@ std::vector<ConfigKey> build_keys() {
                       [](Config& c) -> int& { return c.tower.cat_dim; }, 1, 1024));
   k.push_back(float_key("init-std", "std of embedding initialisation",
                         [](Config& c) -> float& { return c.tower.init_std; }, 0.0f, 10.0f));
+}
+
+void add_training_keys(std::vector<ConfigKey>& k) {
   k.push_back(int_key("epochs", "training epochs", [](Config& c) -> int& { return c.train.epochs; }, 0, 100000));
   k.push_back(int_key("batch-size", "positives per batch",
                       [](Config& c) -> int64_t& { return c.train.batch_size; }, 1, 1 << 24));
@@ -240,6 +243,9 @@ std::vector<ConfigKey> build_keys() {
                  c.train.seed = static_cast<uint64_t>(x);
                },
                [](const Config& c) { return std::to_string(c.train.seed); }});
+}
+
+void add_run_keys(std::vector<ConfigKey>& k) {
   k.push_back(int_key("threads", "CPU threads (0: all cores)", [](Config& c) -> int& { return c.threads; }, 0, 4096));
   k.push_back({"device", "auto, cpu, cuda or cuda:N",
                [](Config& c, const std::string& v) {
@@ -261,6 +267,13 @@ std::vector<ConfigKey> build_keys() {
                  c.checkpoint_every_minutes = x;
                },
                [](const Config& c) { return num(c.checkpoint_every_minutes); }});
+}
+
+std::vector<ConfigKey> build_keys() {
+  std::vector<ConfigKey> k;
+  add_data_and_model_keys(k);
+  add_training_keys(k);
+  add_run_keys(k);
   // What the values of the keys with their own parsers are.
   const std::pair<const char*, const char*> value_names[] = {
       {"holdout", "X"}, {"split-seed", "N"}, {"hidden", "W,W,..|none"}, {"negatives", "N|auto"},

@@ -21,9 +21,9 @@ double now_seconds() {
 }
 
 std::string format(const char* fmt, auto... args) {
-  char buf[1024];
-  std::snprintf(buf, sizeof buf, fmt, args...);
-  return buf;
+  std::string s(static_cast<size_t>(std::snprintf(nullptr, 0, fmt, args...)), '\0');
+  std::snprintf(s.data(), s.size() + 1, fmt, args...);
+  return s;
 }
 
 void emit(const std::function<void(const std::string&)>& f, const std::string& line) {

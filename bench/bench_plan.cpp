@@ -52,8 +52,8 @@ void register_plan() {
             TrainConfig cfg;
             cfg.batch_size = batch;
             cfg.negatives = 4;
-            cfg.loss = "logistic";
-            cfg.sampler = popular ? "popularity" : "uniform";
+            cfg.loss = Loss::kLogistic;
+            cfg.sampler = popular ? Sampler::kPopularity : Sampler::kUniform;
             cfg.reject_hits = popular != 0;
             f->trainer = std::make_unique<Trainer>(*f->model, f->data, cfg);
             f->trainer->plan_batch(0, 0, f->batch);  // the epoch's shuffle, outside the timing

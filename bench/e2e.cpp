@@ -92,9 +92,9 @@ E2EConfig preset(const std::string& name) {
   // The peer's model (bench/peers/torch_two_tower.py): logistic loss, constant lr,
   // no embedding decay; pinned so that changes of the library defaults do not
   // change the benchmark.
-  c.train.loss = "logistic";
+  c.train.loss = Loss::kLogistic;
   c.train.temperature = 1.0f;
-  c.train.lr_schedule = "constant";
+  c.train.lr_schedule = LrSchedule::kConstant;
   c.train.optimizer.embedding_decay = 0.0f;
   c.train.seed = 42;
   if (name == "ml100k" || name == "wide") {
@@ -221,8 +221,7 @@ int main(int argc, char** argv) try {
   if (eval_users >= 0) cfg.eval_users = eval_users;
   if (!data_override.empty()) cfg.data = data_override;
   if (!precision.empty()) {
-    parse_matmul_precision(precision);  // rejects anything else
-    cfg.train.matmul_precision = precision;
+    cfg.train.matmul_precision = parse_matmul_precision(precision);
   }
 
   // ---- data
@@ -277,7 +276,7 @@ int main(int argc, char** argv) try {
                    {"negatives", cfg.train.negatives}, {"lr", cfg.train.optimizer.lr},
                    {"beta1", cfg.train.optimizer.beta1}, {"beta2", cfg.train.optimizer.beta2},
                    {"eps", cfg.train.optimizer.eps}, {"seed", cfg.train.seed},
-                   {"matmul_precision", cfg.train.matmul_precision}};
+                   {"matmul_precision", matmul_precision_name(cfg.train.matmul_precision)}};
   meta["eval"] = {{"k", 10}, {"score_users", cfg.score_users}, {"eval_users", cfg.eval_users}};
   if (!export_dir.empty()) {
     make_directories(export_dir);
@@ -383,7 +382,7 @@ int main(int argc, char** argv) try {
     r["sgemm_ceiling_gflops"] = g;
     r["score_pct_of_sgemm"] = 100.0 * r["score_gflops_per_s"].get<double>() / g;
     // Training against the ceiling of its tower GEMMs' precision.
-    const bool bf16 = cfg.train.matmul_precision == "bf16" && c["cpu"].contains("bf16_gemm_gflops");
+    const bool bf16 = cfg.train.matmul_precision == MatmulPrecision::kBF16 && c["cpu"].contains("bf16_gemm_gflops");
     const double f32 = c["cpu"].contains("dnnl_f32_gemm_gflops")
                            ? std::max(g, c["cpu"]["dnnl_f32_gemm_gflops"].get<double>())
                            : g;  // the faster of the two float32 GEMMs

@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "towerrec/error.h"
-#include "towerrec/io.h"
+#include "towerrec/options.h"
 
 namespace towerrec {
 namespace {
@@ -60,7 +60,7 @@ std::string num(double x) {
 
 ConfigKey str_key(const char* name, const char* help, std::string Config::*m) {
   return {name, help, [m](Config& c, const std::string& v) { c.*m = v; },
-          [m](const Config& c) { return quote(c.*m); }};
+          [m](const Config& c) { return quote(c.*m); }, false, "TEXT"};
 }
 
 template <typename Get>
@@ -73,7 +73,7 @@ ConfigKey int_key(const char* name, const char* help, Get ref, int64_t lo, int64
                           std::to_string(lo) + ", " + std::to_string(hi) + "]");
             ref(c) = static_cast<std::remove_reference_t<decltype(ref(c))>>(x);
           },
-          [=](const Config& c) { return std::to_string(ref(const_cast<Config&>(c))); }};
+          [=](const Config& c) { return std::to_string(ref(const_cast<Config&>(c))); }, false, "N"};
 }
 
 template <typename Get>
@@ -86,15 +86,14 @@ ConfigKey float_key(const char* name, const char* help, Get ref, float lo, float
                           ", " + num(hi) + "]");
             ref(c) = x;
           },
-          [=](const Config& c) { return num(ref(const_cast<Config&>(c))); }};
+          [=](const Config& c) { return num(ref(const_cast<Config&>(c))); }, false, "X"};
 }
 
 template <typename Get>
 ConfigKey bool_key(const char* name, const char* help, Get ref) {
-  ConfigKey k{name, help, [=](Config& c, const std::string& v) { ref(c) = parse_bool(name, v); },
-              [=](const Config& c) { return std::string(ref(const_cast<Config&>(c)) ? "true" : "false"); }};
-  k.is_bool = true;
-  return k;
+  return {name, help, [=](Config& c, const std::string& v) { ref(c) = parse_bool(name, v); },
+          [=](const Config& c) { return std::string(ref(const_cast<Config&>(c)) ? "true" : "false"); },
+          true, "[true|false]"};
 }
 
 template <typename Get>
@@ -110,11 +109,36 @@ ConfigKey choice_key(const char* name, const char* help, Get ref, std::vector<st
             for (const auto& ch : choices) all += (all.empty() ? "" : ", ") + ch;
             throw Error(std::string("--") + name + ": '" + v + "' is not one of " + all);
           },
-          [=](const Config& c) { return quote(ref(const_cast<Config&>(c))); }};
+          [=](const Config& c) { return quote(ref(const_cast<Config&>(c))); }, false,
+          [&] {
+            std::string names;
+            for (const auto& ch : choices) names += (names.empty() ? "" : "|") + ch;
+            return names;
+          }()};
 }
 
-std::vector<ConfigKey> build_keys() {
-  std::vector<ConfigKey> k;
+// A key whose values are the names of enum E (options.h).
+template <typename E, typename Get>
+ConfigKey enum_key(const char* name, const char* help, Get ref) {
+  return {name, help,
+          [=](Config& c, const std::string& v) {
+            for (size_t i = 0; i < EnumNames<E>::names.size(); ++i)
+              if (v == EnumNames<E>::names[i]) {
+                ref(c) = static_cast<E>(i);
+                return;
+              }
+            throw Error(std::string("--") + name + ": '" + v + "' is not one of " + enum_choices<E>());
+          },
+          [=](const Config& c) { return quote(to_string(ref(const_cast<Config&>(c)))); }, false,
+          [] {
+            std::string names;
+            for (const char* n : EnumNames<E>::names) names += (names.empty() ? "" : "|") + std::string(n);
+            return names;
+          }()};
+}
+
+// The keys in the order of config.json: data and model, training, the run.
+void add_data_and_model_keys(std::vector<ConfigKey>& k) {
   const float inf = 1e30f;
   k.push_back(str_key("data", "input: MovieLens dir, `towerrec synth` dir, or interactions CSV", &Config::data));
   k.push_back(str_key("user-features", "user feature CSV (with a CSV --data)", &Config::user_features));
@@ -157,6 +181,9 @@ std::vector<ConfigKey> build_keys() {
                       [](Config& c) -> int& { return c.tower.cat_dim; }, 1, 1024));
   k.push_back(float_key("init-std", "std of embedding initialisation",
                         [](Config& c) -> float& { return c.tower.init_std; }, 0.0f, 10.0f));
+}
+
+void add_training_keys(std::vector<ConfigKey>& k) {
   k.push_back(int_key("epochs", "training epochs", [](Config& c) -> int& { return c.train.epochs; }, 0, 100000));
   k.push_back(int_key("batch-size", "positives per batch",
                       [](Config& c) -> int64_t& { return c.train.batch_size; }, 1, 1 << 24));
@@ -174,18 +201,18 @@ std::vector<ConfigKey> build_keys() {
                [](const Config& c) {
                  return c.negatives_auto ? quote("auto") : std::to_string(c.train.negatives);
                }});
-  k.push_back(choice_key("sampler", "negative sampler: uniform or popularity (count^alpha)",
-                         [](Config& c) -> std::string& { return c.train.sampler; }, {"uniform", "popularity"}));
+  k.push_back(enum_key<Sampler>("sampler", "negative sampler: uniform or popularity (count^alpha)",
+                              [](Config& c) -> Sampler& { return c.train.sampler; }));
   k.push_back(float_key("pop-alpha", "exponent of the popularity sampler",
                         [](Config& c) -> float& { return c.train.pop_alpha; }, 0.0f, 2.0f));
   k.push_back(int_key("planner-threads", "host threads planning batches ahead of the running step (-1: auto, 0 on cpu, up to 4 on cuda; 0: inline)",
                       [](Config& c) -> int& { return c.train.planner_threads; }, -1, 64));
-  k.push_back(choice_key("matmul-precision", "tower products in training: fp32, or bf16 (bfloat16 operands, float32 sums; 2x the CPU's float32 rate with AVX512-BF16/AMX)",
-                         [](Config& c) -> std::string& { return c.train.matmul_precision; }, {"fp32", "bf16"}));
+  k.push_back(enum_key<MatmulPrecision>("matmul-precision", "tower products in training: fp32, or bf16 (bfloat16 operands, float32 sums; 2x the CPU's float32 rate with AVX512-BF16/AMX)",
+                                      [](Config& c) -> MatmulPrecision& { return c.train.matmul_precision; }));
   k.push_back(bool_key("reject-hits", "resample negatives that are training positives of the user",
                        [](Config& c) -> bool& { return c.train.reject_hits; }));
-  k.push_back(choice_key("loss", "logistic (pointwise), bpr (pairwise) or softmax (sampled softmax over the batch's items)",
-                         [](Config& c) -> std::string& { return c.train.loss; }, {"logistic", "bpr", "softmax"}));
+  k.push_back(enum_key<Loss>("loss", "logistic (pointwise), bpr (pairwise) or softmax (sampled softmax over the batch's items)",
+                           [](Config& c) -> Loss& { return c.train.loss; }));
   k.push_back(float_key("temperature", "softmax: logits are scores / temperature",
                         [](Config& c) -> float& { return c.train.temperature; }, 1e-4f, 1e4f));
   k.push_back(bool_key("logq", "softmax: correct logits by each item's log sampling rate",
@@ -194,16 +221,16 @@ std::vector<ConfigKey> build_keys() {
                          [](Config& c) -> std::string& { return c.normalize; }, {"auto", "true", "false"}));
   k.push_back(float_key("dropout", "dropout rate after each hidden layer while training",
                         [](Config& c) -> float& { return c.tower.dropout; }, 0.0f, 0.95f));
-  k.push_back(choice_key("lr-schedule", "constant, cosine (decay to 0) or step",
-                         [](Config& c) -> std::string& { return c.train.lr_schedule; }, {"constant", "cosine", "step"}));
+  k.push_back(enum_key<LrSchedule>("lr-schedule", "constant, cosine (decay to 0) or step",
+                                 [](Config& c) -> LrSchedule& { return c.train.lr_schedule; }));
   k.push_back(float_key("warmup-epochs", "linear learning-rate warm-up, in epochs",
                         [](Config& c) -> float& { return c.train.warmup_epochs; }, 0.0f, 1e6f));
   k.push_back(int_key("lr-step-epochs", "step schedule: epochs between decays",
                       [](Config& c) -> int& { return c.train.lr_step_epochs; }, 1, 1000000));
   k.push_back(float_key("lr-gamma", "step schedule: decay factor",
                         [](Config& c) -> float& { return c.train.lr_gamma; }, 1e-6f, 1.0f));
-  k.push_back(choice_key("optimizer", "adam or sgd",
-                         [](Config& c) -> std::string& { return c.train.optimizer.name; }, {"adam", "sgd"}));
+  k.push_back(enum_key<OptimizerKind>("optimizer", "adam or sgd",
+                                    [](Config& c) -> OptimizerKind& { return c.train.optimizer.kind; }));
   k.push_back(float_key("lr", "learning rate", [](Config& c) -> float& { return c.train.optimizer.lr; }, 0.0f, 100.0f));
   k.push_back(float_key("weight-decay", "decoupled weight decay of tower layers and feature tables",
                         [](Config& c) -> float& { return c.train.optimizer.weight_decay; }, 0.0f, 10.0f));
@@ -216,6 +243,9 @@ std::vector<ConfigKey> build_keys() {
                  c.train.seed = static_cast<uint64_t>(x);
                },
                [](const Config& c) { return std::to_string(c.train.seed); }});
+}
+
+void add_run_keys(std::vector<ConfigKey>& k) {
   k.push_back(int_key("threads", "CPU threads (0: all cores)", [](Config& c) -> int& { return c.threads; }, 0, 4096));
   k.push_back({"device", "auto, cpu, cuda or cuda:N",
                [](Config& c, const std::string& v) {
@@ -237,6 +267,20 @@ std::vector<ConfigKey> build_keys() {
                  c.checkpoint_every_minutes = x;
                },
                [](const Config& c) { return num(c.checkpoint_every_minutes); }});
+}
+
+std::vector<ConfigKey> build_keys() {
+  std::vector<ConfigKey> k;
+  add_data_and_model_keys(k);
+  add_training_keys(k);
+  add_run_keys(k);
+  // What the values of the keys with their own parsers are.
+  const std::pair<const char*, const char*> value_names[] = {
+      {"holdout", "X"}, {"split-seed", "N"}, {"hidden", "W,W,..|none"}, {"negatives", "N|auto"},
+      {"seed", "N"}, {"device", "auto|cpu|cuda|cuda:N"}, {"checkpoint-every-minutes", "X"}};
+  for (auto& key : k)
+    for (const auto& [name, value] : value_names)
+      if (key.name == name) key.value_name = value;
   return k;
 }
 
@@ -249,7 +293,7 @@ const ConfigKey* find_key(const std::string& name) {
 }  // namespace
 
 void resolve_defaults(Config& cfg) {
-  const bool softmax = cfg.train.loss == "softmax";
+  const bool softmax = cfg.train.loss == Loss::kSoftmax;
   if (cfg.negatives_auto) {
     cfg.train.negatives = softmax ? 0 : 4;
     cfg.negatives_auto = false;
@@ -297,62 +341,12 @@ void apply_json(Config& cfg, const std::string& text, const std::string& source)
   }
 }
 
-FlagWord split_flag(const std::string& arg) {
-  FlagWord w;
-  w.name = arg.substr(2);
-  if (auto eq = w.name.find('='); eq != std::string::npos) {
-    w.value = w.name.substr(eq + 1);
-    w.name.resize(eq);
-    w.has_value = true;
-  }
-  return w;
-}
-
-std::vector<std::string> apply_flags(Config& cfg, const std::vector<std::string>& args) {
-  std::vector<std::string> positional;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a.rfind("--", 0) != 0 || a == "--") {
-      positional.push_back(a);
-      continue;
-    }
-    auto [name, value, has_value] = split_flag(a);
-    const ConfigKey* k = name == "config" ? nullptr : find_key(name);
-    if (name != "config" && !k) throw Error("unknown option --" + name + " (see --help)");
-    const bool is_bool = k && k->is_bool;
-    if (!has_value) {
-      if (is_bool && (i + 1 >= args.size() || args[i + 1].rfind("--", 0) == 0)) {
-        value = "true";
-      } else {
-        if (i + 1 >= args.size()) throw Error("option --" + name + " needs a value");
-        value = args[++i];
-      }
-    }
-    if (name == "config") apply_json(cfg, read_file(value), value);
-    else k->set(cfg, value);
-  }
-  return positional;
-}
-
 std::string to_json(const Config& cfg) {
   std::string s = "{\n";
   const auto& keys = config_keys();
   for (size_t i = 0; i < keys.size(); ++i)
     s += "  " + quote(keys[i].name) + ": " + keys[i].get(cfg) + (i + 1 < keys.size() ? ",\n" : "\n");
   return s + "}\n";
-}
-
-std::string config_help() {
-  Config def;
-  std::string s;
-  for (const auto& k : config_keys()) {
-    std::string left = "  --" + k.name;
-    if (left.size() < 22) left.resize(22, ' ');
-    else left += "  ";
-    s += left + k.help + " [" + k.get(def) + "]\n";
-  }
-  s += "  --config FILE         JSON file with any of the keys above\n";
-  return s;
 }
 
 }  // namespace towerrec

@@ -225,7 +225,7 @@ void Tower::sparse_step(const OptimizerConfig& opt, int64_t step) {
   if (!pending_rows_) return;
   Backend* be = model_->be_;
   const int dim = model_->cfg_.id_dim;
-  if (opt.name == "sgd") {
+  if (opt.kind == OptimizerKind::kSgd) {
     be->sparse_sgd(id_table_.data(), dim, last_idx_, last_n_, grad_act_[0].data(), in_dim_, 0,
                    opt.lr, opt.embedding_decay);
   } else {
@@ -300,13 +300,11 @@ void TwoTowerModel::zero_grad() { be_->fill(grads_.data(), grads_.size(), 0.0f);
 
 void TwoTowerModel::step(const OptimizerConfig& opt) {
   ++steps_;
-  if (opt.name == "sgd") {
+  if (opt.kind == OptimizerKind::kSgd) {
     be_->sgd(params_.data(), grads_.data(), params_.size(), opt.lr, opt.weight_decay);
-  } else if (opt.name == "adam") {
+  } else {
     AdamParams p{opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, steps_};
     be_->adam(params_.data(), grads_.data(), m_.data(), v_.data(), params_.size(), p);
-  } else {
-    throw Error("unknown optimizer '" + opt.name + "': expected adam or sgd");
   }
   user_->sparse_step(opt, steps_);
   item_->sparse_step(opt, steps_);

@@ -20,8 +20,7 @@ Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainCon
     : model_(model),
       be_(model.backend()),
       train_(train),
-      cfg_(cfg),
-      precision_(parse_matmul_precision(cfg.matmul_precision)) {
+      cfg_(cfg) {
   n_users_ = model.user_tower().spec().n_entities;
   n_items_ = model.item_tower().spec().n_entities;
   TOWERREC_CHECK(train.size() > 0, "no training interactions");
@@ -33,21 +32,21 @@ Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainCon
                        train.item[j] >= 0 && train.item[j] < n_items_,
                    "interaction " + std::to_string(j) + " refers to an entity outside the model");
   }
-  TOWERREC_CHECK(cfg.loss == "logistic" || cfg.loss == "bpr" || cfg.loss == "softmax",
-                 "unknown loss '" + cfg.loss + "': expected logistic, bpr or softmax");
-  TOWERREC_CHECK(cfg.loss != "bpr" || cfg.negatives >= 1, "the bpr loss needs --negatives >= 1");
+  // An enum value cast from an integer (e.g. by a language binding) throws here.
+  [[maybe_unused]] const char* const names[] = {to_string(cfg.loss), to_string(cfg.sampler),
+                                                to_string(cfg.lr_schedule),
+                                                to_string(cfg.matmul_precision),
+                                                to_string(cfg.optimizer.kind)};
+  TOWERREC_CHECK(cfg.loss != Loss::kBpr || cfg.negatives >= 1, "the bpr loss needs --negatives >= 1");
   TOWERREC_CHECK(cfg.temperature > 0.0f, "temperature must be positive");
-  TOWERREC_CHECK(!model.config().normalize || cfg.loss == "softmax",
+  TOWERREC_CHECK(!model.config().normalize || cfg.loss == Loss::kSoftmax,
                  "normalised embeddings (cosine scores in [-1, 1]) need the softmax loss, whose "
                  "temperature scales them");
-  TOWERREC_CHECK(cfg.lr_schedule == "constant" || cfg.lr_schedule == "cosine" ||
-                     cfg.lr_schedule == "step",
-                 "unknown lr schedule '" + cfg.lr_schedule + "': expected constant, cosine or step");
   TOWERREC_CHECK(cfg.warmup_epochs >= 0.0f && cfg.lr_step_epochs > 0 && cfg.lr_gamma > 0.0f,
                  "bad learning-rate schedule parameters");
   // Probability that one negative draw is item i.
   std::vector<double> neg_prob(static_cast<size_t>(n_items_), 1.0 / n_items_);
-  if (cfg.sampler == "popularity") {
+  if (cfg.sampler == Sampler::kPopularity) {
     // Vose's alias method over count^alpha (+1 so unseen items keep a chance).
     std::vector<double> w(static_cast<size_t>(n_items_), 1.0);
     for (int32_t i : train.item) w[i] += 1.0;
@@ -75,10 +74,8 @@ Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainCon
     }
     for (int32_t i : large) alias_prob_[i] = 1.0f, alias_idx_[i] = i;
     for (int32_t i : small) alias_prob_[i] = 1.0f, alias_idx_[i] = i;
-  } else if (cfg.sampler != "uniform") {
-    throw Error("unknown sampler '" + cfg.sampler + "': expected uniform or popularity");
   }
-  if (cfg.loss == "softmax") {
+  if (cfg.loss == Loss::kSoftmax) {
     // Expected appearances of item i in a batch of B positives with k negatives
     // each: B * count_i / N + B * k * neg_prob_i (the constant B cancels).
     std::vector<double> count(static_cast<size_t>(n_items_), 0.0);
@@ -249,11 +246,11 @@ float Trainer::learning_rate(int64_t global_step) const {
   const double warm = cfg_.warmup_epochs * spe;
   const double t = static_cast<double>(global_step);
   double lr = base;
-  if (cfg_.lr_schedule == "cosine") {
+  if (cfg_.lr_schedule == LrSchedule::kCosine) {
     const double total = std::max(1.0, spe * cfg_.epochs - warm);
     const double x = std::clamp((t - warm) / total, 0.0, 1.0);
     lr = base * 0.5 * (1.0 + std::cos(3.141592653589793 * x));
-  } else if (cfg_.lr_schedule == "step") {
+  } else if (cfg_.lr_schedule == LrSchedule::kStep) {
     lr = base * std::pow(static_cast<double>(cfg_.lr_gamma),
                          std::floor(t / spe / cfg_.lr_step_epochs));
   }
@@ -284,7 +281,7 @@ void Trainer::plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const
   const int k = cfg_.negatives;
   // The softmax loss scores each positive against every item of the batch, so
   // its negatives join the batch's items but not its pairs.
-  const bool negatives_are_pairs = cfg_.loss != "softmax";
+  const bool negatives_are_pairs = cfg_.loss != Loss::kSoftmax;
   const int64_t n_pairs = (hi - lo) * (negatives_are_pairs ? 1 + k : 1);
   out.users.clear();
   out.items.clear();
@@ -381,7 +378,7 @@ void Trainer::stage(const Batch& b, Staged& st) {
   st.o_ip = put(b.item_pairs);
   st.n_ints = off;
   // Floats: the labels, then (softmax with logQ) each batch item's log rate.
-  const bool with_log_q = cfg_.loss == "softmax" && cfg_.logq;
+  const bool with_log_q = cfg_.loss == Loss::kSoftmax && cfg_.logq;
   st.n_floats = st.np + (with_log_q ? st.ni : 0);
   st.floats.ensure(&be_, static_cast<int64_t>(std::max<size_t>(st.n_floats, 1)));
   std::copy(b.label.begin(), b.label.end(), st.floats.data());
@@ -399,7 +396,7 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
       be.set_matmul_precision(p);
     }
     ~PrecisionScope() { be.set_matmul_precision(saved); }
-  } precision(be_, precision_);
+  } precision(be_, cfg_.matmul_precision);
   // One queued upload of every index array and one of the floats; the fence
   // tells stage() when the staging buffers may be refilled.
   const size_t nu = st.nu, ni = st.ni, np = st.np;
@@ -428,10 +425,10 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
   pb.item_offsets = base + st.o_io;
   pb.item_pairs = base + st.o_ip;
   const int d = model_.out_dim();
-  if (cfg_.loss == "logistic") {
+  if (cfg_.loss == Loss::kLogistic) {
     be_.logistic_loss(U, V, d, pb, 1.0f / static_cast<float>(np), ut.output_grad(),
                       it.output_grad(), d_pair_grad_.data(), loss_slot);
-  } else if (cfg_.loss == "bpr") {
+  } else if (cfg_.loss == Loss::kBpr) {
     const int group = 1 + cfg_.negatives;
     const float scale = 1.0f / static_cast<float>(np / group * cfg_.negatives);
     be_.bpr_loss(U, V, d, pb, group, scale, ut.output_grad(), it.output_grad(),
@@ -537,7 +534,7 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
   const double sum = loss_sum(end);
   st.loss = end ? sum / static_cast<double>(end) : 0.0;
   if (!std::isfinite(st.loss))
-    throw Error("training diverged: the loss is not finite in epoch " + std::to_string(epoch + 1) +
+    throw DivergedError("training diverged: the loss is not finite in epoch " + std::to_string(epoch + 1) +
                 " (lower the learning rate)");
   st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   st.samples_per_s = st.seconds > 0 ? static_cast<double>(samples - std::min(train_.size(), first * cfg_.batch_size)) / st.seconds : 0;

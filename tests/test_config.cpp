@@ -4,7 +4,9 @@
 #include <nlohmann/json.hpp>
 
 #include "towerrec/config.h"
+#include "tests/work_dir.h"
 #include "towerrec/error.h"
+#include "towerrec/io.h"
 
 namespace towerrec {
 namespace {
@@ -30,7 +32,7 @@ TEST(Config, JsonRoundTripsEveryKey) {
   apply_json(d, text, "cfg.json");
   EXPECT_EQ(to_json(d), text);
   EXPECT_TRUE(d.tower.hidden.empty());
-  EXPECT_EQ(d.train.sampler, "popularity");
+  EXPECT_EQ(d.train.sampler, Sampler::kPopularity);
   EXPECT_FALSE(d.features);
   EXPECT_EQ(d.train.seed, 99u);
   // Every key appears in the JSON.
@@ -47,6 +49,33 @@ TEST(Config, RejectsBadValues) {
   EXPECT_THROW(apply_flags(c, {"--no-such-key", "1"}), Error);
   EXPECT_THROW(apply_flags(c, {"--hidden", "32,0"}), Error);
   EXPECT_THROW(apply_flags(c, {"--epochs"}), Error);
+}
+
+TEST(Config, UnknownFlagNamesTheNearestKey) {
+  Config c;
+  try {
+    apply_flags(c, {"--epohcs", "3"});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("did you mean --epochs?"), std::string::npos) << e.what();
+  }
+  try {
+    apply_flags(c, {"--zzzzzzzz", "3"});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()).find("did you mean"), std::string::npos) << e.what();
+  }
+}
+
+// In command-line order: a flag before --config FILE is overridden by the
+// file, one after it overrides the file.
+TEST(Config, FlagsAfterConfigOverrideIt) {
+  const std::string file = testing::work_path("c.json");
+  write_file_atomic(file, "{\"epochs\": 5, \"lr\": 0.5}");
+  Config c;
+  apply_flags(c, {"--epochs", "3", "--lr", "0.1", "--config", file, "--lr=0.25"});
+  EXPECT_EQ(c.train.epochs, 5);
+  EXPECT_FLOAT_EQ(c.train.optimizer.lr, 0.25f);
 }
 
 TEST(Config, JsonErrorsNameTheSourceAndKey) {

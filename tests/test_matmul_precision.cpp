@@ -329,8 +329,8 @@ TEST(MatmulPrecision, TrainerTrainsInBf16AndRestoresTheBackend) {
     tc.epochs = 3;
     tc.batch_size = 16;
     tc.negatives = 2;
-    tc.loss = "logistic";
-    tc.matmul_precision = precision;
+    tc.loss = Loss::kLogistic;
+    tc.matmul_precision = parse_matmul_precision(precision);
     tc.optimizer.lr = 0.01f;
     Trainer tr(*f.model, f.ds.interactions, tc);
     std::vector<double> losses;
@@ -350,7 +350,7 @@ TEST(MatmulPrecision, TrainerTrainsInBf16AndRestoresTheBackend) {
 
   ModelFixture f(4, small_tower());
   TrainConfig bad;
-  bad.matmul_precision = "fp16";
+  bad.matmul_precision = static_cast<MatmulPrecision>(2);  // no such precision
   EXPECT_THROW(Trainer(*f.model, f.ds.interactions, bad), Error);
 }
 

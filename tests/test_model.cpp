@@ -59,7 +59,7 @@ struct GradReport {
 // the loss out of the quotient, and no point is skipped. ReLU towers use 1e-3
 // and skip points with a kink inside the step.
 GradReport gradient_agreement(const TowerConfig& tcfg, uint64_t seed,
-                              const std::string& loss = "logistic") {
+                              Loss loss = Loss::kLogistic) {
   const bool smooth = tcfg.hidden.empty();
   const double h = smooth ? 1e-2 : 1e-3;
   Fixture f(seed, tcfg);
@@ -144,7 +144,7 @@ TEST(Model, WholeModelGradientsOfEveryLoss) {
       if (normalize && std::string(loss) != "softmax") continue;
       SCOPED_TRACE(std::string(loss) + (normalize ? " normalised" : ""));
       linear.normalize = normalize;
-      const GradReport r = gradient_agreement(linear, seed, loss);
+      const GradReport r = gradient_agreement(linear, seed, parse_enum<Loss>(loss));
       EXPECT_EQ(r.bad, 0) << "of " << r.checked;
     }
   }
@@ -160,7 +160,7 @@ TEST(Model, WholeModelGradientsWithDropout) {
   Fixture f(seed, t);
   f.model->set_training(true);
   TrainConfig tc;
-  tc.loss = "logistic";
+  tc.loss = Loss::kLogistic;
   tc.batch_size = 16;
   tc.negatives = 3;
   Trainer tr(*f.model, f.ds.interactions, tc);
@@ -199,7 +199,7 @@ TEST(Model, WholeModelGradientsWithReluLayers) {
 TEST(Model, BatchesDeduplicateEntitiesAndKeepPairs) {
   Fixture f(7, small_tower());
   TrainConfig tc;
-  tc.loss = "logistic";
+  tc.loss = Loss::kLogistic;
   tc.batch_size = 40;
   tc.negatives = 5;
   Trainer tr(*f.model, f.ds.interactions, tc);
@@ -320,7 +320,7 @@ TEST(Model, TrainingIsDeterministicForASeed) {
     tc.epochs = 2;
     tc.batch_size = 8;
     tc.seed = seed;
-    tc.sampler = "popularity";
+    tc.sampler = Sampler::kPopularity;
     Trainer tr(*f.model, f.ds.interactions, tc);
     tr.train_epoch();
     tr.train_epoch();
@@ -340,7 +340,7 @@ TEST(Model, PlannerThreadsDoNotChangeTraining) {
     tc.epochs = 2;
     tc.batch_size = 7;
     tc.negatives = 2;
-    tc.loss = "bpr";
+    tc.loss = Loss::kBpr;
     tc.reject_hits = true;
     tc.planner_threads = threads;
     Trainer tr(*f.model, f.ds.interactions, tc);

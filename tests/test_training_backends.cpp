@@ -119,12 +119,12 @@ TEST(TrainingOnCuda, AgreesWithCpuForEveryLoss) {
       tc.epochs = 1;  // 92 interactions, batch 8: 12 steps
       tc.batch_size = 8;
       tc.negatives = 3;
-      tc.loss = loss;
+      tc.loss = parse_enum<Loss>(loss);
       tc.temperature = 0.5f;
-      tc.sampler = "popularity";
+      tc.sampler = Sampler::kPopularity;
       tc.reject_hits = true;
-      tc.lr_schedule = "cosine";
-      tc.optimizer.name = opt;
+      tc.lr_schedule = LrSchedule::kCosine;
+      tc.optimizer.kind = parse_enum<OptimizerKind>(opt);
       tc.optimizer.lr = opt == "sgd" ? 0.05f : 1e-3f;
       tc.optimizer.eps = 1e-4f;
       tc.optimizer.embedding_decay = 0.5f;
@@ -147,9 +147,9 @@ TEST(TrainingOnCuda, AgreesWithCpuWithDropoutAndNormalisation) {
   tc.epochs = 1;
   tc.batch_size = 8;
   tc.negatives = 2;
-  tc.loss = "softmax";
+  tc.loss = Loss::kSoftmax;
   tc.temperature = 0.2f;
-  tc.optimizer.name = "sgd";
+  tc.optimizer.kind = OptimizerKind::kSgd;
   tc.optimizer.lr = 0.05f;
   const RunResult cpu = train_on(make_cpu_backend(1), tc, tower);
   const RunResult gpu = train_on(make_cuda_backend(0), tc, tower);
@@ -166,7 +166,7 @@ TEST(TrainingOnCuda, LaterEpochsDoNotMalloc) {
   tc.epochs = 3;
   tc.batch_size = 1000;  // one step per epoch that touches every user and item
   tc.negatives = 3;
-  tc.loss = "logistic";
+  tc.loss = Loss::kLogistic;
   Trainer tr(*f.model, f.ds.interactions, tc);
   tr.train_epoch();
   const int64_t mallocs = cuda::allocator_mallocs(*f.be);

@@ -1,16 +1,19 @@
 // Shared pieces of the towerrec command-line tool.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "host/config_flags.h"
 #include "towerrec/backend.h"
 #include "towerrec/checkpoint.h"
 #include "towerrec/config.h"
 #include "towerrec/data.h"
 #include "towerrec/model.h"
 #include "towerrec/recommend.h"
+#include "towerrec/session.h"
 #include "towerrec/trainer.h"
 
 namespace towerrec::cli {
@@ -26,29 +29,15 @@ int cmd_export(const Args& args);
 int cmd_tune(const Args& args);
 int cmd_info(const Args& args);
 
-bool wants_help(const Args& args);
+// --validation F: the same as the configuration key --holdout F (train, tune).
+void add_validation_option(CLI::App& app, Config& cfg);
 
-// Options of the commands that are not configuration keys: --name value,
-// --name=value, or a bare --name for flags. Unknown options and missing values
-// throw Error.
-class Options {
- public:
-  struct Spec {
-    std::string name;  // without the leading dashes
-    bool flag = false; // takes no value
-    bool repeat = false;
-  };
-  Options(const Args& args, const std::vector<Spec>& specs);
-  bool has(const std::string& name) const;
-  std::string get(const std::string& name, const std::string& fallback = "") const;
-  std::string require(const std::string& name) const;
-  std::vector<std::string> all(const std::string& name) const;
-  int64_t get_int(const std::string& name, int64_t fallback, int64_t lo, int64_t hi) const;
-  double get_double(const std::string& name, double fallback, double lo, double hi) const;
-
- private:
-  std::vector<std::pair<std::string, std::string>> values_;
+// --device and --threads of the commands that load a trained model.
+struct DeviceOptions {
+  std::string device = "auto";
+  int threads = 0;
 };
+void add_device_options(CLI::App& app, DeviceOptions& d);
 
 // Prints progress on stderr: a refreshed line on a terminal, plain lines otherwise.
 class ProgressPrinter {
@@ -61,22 +50,6 @@ class ProgressPrinter {
  private:
   bool quiet_, tty_;
 };
-
-std::string format_seconds(double s);
-
-// Loads the dataset a configuration names.
-Dataset load_dataset(const Config& cfg);
-
-// Reads an interaction CSV whose IDs must all be known (unknown ID: InputError
-// naming file, line and field) and keeps rows with rating >= threshold when the
-// file has ratings.
-Interactions read_known_interactions(const std::string& path, const IdMap& users,
-                                     const IdMap& items, float rating_threshold);
-
-// Builds the model a configuration and entity features describe.
-std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
-                                           const EntityFeatures& user_features, int32_t n_users,
-                                           const EntityFeatures& item_features, int32_t n_items);
 
 // A trained model rebuilt from a checkpoint.
 struct LoadedModel {

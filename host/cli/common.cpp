@@ -10,18 +10,24 @@
 
 namespace towerrec::cli {
 
-bool wants_help(const Args& args) {
-  for (const auto& a : args)
-    if (a == "--help" || a == "-h") return true;
-  return false;
+void add_validation_option(CLI::App& app, Config& cfg) {
+  // The holdout key's own parser checks the value.
+  const ConfigKey* holdout = nullptr;
+  for (const auto& k : config_keys())
+    if (k.name == "holdout") holdout = &k;
+  app.add_option_function<std::string>(
+         "--validation", [&cfg, holdout](const std::string& v) { holdout->set(cfg, v); },
+         "per-user fraction of the training interactions held out for evaluation (the same as "
+         "--holdout F)")
+      ->trigger_on_parse()
+      ->option_text("F");
 }
 
-std::string format_seconds(double s) {
-  char buf[64];
-  if (s < 60) std::snprintf(buf, sizeof buf, "%.1fs", s);
-  else if (s < 3600) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s) / 60, int(s) % 60);
-  else std::snprintf(buf, sizeof buf, "%dh%02dm", int(s) / 3600, (int(s) % 3600) / 60);
-  return buf;
+void add_device_options(CLI::App& app, DeviceOptions& d) {
+  app.add_option("--device", d.device, "auto, cpu, cuda or cuda:N")->capture_default_str();
+  app.add_option("--threads", d.threads, "CPU threads (0: all cores)")
+      ->check(CLI::Range(0, 4096))
+      ->capture_default_str();
 }
 
 ProgressPrinter::ProgressPrinter(bool quiet) : quiet_(quiet), tty_(::isatty(2) != 0) {}
@@ -44,119 +50,6 @@ void ProgressPrinter::epoch_done(const EpochStats& s, double secs, int64_t steps
                s.epoch, s.loss, s.samples_per_s, format_seconds(s.seconds).c_str(),
                format_seconds(per_step * static_cast<double>(steps_left)).c_str());
   (void)secs;
-}
-
-Dataset load_dataset(const Config& cfg) {
-  if (cfg.data.empty()) throw Error("no input: give --data (a MovieLens or synth directory, or a CSV)");
-  LoadOptions opt;
-  opt.rating_threshold = cfg.rating_threshold;
-  opt.features = cfg.features;
-  if (!cfg.user_features.empty() || !cfg.item_features.empty())
-    return load_csv(cfg.data, cfg.user_features, cfg.item_features, opt);
-  return load_auto(cfg.data, opt);
-}
-
-Options::Options(const Args& args, const std::vector<Spec>& specs) {
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a.rfind("--", 0) != 0 || a == "--") throw Error("unexpected argument '" + a + "'");
-    auto [name, value, has_value] = split_flag(a);
-    const Spec* spec = nullptr;
-    for (const auto& s : specs)
-      if (s.name == name) spec = &s;
-    if (!spec) throw Error("unknown option --" + name + " (see --help)");
-    if (spec->flag) {
-      if (has_value && value != "true" && value != "false")
-        throw Error("--" + name + " takes no value");
-      if (has_value && value == "false") continue;
-      value = "true";
-    } else if (!has_value) {
-      if (i + 1 >= args.size()) throw Error("option --" + name + " needs a value");
-      value = args[++i];
-    }
-    if (!spec->repeat && has(name)) throw Error("option --" + name + " given twice");
-    values_.emplace_back(name, value);
-  }
-}
-
-bool Options::has(const std::string& name) const {
-  for (const auto& [n, v] : values_)
-    if (n == name) return true;
-  return false;
-}
-
-std::string Options::get(const std::string& name, const std::string& fallback) const {
-  for (const auto& [n, v] : values_)
-    if (n == name) return v;
-  return fallback;
-}
-
-std::string Options::require(const std::string& name) const {
-  if (!has(name)) throw Error("--" + name + " is required (see --help)");
-  const std::string v = get(name);
-  if (v.empty()) throw Error("--" + name + ": empty value");
-  return v;
-}
-
-std::vector<std::string> Options::all(const std::string& name) const {
-  std::vector<std::string> out;
-  for (const auto& [n, v] : values_)
-    if (n == name) out.push_back(v);
-  return out;
-}
-
-int64_t Options::get_int(const std::string& name, int64_t fallback, int64_t lo, int64_t hi) const {
-  if (!has(name)) return fallback;
-  const std::string v = get(name);
-  size_t pos = 0;
-  long long x = 0;
-  try { x = std::stoll(v, &pos); } catch (...) { pos = 0; }
-  if (v.empty() || pos != v.size()) throw Error("--" + name + ": expected an integer, got '" + v + "'");
-  if (x < lo || x > hi)
-    throw Error("--" + name + ": " + v + " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  return x;
-}
-
-double Options::get_double(const std::string& name, double fallback, double lo, double hi) const {
-  if (!has(name)) return fallback;
-  const std::string v = get(name);
-  size_t pos = 0;
-  double x = 0;
-  try { x = std::stod(v, &pos); } catch (...) { pos = 0; }
-  if (v.empty() || pos != v.size() || !std::isfinite(x))
-    throw Error("--" + name + ": expected a number, got '" + v + "'");
-  if (x < lo || x > hi) throw Error("--" + name + ": " + v + " is out of range");
-  return x;
-}
-
-Interactions read_known_interactions(const std::string& path, const IdMap& users,
-                                     const IdMap& items, float rating_threshold) {
-  if (!file_exists(path)) throw Error(path + ": no such file");
-  // With allow_new = false the maps are only searched, never changed.
-  Interactions x = read_interactions_csv(path, const_cast<IdMap&>(users), const_cast<IdMap&>(items), false);
-  if (x.rating.empty() || std::isnan(rating_threshold)) return x;
-  std::vector<int64_t> keep;
-  for (int64_t r = 0; r < x.size(); ++r)
-    if (x.rating[r] >= rating_threshold) keep.push_back(r);
-  if (static_cast<int64_t>(keep.size()) == x.size()) return x;
-  Interactions y;
-  for (int64_t r : keep) {
-    y.user.push_back(x.user[r]);
-    y.item.push_back(x.item[r]);
-    y.rating.push_back(x.rating[r]);
-    if (!x.timestamp.empty()) y.timestamp.push_back(x.timestamp[r]);
-  }
-  return y;
-}
-
-std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
-                                           const EntityFeatures& user_features, int32_t n_users,
-                                           const EntityFeatures& item_features, int32_t n_items) {
-  const TowerInputSpec us = make_input_spec(user_features, n_users, cfg.features);
-  const TowerInputSpec is = make_input_spec(item_features, n_items, cfg.features);
-  auto model = std::make_unique<TwoTowerModel>(be, cfg.tower, us, is, cfg.train.seed);
-  if (cfg.features) model->set_features(user_features, item_features);
-  return model;
 }
 
 LoadedModel load_model(const std::string& model, const std::string& device, int threads) {

@@ -8,59 +8,55 @@
 namespace towerrec::cli {
 
 int cmd_eval(const Args& args) {
-  if (wants_help(args)) {
-    std::printf(
-        "usage: towerrec eval --model DIR --test FILE [options]\n\n"
-        "Evaluates a trained model on held-out interactions (a CSV with header\n"
-        "user,item[,rating][,timestamp], e.g. from `towerrec split`; every ID must be\n"
-        "known to the model, rows with rating below the model's --rating-threshold are\n"
-        "dropped).\n\n"
-        "options:\n"
-        "  --model DIR           directory with model.ckpt (or the checkpoint file) (required)\n"
-        "  --test FILE           held-out interactions (required)\n"
-        "  --train FILE          interactions excluded from the ranking (and from the\n"
-        "                        negatives); default: the training interactions stored in\n"
-        "                        the checkpoint\n"
-        "  --include-seen        exclude nothing: rank every item\n"
-        "  --protocol P          full: rank all items [default]\n"
-        "                        sampled: each test positive among --negatives unseen items\n"
-        "  --k LIST              cutoffs [10,20]\n"
-        "  --negatives N         sampled protocol: negatives per positive [100]\n"
-        "  --seed N              sampled protocol: seed of the negatives [42]\n"
-        "  --device D            auto, cpu, cuda or cuda:N [auto]\n"
-        "  --threads N           CPU threads (0: all cores) [0]\n");
-    return 0;
-  }
-  const Options o(args, {{"model"}, {"test"}, {"train"}, {"include-seen", true}, {"protocol"},
-                         {"k"}, {"negatives"}, {"seed"}, {"device"}, {"threads"}});
-  const std::string protocol = o.get("protocol", "full");
-  if (protocol != "full" && protocol != "sampled")
-    throw Error("--protocol: '" + protocol + "' is not one of full, sampled");
-  if (o.has("train") && o.has("include-seen"))
-    throw Error("--train and --include-seen exclude each other");
-  if (protocol == "full" && (o.has("negatives") || o.has("seed")))
+  CLI::App app(
+      "Evaluates a trained model on held-out interactions (a CSV with header\n"
+      "user,item[,rating][,timestamp], e.g. from `towerrec split`; every ID must be\n"
+      "known to the model, rows with rating below the model's --rating-threshold are\n"
+      "dropped).",
+      "towerrec eval");
+  configure_app(app);
+  std::string model, test_path, train_path, protocol = "full", k_list = "10,20";
+  bool include_seen = false;
+  int negatives = 100;
+  uint64_t seed = 42;
+  DeviceOptions dev;
+  app.add_option("--model", model, "directory with model.ckpt (or the checkpoint file)")->required();
+  app.add_option("--test", test_path, "held-out interactions")->required();
+  auto* train_opt = app.add_option("--train", train_path,
+                                   "interactions excluded from the ranking (and from the negatives); "
+                                   "default: the training interactions stored in the checkpoint");
+  app.add_flag("--include-seen", include_seen, "exclude nothing: rank every item");
+  app.add_option("--protocol", protocol,
+                 "full: rank all items; sampled: each test positive among --negatives unseen items")
+      ->check(CLI::IsMember({"full", "sampled"}))
+      ->capture_default_str();
+  app.add_option("--k", k_list, "cutoffs")->capture_default_str();
+  auto* neg_opt = app.add_option("--negatives", negatives, "sampled protocol: negatives per positive")
+                      ->check(CLI::Range(1, 1000000))
+                      ->capture_default_str();
+  auto* seed_opt = app.add_option("--seed", seed, "sampled protocol: seed of the negatives")->capture_default_str();
+  add_device_options(app, dev);
+  if (!parse_args(app, args)) return 0;
+  if (train_opt->count() && include_seen) throw Error("--train and --include-seen exclude each other");
+  if (protocol == "full" && (neg_opt->count() || seed_opt->count()))
     throw Error("--negatives and --seed apply to --protocol sampled only");
-  const std::vector<int> ks = parse_ks(o.get("k", "10,20"));
-  const int negatives = static_cast<int>(o.get_int("negatives", 100, 1, 1000000));
-  const auto seed = static_cast<uint64_t>(o.get_int("seed", 42, 0, INT64_MAX));
-  const std::string test_path = o.require("test");
+  const std::vector<int> ks = parse_ks(k_list);
 
   const auto t0 = std::chrono::steady_clock::now();
-  LoadedModel lm = load_model(o.require("model"), o.get("device", "auto"),
-                              static_cast<int>(o.get_int("threads", 0, 0, 4096)));
+  LoadedModel lm = load_model(model, dev.device, dev.threads);
   const int32_t nu = lm.n_users(), ni = lm.n_items();
   const Interactions test_rows = read_known_interactions(test_path, lm.ck.users, lm.ck.items,
                                                          lm.cfg.rating_threshold);
   const UserItems test = group_by_user(test_rows, nu);
   UserItems train;
   std::string excluded;
-  if (o.has("include-seen")) {
+  if (include_seen) {
     train = no_items(nu);
     excluded = "nothing excluded";
-  } else if (o.has("train")) {
-    train = group_by_user(read_known_interactions(o.get("train"), lm.ck.users, lm.ck.items,
+  } else if (train_opt->count()) {
+    train = group_by_user(read_known_interactions(train_path, lm.ck.users, lm.ck.items,
                                                   lm.cfg.rating_threshold), nu);
-    excluded = "excluding " + o.get("train");
+    excluded = "excluding " + train_path;
   } else if (lm.ck.has_seen()) {
     train = lm.ck.seen;
     excluded = "excluding the checkpoint's training interactions";

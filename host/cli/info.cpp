@@ -7,10 +7,9 @@
 namespace towerrec::cli {
 
 int cmd_info(const Args& args) {
-  if (wants_help(args)) {
-    std::printf("usage: towerrec info\n\nShows the build and the available backends.\n");
-    return 0;
-  }
+  CLI::App app("Shows the build and the available backends.", "towerrec info");
+  configure_app(app);
+  if (!parse_args(app, args)) return 0;
   std::printf("towerrec %s\n", TOWERREC_VERSION);
 #ifdef TOWERREC_HAVE_CUDA
   std::printf("build: CPU and CUDA backends\n");

@@ -42,52 +42,54 @@ std::vector<int32_t> read_user_list(const std::string& path, const IdMap& users)
 }  // namespace
 
 int cmd_recommend(const Args& args) {
-  if (wants_help(args)) {
-    std::printf(
-        "usage: towerrec recommend --model DIR --out FILE [options]\n\n"
-        "Writes each user's top-k items as CSV user,item,rank,score (original IDs,\n"
-        "rank from 1, ties: higher score first, then the item that came first in the\n"
-        "data). Users are ranked in blocks and rows written as blocks finish; the\n"
-        "file appears only when complete.\n\n"
-        "options:\n"
-        "  --model DIR           directory with model.ckpt (or the checkpoint file) (required)\n"
-        "  --out FILE            output CSV (required)\n"
-        "  --k N                 items per user [10]\n"
-        "  --users FILE          user IDs, one per line (default: every user)\n"
-        "  --user ID             one user (repeatable; with or instead of --users)\n"
-        "  --seen FILE           interaction CSV of items to exclude, instead of the\n"
-        "                        training interactions stored in the checkpoint\n"
-        "  --include-seen        exclude nothing\n"
-        "  --block-users N       users ranked per block (0: from a memory budget) [0]\n"
-        "  --device D            auto, cpu, cuda or cuda:N [auto]\n"
-        "  --threads N           CPU threads (0: all cores) [0]\n");
-    return 0;
-  }
-  const Options o(args, {{"model"}, {"out"}, {"k"}, {"users"}, {"user", false, true}, {"seen"},
-                         {"include-seen", true}, {"block-users"}, {"device"}, {"threads"}});
-  const std::string out = o.require("out");
-  const int k = static_cast<int>(o.get_int("k", 10, 1, 100000));
-  const int64_t block = o.get_int("block-users", 0, 0, int64_t(1) << 30);
-  if (o.has("seen") && o.has("include-seen")) throw Error("--seen and --include-seen exclude each other");
+  CLI::App app(
+      "Writes each user's top-k items as CSV user,item,rank,score (original IDs,\n"
+      "rank from 1, ties: higher score first, then the item that came first in the\n"
+      "data). Users are ranked in blocks and rows written as blocks finish; the\n"
+      "file appears only when complete.",
+      "towerrec recommend");
+  configure_app(app);
+  std::string model, out, users_file, seen_file;
+  std::vector<std::string> user_ids;
+  int k = 10;
+  int64_t block = 0;
+  bool include_seen = false;
+  DeviceOptions dev;
+  app.add_option("--model", model, "directory with model.ckpt (or the checkpoint file)")->required();
+  app.add_option("--out", out, "output CSV")->required();
+  app.add_option("--k", k, "items per user")->check(CLI::Range(1, 100000))->capture_default_str();
+  auto* users_opt = app.add_option("--users", users_file, "user IDs, one per line (default: every user)");
+  app.add_option_function<std::string>("--user", [&](const std::string& id) { user_ids.push_back(id); },
+                                        "one user (repeatable; with or instead of --users)")
+      ->trigger_on_parse();
+  auto* seen_opt = app.add_option("--seen", seen_file,
+                                  "interaction CSV of items to exclude, instead of the training "
+                                  "interactions stored in the checkpoint");
+  app.add_flag("--include-seen", include_seen, "exclude nothing");
+  app.add_option("--block-users", block, "users ranked per block (0: from a memory budget)")
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 30))
+      ->capture_default_str();
+  add_device_options(app, dev);
+  if (!parse_args(app, args)) return 0;
+  if (seen_opt->count() && include_seen) throw Error("--seen and --include-seen exclude each other");
 
   const auto t0 = std::chrono::steady_clock::now();
-  LoadedModel lm = load_model(o.require("model"), o.get("device", "auto"),
-                              static_cast<int>(o.get_int("threads", 0, 0, 4096)));
+  LoadedModel lm = load_model(model, dev.device, dev.threads);
   const IdMap& users = lm.ck.users;
   const IdMap& items = lm.ck.items;
   std::vector<int32_t> who;
-  if (o.has("users")) who = read_user_list(o.get("users"), users);
-  for (const auto& id : o.all("user")) {
+  if (users_opt->count()) who = read_user_list(users_file, users);
+  for (const auto& id : user_ids) {
     const int32_t u = users.find(id);
     if (u < 0) throw Error("--user: unknown user ID '" + id + "'");
     who.push_back(u);
   }
   UserItems seen;
   const UserItems* exclude = &seen;
-  if (o.has("include-seen")) {
+  if (include_seen) {
     exclude = nullptr;
-  } else if (o.has("seen")) {
-    seen = group_by_user(read_known_interactions(o.get("seen"), users, items, -1e30f), lm.n_users());
+  } else if (seen_opt->count()) {
+    seen = group_by_user(read_known_interactions(seen_file, users, items, -1e30f), lm.n_users());
   } else if (lm.ck.has_seen()) {
     exclude = &lm.ck.seen;
   } else {

@@ -9,41 +9,37 @@
 namespace towerrec::cli {
 
 int cmd_split(const Args& args) {
-  if (wants_help(args)) {
-    std::printf(
-        "usage: towerrec split --data PATH --out DIR [options]\n\n"
-        "Splits the interactions of a data set into DIR/train.csv and DIR/test.csv\n"
-        "(user,item[,rating][,timestamp], original IDs), so an experiment can be\n"
-        "repeated. Train on them with `towerrec train --data PATH --train-file DIR/train.csv`\n"
-        "and evaluate with `towerrec eval --model M --test DIR/test.csv`.\n\n"
-        "options:\n"
-        "  --data PATH             MovieLens dir, `towerrec synth` dir, or interactions CSV (required)\n"
-        "  --out DIR               output directory (required)\n"
-        "  --method M              ratio: a random fraction of each user's interactions [default]\n"
-        "                          loo: each user's latest interaction (needs timestamps)\n"
-        "                          temporal: the latest fraction of all interactions (needs timestamps)\n"
-        "  --test-fraction F       test share for ratio and temporal [0.2]\n"
-        "  --seed N                seed of the ratio split [42]\n"
-        "  --rating-threshold X    keep interactions with rating >= X (as `train` does)\n"
-        "  --user-features FILE    with a CSV --data, as for `train`\n"
-        "  --item-features FILE\n");
-    return 0;
-  }
-  const Options o(args, {{"data"}, {"out"}, {"method"}, {"test-fraction"}, {"seed"},
-                         {"rating-threshold"}, {"user-features"}, {"item-features"}});
+  CLI::App app(
+      "Splits the interactions of a data set into DIR/train.csv and DIR/test.csv\n"
+      "(user,item[,rating][,timestamp], original IDs), so an experiment can be\n"
+      "repeated. Train on them with `towerrec train --data PATH --train-file DIR/train.csv`\n"
+      "and evaluate with `towerrec eval --model M --test DIR/test.csv`.",
+      "towerrec split");
+  configure_app(app);
   Config cfg;
-  cfg.data = o.require("data");
-  const std::string out = o.require("out");
-  const std::string method = o.get("method", "ratio");
-  if (method != "ratio" && method != "loo" && method != "temporal")
-    throw Error("--method: '" + method + "' is not one of ratio, loo, temporal");
-  if (method == "loo" && o.has("test-fraction"))
+  std::string out, method = "ratio";
+  double fraction = 0.2;
+  uint64_t seed = 42;
+  app.add_option("--data", cfg.data, "MovieLens dir, `towerrec synth` dir, or interactions CSV")->required();
+  app.add_option("--out", out, "output directory")->required();
+  app.add_option("--method", method,
+                 "ratio: a random fraction of each user's interactions; loo: each user's latest "
+                 "interaction (needs timestamps); temporal: the latest fraction of all interactions "
+                 "(needs timestamps)")
+      ->check(CLI::IsMember({"ratio", "loo", "temporal"}))
+      ->capture_default_str();
+  auto* fraction_opt = app.add_option("--test-fraction", fraction, "test share for ratio and temporal")
+                           ->check(CLI::Range(0.0, 0.999999))
+                           ->capture_default_str();
+  app.add_option("--seed", seed, "seed of the ratio split")->capture_default_str();
+  app.add_option("--rating-threshold", cfg.rating_threshold,
+                 "keep interactions with rating >= X (as `train` does)")
+      ->check(CLI::Range(-1e30f, 1e30f));
+  app.add_option("--user-features", cfg.user_features, "with a CSV --data, as for `train`");
+  app.add_option("--item-features", cfg.item_features, "with a CSV --data, as for `train`");
+  if (!parse_args(app, args)) return 0;
+  if (method == "loo" && fraction_opt->count())
     throw Error("--test-fraction does not apply to --method loo (one interaction per user)");
-  const double fraction = o.get_double("test-fraction", 0.2, 0.0, 0.999999);
-  const auto seed = static_cast<uint64_t>(o.get_int("seed", 42, 0, INT64_MAX));
-  cfg.user_features = o.get("user-features");
-  cfg.item_features = o.get("item-features");
-  cfg.rating_threshold = static_cast<float>(o.get_double("rating-threshold", cfg.rating_threshold, -1e30, 1e30));
   cfg.features = false;  // only the interactions and their IDs are needed
 
   const auto t0 = std::chrono::steady_clock::now();

@@ -46,64 +46,32 @@ Param parse_param(const std::string& spec) {
 }  // namespace
 
 int cmd_tune(const Args& args) {
-  if (wants_help(args)) {
-    std::printf(
-        "usage: towerrec tune --data PATH --param KEY=V1,V2,... [--param ...] [options]\n\n"
-        "Trains one model per trial on a validation split carved from the training data\n"
-        "(--validation F, default 0.2, seeded by --split-seed), prints a table of\n"
-        "validation metrics and writes the best configuration as JSON.\n\n"
-        "tune options:\n"
-        "  --param KEY=V1,V2,...  values to try for a configuration key (repeatable; use ';'\n"
-        "                         between values that contain commas, e.g. hidden=128,64;256)\n"
-        "  --trials N             random trials from the grid (0: the whole grid) [0]\n"
-        "  --tune-seed N          seed of the random choice of trials [1]\n"
-        "  --best FILE            where to write the best configuration [best-config.json]\n\n"
-        "Every configuration key of `towerrec train` sets the base configuration.\n");
-    return 0;
-  }
+  CLI::App app(
+      "Trains one model per trial on a validation split carved from the training data\n"
+      "(--validation F, default 0.2, seeded by --split-seed), prints a table of\n"
+      "validation metrics and writes the best configuration as JSON. Every\n"
+      "configuration key of `towerrec train` sets the base configuration.",
+      "towerrec tune");
+  configure_app(app);
   std::vector<Param> params;
   int64_t trials = 0;
   uint64_t tune_seed = 1;
   std::string best_path = "best-config.json";
-  Args rest;
-  for (size_t i = 0; i < args.size(); ++i) {
-    std::string name = args[i], value;
-    bool has_value = false;
-    if (auto eq = name.find('='); eq != std::string::npos && name.rfind("--", 0) == 0 &&
-                                  name.rfind("--param", 0) != 0) {
-      value = name.substr(eq + 1);
-      name = name.substr(0, eq);
-      has_value = true;
-    } else if (name.rfind("--param=", 0) == 0) {
-      value = name.substr(8);
-      name = "--param";
-      has_value = true;
-    }
-    auto take = [&]() {
-      if (has_value) return value;
-      if (i + 1 >= args.size()) throw Error("option " + name + " needs a value");
-      return args[++i];
-    };
-    auto as_int = [&](const std::string& v) {
-      size_t pos = 0;
-      long long x = -1;
-      try { x = std::stoll(v, &pos); } catch (...) { pos = 0; }
-      if (v.empty() || pos != v.size() || x < 0) throw Error(name + ": expected a non-negative integer, got '" + v + "'");
-      return x;
-    };
-    if (name == "--param") params.push_back(parse_param(take()));
-    else if (name == "--trials") trials = as_int(take());
-    else if (name == "--tune-seed") tune_seed = static_cast<uint64_t>(as_int(take()));
-    else if (name == "--best") best_path = take();
-    else if (name == "--validation") {
-      rest.push_back("--holdout");
-      rest.push_back(take());
-    } else rest.push_back(args[i]);
-  }
-  if (params.empty()) throw Error("give at least one --param KEY=V1,V2,...");
   Config base;
-  const auto positional = apply_flags(base, rest);
-  if (!positional.empty()) throw Error("unexpected argument '" + positional[0] + "'");
+  app.add_option_function<std::string>("--param", [&](const std::string& v) { params.push_back(parse_param(v)); },
+                                        "values to try for a configuration key (repeatable; use ';' between "
+                                        "values that contain commas, e.g. hidden=128,64;256)")
+      ->trigger_on_parse()
+      ->option_text("KEY=V1,V2,...");
+  app.add_option("--trials", trials, "random trials from the grid (0: the whole grid)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--tune-seed", tune_seed, "seed of the random choice of trials")->capture_default_str();
+  app.add_option("--best", best_path, "where to write the best configuration")->capture_default_str();
+  add_validation_option(app, base);
+  add_config_options(app, base);
+  if (!parse_args(app, args)) return 0;
+  if (params.empty()) throw Error("give at least one --param KEY=V1,V2,...");
   if (base.holdout <= 0) base.holdout = 0.2;
 
   // Check every value parses before any training.

@@ -147,271 +147,268 @@ Observed observe(const float* f, int d, double noise, uint64_t seed, Sub sub, ui
   return o;
 }
 
-}  // namespace
+// The item side: factors, Zipf popularity, and the buckets and alias tables
+// of the candidate proposal.
+struct Catalog {
+  int d = 0, n_buckets = 0;
+  int64_t n_items = 0;
+  std::vector<float> item_f;          // [n_items x d]
+  std::vector<double> pop;            // popularity, sums to 1
+  std::vector<float> log_pop;
+  std::vector<int32_t> bucket_of;     // bucket of each item
+  std::vector<double> mass;           // popularity mass of each bucket
+  std::vector<int64_t> boff;          // bucket b's items: bitems[boff[b] .. boff[b + 1])
+  std::vector<int32_t> bitems;
+  Alias balias;                       // per-bucket tables over popularity, back to back
+  Alias alias;                        // over all items' popularity
+  const float* factors(int64_t i) const { return &item_f[static_cast<size_t>(i) * static_cast<size_t>(d)]; }
+};
 
-SynthSummary write_synthetic(const std::string& dir, const SynthOptions& opt) {
-  TOWERREC_CHECK(opt.users >= 1 && opt.users < (int64_t{1} << 31), "synth: users must be in [1, 2^31)");
-  TOWERREC_CHECK(opt.items >= 1 && opt.items < (int64_t{1} << 31), "synth: items must be in [1, 2^31)");
-  TOWERREC_CHECK(opt.latent_dim >= 1 && opt.latent_dim <= 64, "synth: latent_dim must be in [1, 64]");
-  TOWERREC_CHECK(opt.interactions_per_user > 0, "synth: interactions_per_user must be > 0");
-  TOWERREC_CHECK(opt.temperature > 0, "synth: temperature must be > 0");
-  TOWERREC_CHECK(opt.popularity_skew >= 0, "synth: popularity_skew must be >= 0");
-  TOWERREC_CHECK(opt.noise >= 0, "synth: noise must be >= 0");
-  make_directories(dir);
+// Mixture weights of the proposal q_u (see the top of the file).
+constexpr double kUniform = 0.05, kPop = 0.25, kBucket = 0.7;
 
-  const int d = opt.latent_dim;
-  const int64_t n_items = opt.items, n_users = opt.users;
+void build_popularity(Catalog& c, const SynthOptions& opt) {
   const uint64_t seed = opt.seed;
-  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
-  const float inv_t = static_cast<float>(1.0 / opt.temperature);
-
-  // Item factors, popularity, alias table.
-  std::vector<float> item_f(static_cast<size_t>(n_items) * static_cast<size_t>(d));
-  for (size_t c = 0; c < item_f.size(); ++c) item_f[c] = rng::normal(seed, stream(kItemFactor), c);
-  std::vector<int32_t> order(static_cast<size_t>(n_items));
+  std::vector<int32_t> order(static_cast<size_t>(c.n_items));
   std::iota(order.begin(), order.end(), 0);
   std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
     return rng::bits(seed, stream(kItemRank), static_cast<uint64_t>(a)) <
            rng::bits(seed, stream(kItemRank), static_cast<uint64_t>(b));
   });
-  std::vector<double> pop(static_cast<size_t>(n_items));
+  c.pop.assign(static_cast<size_t>(c.n_items), 0.0);
   double z = 0;
   for (size_t r = 0; r < order.size(); ++r) {
     const double w = std::pow(static_cast<double>(r + 1), -opt.popularity_skew);
-    pop[static_cast<size_t>(order[r])] = w;
+    c.pop[static_cast<size_t>(order[r])] = w;
     z += w;
   }
-  std::vector<float> log_pop(pop.size());
-  for (size_t i = 0; i < pop.size(); ++i) {
-    pop[i] /= z;
-    log_pop[i] = static_cast<float>(std::log(pop[i]));
+  c.log_pop.resize(c.pop.size());
+  for (size_t i = 0; i < c.pop.size(); ++i) {
+    c.pop[i] /= z;
+    c.log_pop[i] = static_cast<float>(std::log(c.pop[i]));
   }
-  // Buckets by dominant factor and sign; per-bucket alias tables over popularity.
-  const int n_buckets = 2 * d;
-  std::vector<int32_t> bucket_of(static_cast<size_t>(n_items));
-  std::vector<double> mass(static_cast<size_t>(n_buckets), 0.0);
-  std::vector<int64_t> boff(static_cast<size_t>(n_buckets) + 1, 0);
+}
+
+// Buckets by dominant factor and sign; per-bucket alias tables over popularity.
+void build_buckets(Catalog& c) {
+  const int d = c.d;
+  const int64_t n_items = c.n_items;
+  c.n_buckets = 2 * d;
+  c.bucket_of.assign(static_cast<size_t>(n_items), 0);
+  c.mass.assign(static_cast<size_t>(c.n_buckets), 0.0);
+  c.boff.assign(static_cast<size_t>(c.n_buckets) + 1, 0);
   for (int64_t i = 0; i < n_items; ++i) {
-    const float* y = &item_f[static_cast<size_t>(i) * static_cast<size_t>(d)];
+    const float* y = c.factors(i);
     int best = 0;
     for (int k = 1; k < d; ++k)
       if (std::fabs(y[k]) > std::fabs(y[best])) best = k;
     const int b = 2 * best + (y[best] < 0 ? 1 : 0);
-    bucket_of[static_cast<size_t>(i)] = b;
-    mass[static_cast<size_t>(b)] += pop[static_cast<size_t>(i)];
-    ++boff[static_cast<size_t>(b) + 1];
+    c.bucket_of[static_cast<size_t>(i)] = b;
+    c.mass[static_cast<size_t>(b)] += c.pop[static_cast<size_t>(i)];
+    ++c.boff[static_cast<size_t>(b) + 1];
   }
-  for (int b = 0; b < n_buckets; ++b) boff[static_cast<size_t>(b) + 1] += boff[static_cast<size_t>(b)];
-  std::vector<int32_t> bitems(static_cast<size_t>(n_items));
-  {
-    std::vector<int64_t> fill(boff.begin(), boff.end() - 1);
-    for (int64_t i = 0; i < n_items; ++i)
-      bitems[static_cast<size_t>(fill[static_cast<size_t>(bucket_of[static_cast<size_t>(i)])]++)] =
-          static_cast<int32_t>(i);
+  for (int b = 0; b < c.n_buckets; ++b) c.boff[static_cast<size_t>(b) + 1] += c.boff[static_cast<size_t>(b)];
+  c.bitems.assign(static_cast<size_t>(n_items), 0);
+  std::vector<int64_t> fill(c.boff.begin(), c.boff.end() - 1);
+  for (int64_t i = 0; i < n_items; ++i)
+    c.bitems[static_cast<size_t>(fill[static_cast<size_t>(c.bucket_of[static_cast<size_t>(i)])]++)] =
+        static_cast<int32_t>(i);
+  std::vector<double> w;
+  for (int b = 0; b < c.n_buckets; ++b) {
+    w.clear();
+    for (int64_t k = c.boff[static_cast<size_t>(b)]; k < c.boff[static_cast<size_t>(b) + 1]; ++k)
+      w.push_back(c.pop[static_cast<size_t>(c.bitems[static_cast<size_t>(k)])] / c.mass[static_cast<size_t>(b)]);
+    c.balias.build(w.data(), w.size());
   }
-  Alias balias;
-  {
-    std::vector<double> w;
-    for (int b = 0; b < n_buckets; ++b) {
-      w.clear();
-      for (int64_t k = boff[static_cast<size_t>(b)]; k < boff[static_cast<size_t>(b) + 1]; ++k)
-        w.push_back(pop[static_cast<size_t>(bitems[static_cast<size_t>(k)])] / mass[static_cast<size_t>(b)]);
-      balias.build(w.data(), w.size());
+}
+
+Catalog build_catalog(const SynthOptions& opt) {
+  Catalog c;
+  c.d = opt.latent_dim;
+  c.n_items = opt.items;
+  c.item_f.resize(static_cast<size_t>(c.n_items) * static_cast<size_t>(c.d));
+  for (size_t k = 0; k < c.item_f.size(); ++k) c.item_f[k] = rng::normal(opt.seed, stream(kItemFactor), k);
+  build_popularity(c, opt);
+  build_buckets(c);
+  c.alias = Alias(c.pop);
+  return c;
+}
+
+// Per-thread buffers of the user loop.
+struct UserScratch {
+  std::vector<float> xf;              // the user's factors
+  std::vector<double> pi;             // the user's bucket distribution π_u
+  std::vector<float> mult;            // log multiplicity of each distinct candidate
+  std::vector<int32_t> cand;
+  std::vector<std::pair<float, int32_t>> keyed;
+  std::vector<std::pair<uint64_t, int32_t>> picked;  // (time-order key, item)
+};
+
+// One draw from the user's proposal q_u, or -1 for an empty bucket.
+int32_t draw_candidate(const Catalog& c, const UserScratch& s, uint64_t seed, uint64_t counter) {
+  const uint64_t x = rng::bits(seed, stream(kCandidate), counter);
+  const uint64_t x2 = rng::bits(seed, stream(kCandidate), counter + 1);
+  const double pick = static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
+  const float coin = static_cast<float>(x2 >> 40) * (1.0f / 16777216.0f);
+  if (pick < kUniform)
+    return static_cast<int32_t>(((x2 & 0xFFFFFFFFull) * static_cast<uint64_t>(c.n_items)) >> 32);
+  if (pick < kUniform + kPop) {
+    const uint64_t slot = ((x2 & 0xFFFFFFFFull) * static_cast<uint64_t>(c.n_items)) >> 32;
+    return coin < c.alias.prob[slot] ? static_cast<int32_t>(slot) : c.alias.alias[slot];
+  }
+  const auto& boff = c.boff;
+  double r = (pick - kUniform - kPop) / kBucket;
+  int b = 0;
+  while (b + 1 < c.n_buckets && (r >= s.pi[static_cast<size_t>(b)] || boff[static_cast<size_t>(b)] == boff[static_cast<size_t>(b) + 1])) {
+    r -= s.pi[static_cast<size_t>(b)];
+    ++b;
+  }
+  const int64_t size = boff[static_cast<size_t>(b) + 1] - boff[static_cast<size_t>(b)];
+  if (size == 0) return -1;
+  const uint64_t slot = static_cast<uint64_t>(boff[static_cast<size_t>(b)]) +
+                        (((x2 & 0xFFFFFFFFull) * static_cast<uint64_t>(size)) >> 32);
+  const int64_t local = coin < c.balias.prob[slot] ? static_cast<int64_t>(slot) - boff[static_cast<size_t>(b)]
+                                                   : c.balias.alias[slot];
+  return c.bitems[static_cast<size_t>(boff[static_cast<size_t>(b)] + local)];
+}
+
+// The candidate pool of a user with n items in a large catalog: distinct
+// items of max(256, 8 n) proposal draws, with their multiplicities.
+void candidate_pool(const Catalog& c, UserScratch& s, uint64_t seed, uint64_t uc, int64_t n,
+                    float inv_sqrt_d, float inv_t) {
+  double tot = 0;
+  for (int b = 0; b < c.n_buckets; ++b) {
+    const double sign = (b & 1) ? -1.0 : 1.0;
+    const double w = c.mass[static_cast<size_t>(b)] > 0
+                         ? c.mass[static_cast<size_t>(b)] *
+                               std::exp(sign * 2.5 * s.xf[static_cast<size_t>(b / 2)] * inv_sqrt_d * inv_t)
+                         : 0.0;
+    s.pi[static_cast<size_t>(b)] = w;
+    tot += w;
+  }
+  for (int b = 0; b < c.n_buckets; ++b) s.pi[static_cast<size_t>(b)] /= tot;
+  const int64_t pool = std::max<int64_t>(256, 8 * n);
+  for (int64_t j = 0; j < pool; ++j) {
+    const int32_t item = draw_candidate(c, s, seed, (uc << 32) + 2 * static_cast<uint64_t>(j));
+    if (item >= 0) s.cand.push_back(item);
+  }
+  // Distinct candidates with their multiplicities (an item drawn m times
+  // carries m times the importance weight).
+  std::sort(s.cand.begin(), s.cand.end());
+  s.mult.clear();
+  size_t w = 0;
+  for (size_t j = 0; j < s.cand.size();) {
+    size_t e = j;
+    while (e < s.cand.size() && s.cand[e] == s.cand[j]) ++e;
+    s.cand[w++] = s.cand[j];
+    s.mult.push_back(static_cast<float>(std::log(static_cast<double>(e - j))));
+    j = e;
+  }
+  s.cand.resize(w);
+}
+
+float dot(const float* x, const float* y, int d) {
+  float r = 0;
+  for (int k = 0; k < d; ++k) r += x[k] * y[k];
+  return r;
+}
+
+// The user's n items by Gumbel-top-n on the (importance-weighted) log
+// probability, into s.picked in a random time order.
+void choose_items(const Catalog& c, UserScratch& s, uint64_t seed, uint64_t uc, int64_t n,
+                  float inv_sqrt_d, float inv_t) {
+  const bool exact = c.n_items <= std::max<int64_t>(1024, 4 * n);
+  s.cand.clear();
+  if (exact) {
+    s.cand.resize(static_cast<size_t>(c.n_items));
+    std::iota(s.cand.begin(), s.cand.end(), 0);
+  } else {
+    candidate_pool(c, s, seed, uc, n, inv_sqrt_d, inv_t);
+  }
+  s.keyed.clear();
+  for (size_t j = 0; j < s.cand.size(); ++j) {
+    const int32_t i = s.cand[j];
+    float base = c.log_pop[static_cast<size_t>(i)];
+    if (!exact) {
+      const size_t b = static_cast<size_t>(c.bucket_of[static_cast<size_t>(i)]);
+      const double p = c.pop[static_cast<size_t>(i)];
+      const double q = kUniform / static_cast<double>(c.n_items) + kPop * p + kBucket * s.pi[b] * p / c.mass[b];
+      base += s.mult[j] - static_cast<float>(std::log(q));
     }
+    s.keyed.emplace_back(base + dot(s.xf.data(), c.factors(i), c.d) * inv_sqrt_d * inv_t +
+                             gumbel(seed, (uc << 32) + static_cast<uint64_t>(i)),
+                         i);
   }
-  constexpr double kUniform = 0.05, kPop = 0.25, kBucket = 0.7;
-  const Alias alias(pop);
-  order.clear();
-  order.shrink_to_fit();
-
-  AtomicFile inter(dir + "/interactions.csv"), ufile(dir + "/users.csv");
-  inter.write(std::string("user,item,rating,timestamp\n"));
-  ufile.write(std::string("user,age,segment,interests\n"));
-
-  const int max_threads = std::max(1, omp_get_max_threads());
-  std::vector<std::string> ibuf(static_cast<size_t>(max_threads)), ubuf(ibuf.size());
-  std::vector<std::vector<uint8_t>> used(ibuf.size());
-  std::vector<int64_t> counts(ibuf.size(), 0);
-  const int64_t block = 16384;
-
-  for (int64_t b0 = 0; b0 < n_users; b0 += block) {
-    const int64_t b1 = std::min(n_users, b0 + block);
-    for (auto& s : ibuf) s.clear();
-    for (auto& s : ubuf) s.clear();
-#pragma omp parallel num_threads(max_threads)
-    {
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int64_t per = (b1 - b0 + nt - 1) / nt;
-      const int64_t u0 = b0 + per * t, u1 = std::min(b1, u0 + per);
-      std::string& ib = ibuf[static_cast<size_t>(t)];
-      std::string& ub = ubuf[static_cast<size_t>(t)];
-      std::vector<uint8_t>& us = used[static_cast<size_t>(t)];
-      if (us.empty()) us.assign(static_cast<size_t>(n_items), 0);
-      std::vector<float> xf(static_cast<size_t>(d));
-      std::vector<double> pi(static_cast<size_t>(n_buckets));
-      std::vector<float> mult;
-      std::vector<int32_t> cand;
-      std::vector<std::pair<float, int32_t>> keyed;
-      std::vector<std::pair<uint64_t, int32_t>> picked;
-      for (int64_t u = u0; u < u1; ++u) {
-        const uint64_t uc = static_cast<uint64_t>(u);
-        for (int k = 0; k < d; ++k)
-          xf[static_cast<size_t>(k)] =
-              rng::normal(seed, stream(kUserFactor), uc * static_cast<uint64_t>(d) + static_cast<uint64_t>(k));
-        // How many items.
-        const double spread = std::exp(0.5 * rng::normal(seed, stream(kCount), uc) - 0.125);
-        int64_t n = std::llround(opt.interactions_per_user * spread);
-        n = std::clamp<int64_t>(n, 1, n_items);
-        // Candidates.
-        const bool exact = n_items <= std::max<int64_t>(1024, 4 * n);
-        cand.clear();
-        if (exact) {
-          cand.resize(static_cast<size_t>(n_items));
-          std::iota(cand.begin(), cand.end(), 0);
-        } else {
-          // User bucket distribution π_u.
-          double tot = 0;
-          for (int b = 0; b < n_buckets; ++b) {
-            const double sign = (b & 1) ? -1.0 : 1.0;
-            const double w = mass[static_cast<size_t>(b)] > 0
-                                 ? mass[static_cast<size_t>(b)] *
-                                       std::exp(sign * 2.5 * xf[static_cast<size_t>(b / 2)] * inv_sqrt_d * inv_t)
-                                 : 0.0;
-            pi[static_cast<size_t>(b)] = w;
-            tot += w;
-          }
-          for (int b = 0; b < n_buckets; ++b) pi[static_cast<size_t>(b)] /= tot;
-          const int64_t pool = std::max<int64_t>(256, 8 * n);
-          for (int64_t j = 0; j < pool; ++j) {
-            const uint64_t c = (uc << 32) + 2 * static_cast<uint64_t>(j);
-            const uint64_t x = rng::bits(seed, stream(kCandidate), c);
-            const uint64_t x2 = rng::bits(seed, stream(kCandidate), c + 1);
-            const double pick = static_cast<double>(x >> 11) * (1.0 / 9007199254740992.0);
-            const float coin = static_cast<float>(x2 >> 40) * (1.0f / 16777216.0f);
-            int32_t item;
-            if (pick < kUniform) {
-              item = static_cast<int32_t>(((x2 & 0xFFFFFFFFull) * static_cast<uint64_t>(n_items)) >> 32);
-            } else if (pick < kUniform + kPop) {
-              const uint64_t slot = ((x2 & 0xFFFFFFFFull) * static_cast<uint64_t>(n_items)) >> 32;
-              item = coin < alias.prob[slot] ? static_cast<int32_t>(slot) : alias.alias[slot];
-            } else {
-              double r = (pick - kUniform - kPop) / kBucket;
-              int b = 0;
-              while (b + 1 < n_buckets && (r >= pi[static_cast<size_t>(b)] || boff[static_cast<size_t>(b)] == boff[static_cast<size_t>(b) + 1])) {
-                r -= pi[static_cast<size_t>(b)];
-                ++b;
-              }
-              const int64_t size = boff[static_cast<size_t>(b) + 1] - boff[static_cast<size_t>(b)];
-              if (size == 0) continue;
-              const uint64_t slot = static_cast<uint64_t>(boff[static_cast<size_t>(b)]) +
-                                    (((x2 & 0xFFFFFFFFull) * static_cast<uint64_t>(size)) >> 32);
-              const int64_t local = coin < balias.prob[slot]
-                                        ? static_cast<int64_t>(slot) - boff[static_cast<size_t>(b)]
-                                        : balias.alias[slot];
-              item = bitems[static_cast<size_t>(boff[static_cast<size_t>(b)] + local)];
-            }
-            cand.push_back(item);
-          }
-          // Distinct candidates with their multiplicities (an item drawn m times
-          // carries m times the importance weight).
-          std::sort(cand.begin(), cand.end());
-          mult.clear();
-          size_t w = 0;
-          for (size_t j = 0; j < cand.size();) {
-            size_t e = j;
-            while (e < cand.size() && cand[e] == cand[j]) ++e;
-            cand[w++] = cand[j];
-            mult.push_back(static_cast<float>(std::log(static_cast<double>(e - j))));
-            j = e;
-          }
-          cand.resize(w);
-        }
-        // Gumbel-top-n on the (importance-weighted) log probability.
-        keyed.clear();
-        for (size_t j = 0; j < cand.size(); ++j) {
-          const int32_t i = cand[j];
-          const float* y = &item_f[static_cast<size_t>(i) * static_cast<size_t>(d)];
-          float dot = 0;
-          for (int k = 0; k < d; ++k) dot += xf[static_cast<size_t>(k)] * y[k];
-          float base = log_pop[static_cast<size_t>(i)];
-          if (!exact) {
-            const size_t b = static_cast<size_t>(bucket_of[static_cast<size_t>(i)]);
-            const double p = pop[static_cast<size_t>(i)];
-            const double q = kUniform / static_cast<double>(n_items) + kPop * p + kBucket * pi[b] * p / mass[b];
-            base += mult[j] - static_cast<float>(std::log(q));
-          }
-          keyed.emplace_back(base + dot * inv_sqrt_d * inv_t +
-                                 gumbel(seed, (uc << 32) + static_cast<uint64_t>(i)),
-                             i);
-        }
-        const size_t take = std::min(keyed.size(), static_cast<size_t>(n));
-        std::partial_sort(keyed.begin(), keyed.begin() + static_cast<std::ptrdiff_t>(take), keyed.end(),
-                          [](const auto& a, const auto& b) {
-                            return a.first > b.first || (a.first == b.first && a.second < b.second);
-                          });
-        // Random time order of the chosen items.
-        picked.clear();
-        for (size_t j = 0; j < take; ++j) {
-          const int32_t i = keyed[j].second;
-          picked.emplace_back(rng::bits(seed, stream(kOrder), (uc << 32) + static_cast<uint64_t>(i)), i);
-        }
-        std::sort(picked.begin(), picked.end());
-        int64_t ts = 1000000000 + static_cast<int64_t>(rng::below(seed, stream(kTime), uc << 32, 31536000));
-        for (size_t j = 0; j < picked.size(); ++j) {
-          const int32_t i = picked[j].second;
-          us[static_cast<size_t>(i)] = 1;
-          const float* y = &item_f[static_cast<size_t>(i) * static_cast<size_t>(d)];
-          float dot = 0;
-          for (int k = 0; k < d; ++k) dot += xf[static_cast<size_t>(k)] * y[k];
-          const double r = 3.0 + 1.5 * dot * inv_sqrt_d +
-                           0.5 * rng::normal(seed, stream(kRatingNoise), (uc << 32) + static_cast<uint64_t>(i));
-          const int rating = static_cast<int>(std::clamp<double>(std::round(r), 1.0, 5.0));
-          ts += 60 + static_cast<int64_t>(rng::below(seed, stream(kTime), (uc << 32) + 1 + j, 259200));
-          ib += 'u';
-          append_int(ib, u);
-          ib += ",i";
-          append_int(ib, i);
-          ib += ',';
-          ib += static_cast<char>('0' + rating);
-          ib += ',';
-          append_int(ib, ts);
-          ib += '\n';
-        }
-        counts[static_cast<size_t>(t)] += static_cast<int64_t>(picked.size());
-        // User features.
-        const Observed o = observe(xf.data(), d, opt.noise, seed, kUserFeature, uc, 't');
-        ub += 'u';
-        append_int(ub, u);
-        ub += ',';
-        append_int(ub, std::llround(std::clamp(38.0 + 10.0 * o.dense0, 16.0, 80.0)));
-        ub += ",s";
-        append_int(ub, o.segment);
-        ub += ',';
-        ub += o.tags;
-        ub += '\n';
-      }
-    }
-    for (size_t t = 0; t < ibuf.size(); ++t) {
-      inter.write(ibuf[t]);
-      ufile.write(ubuf[t]);
-    }
+  const size_t take = std::min(s.keyed.size(), static_cast<size_t>(n));
+  std::partial_sort(s.keyed.begin(), s.keyed.begin() + static_cast<std::ptrdiff_t>(take), s.keyed.end(),
+                    [](const auto& a, const auto& b) {
+                      return a.first > b.first || (a.first == b.first && a.second < b.second);
+                    });
+  s.picked.clear();
+  for (size_t j = 0; j < take; ++j) {
+    const int32_t i = s.keyed[j].second;
+    s.picked.emplace_back(rng::bits(seed, stream(kOrder), (uc << 32) + static_cast<uint64_t>(i)), i);
   }
+  std::sort(s.picked.begin(), s.picked.end());
+}
 
-  SynthSummary sum;
-  sum.users = n_users;
-  for (int64_t c : counts) sum.interactions += c;
-  std::vector<uint8_t> any(static_cast<size_t>(n_items), 0);
-  for (const auto& us : used)
-    for (size_t i = 0; i < us.size(); ++i) any[i] |= us[i];
+// One user: its interaction rows to `ib`, its feature row to `ub`, its items
+// marked in `used`. Returns the number of interactions.
+int64_t generate_user(const Catalog& c, const SynthOptions& opt, int64_t u, UserScratch& s,
+                      std::string& ib, std::string& ub, std::vector<uint8_t>& used) {
+  const int d = c.d;
+  const uint64_t seed = opt.seed, uc = static_cast<uint64_t>(u);
+  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
+  const float inv_t = static_cast<float>(1.0 / opt.temperature);
+  for (int k = 0; k < d; ++k)
+    s.xf[static_cast<size_t>(k)] =
+        rng::normal(seed, stream(kUserFactor), uc * static_cast<uint64_t>(d) + static_cast<uint64_t>(k));
+  // How many items.
+  const double spread = std::exp(0.5 * rng::normal(seed, stream(kCount), uc) - 0.125);
+  const int64_t n = std::clamp<int64_t>(std::llround(opt.interactions_per_user * spread), 1, c.n_items);
+  choose_items(c, s, seed, uc, n, inv_sqrt_d, inv_t);
+  int64_t ts = 1000000000 + static_cast<int64_t>(rng::below(seed, stream(kTime), uc << 32, 31536000));
+  for (size_t j = 0; j < s.picked.size(); ++j) {
+    const int32_t i = s.picked[j].second;
+    used[static_cast<size_t>(i)] = 1;
+    const double r = 3.0 + 1.5 * dot(s.xf.data(), c.factors(i), d) * inv_sqrt_d +
+                     0.5 * rng::normal(seed, stream(kRatingNoise), (uc << 32) + static_cast<uint64_t>(i));
+    const int rating = static_cast<int>(std::clamp<double>(std::round(r), 1.0, 5.0));
+    ts += 60 + static_cast<int64_t>(rng::below(seed, stream(kTime), (uc << 32) + 1 + j, 259200));
+    ib += 'u';
+    append_int(ib, u);
+    ib += ",i";
+    append_int(ib, i);
+    ib += ',';
+    ib += static_cast<char>('0' + rating);
+    ib += ',';
+    append_int(ib, ts);
+    ib += '\n';
+  }
+  // User features.
+  const Observed o = observe(s.xf.data(), d, opt.noise, seed, kUserFeature, uc, 't');
+  ub += 'u';
+  append_int(ub, u);
+  ub += ',';
+  append_int(ub, std::llround(std::clamp(38.0 + 10.0 * o.dense0, 16.0, 80.0)));
+  ub += ",s";
+  append_int(ub, o.segment);
+  ub += ',';
+  ub += o.tags;
+  ub += '\n';
+  return static_cast<int64_t>(s.picked.size());
+}
 
-  AtomicFile ifile(dir + "/items.csv");
+// items.csv: the items marked in `any`. Returns their number.
+int64_t write_items(AtomicFile& ifile, const Catalog& c, const SynthOptions& opt,
+                    const std::vector<uint8_t>& any) {
+  int64_t items = 0;
   std::string buf = "item,price,category,tags\n";
   char num[32];
-  for (int64_t i = 0; i < n_items; ++i) {
+  for (int64_t i = 0; i < c.n_items; ++i) {
     if (!any[static_cast<size_t>(i)]) continue;
-    ++sum.items;
-    const Observed o = observe(&item_f[static_cast<size_t>(i) * static_cast<size_t>(d)], d, opt.noise,
-                               seed, kItemFeature, static_cast<uint64_t>(i), 'g');
+    ++items;
+    const Observed o = observe(c.factors(i), c.d, opt.noise, opt.seed, kItemFeature, static_cast<uint64_t>(i), 'g');
     buf += 'i';
     append_int(buf, i);
     std::snprintf(num, sizeof num, ",%.2f,c", std::max(1.0, 20.0 + 8.0 * o.dense0));
@@ -426,6 +423,64 @@ SynthSummary write_synthetic(const std::string& dir, const SynthOptions& opt) {
     }
   }
   ifile.write(buf);
+  return items;
+}
+
+}  // namespace
+
+SynthSummary write_synthetic(const std::string& dir, const SynthOptions& opt) {
+  TOWERREC_CHECK(opt.users >= 1 && opt.users < (int64_t{1} << 31), "synth: users must be in [1, 2^31)");
+  TOWERREC_CHECK(opt.items >= 1 && opt.items < (int64_t{1} << 31), "synth: items must be in [1, 2^31)");
+  TOWERREC_CHECK(opt.latent_dim >= 1 && opt.latent_dim <= 64, "synth: latent_dim must be in [1, 64]");
+  TOWERREC_CHECK(opt.interactions_per_user > 0, "synth: interactions_per_user must be > 0");
+  TOWERREC_CHECK(opt.temperature > 0, "synth: temperature must be > 0");
+  TOWERREC_CHECK(opt.popularity_skew >= 0, "synth: popularity_skew must be >= 0");
+  TOWERREC_CHECK(opt.noise >= 0, "synth: noise must be >= 0");
+  make_directories(dir);
+  const Catalog cat = build_catalog(opt);
+  const int64_t n_users = opt.users;
+
+  AtomicFile inter(dir + "/interactions.csv"), ufile(dir + "/users.csv");
+  inter.write(std::string("user,item,rating,timestamp\n"));
+  ufile.write(std::string("user,age,segment,interests\n"));
+
+  const int max_threads = std::max(1, omp_get_max_threads());
+  std::vector<std::string> ibuf(static_cast<size_t>(max_threads)), ubuf(ibuf.size());
+  std::vector<std::vector<uint8_t>> used(ibuf.size());
+  std::vector<int64_t> counts(ibuf.size(), 0);
+  const int64_t block = 16384;
+  for (int64_t b0 = 0; b0 < n_users; b0 += block) {
+    const int64_t b1 = std::min(n_users, b0 + block);
+    for (auto& s : ibuf) s.clear();
+    for (auto& s : ubuf) s.clear();
+#pragma omp parallel num_threads(max_threads)
+    {
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int64_t per = (b1 - b0 + nt - 1) / nt;
+      const int64_t u0 = b0 + per * t, u1 = std::min(b1, u0 + per);
+      std::vector<uint8_t>& us = used[static_cast<size_t>(t)];
+      if (us.empty()) us.assign(static_cast<size_t>(cat.n_items), 0);
+      UserScratch scratch;
+      scratch.xf.resize(static_cast<size_t>(cat.d));
+      scratch.pi.resize(static_cast<size_t>(cat.n_buckets));
+      for (int64_t u = u0; u < u1; ++u)
+        counts[static_cast<size_t>(t)] += generate_user(cat, opt, u, scratch, ibuf[static_cast<size_t>(t)],
+                                                        ubuf[static_cast<size_t>(t)], us);
+    }
+    for (size_t t = 0; t < ibuf.size(); ++t) {
+      inter.write(ibuf[t]);
+      ufile.write(ubuf[t]);
+    }
+  }
+
+  SynthSummary sum;
+  sum.users = n_users;
+  for (int64_t c : counts) sum.interactions += c;
+  std::vector<uint8_t> any(static_cast<size_t>(cat.n_items), 0);
+  for (const auto& us : used)
+    for (size_t i = 0; i < us.size(); ++i) any[i] |= us[i];
+  AtomicFile ifile(dir + "/items.csv");
+  sum.items = write_items(ifile, cat, opt, any);
   inter.commit();
   ufile.commit();
   ifile.commit();

@@ -58,26 +58,19 @@ struct ConfigKey {
   std::function<void(Config&, const std::string&)> set;  // throws Error on a bad value
   std::function<std::string(const Config&)> get;          // JSON literal
   bool is_bool = false;  // a bare --name means true
+  std::string value_name = "VALUE";  // what the value is, in help: N, X, a|b, ...
 };
 
 const std::vector<ConfigKey>& config_keys();
 
-// Applies flags (argv-style, without the program and command names). Returns
-// the positional arguments. Handles --config FILE in place.
+// Applies flags (argv-style, without the program and command names: --name
+// value, --name=value, a bare --name for the boolean keys; CLI11, as the
+// towerrec commands parse them). Returns the positional arguments. Handles
+// --config FILE in place. Throws Error on an unknown key or a bad value.
 std::vector<std::string> apply_flags(Config& cfg, const std::vector<std::string>& args);
-
-// One command-line word "--name" or "--name=value" split into its parts
-// (`arg` must start with "--").
-struct FlagWord {
-  std::string name, value;
-  bool has_value = false;
-};
-FlagWord split_flag(const std::string& arg);
 // Applies a JSON object (file contents). `source` names it in errors.
 void apply_json(Config& cfg, const std::string& json_text, const std::string& source);
 // The whole configuration as pretty JSON.
 std::string to_json(const Config& cfg);
-// Help text listing every key with its default.
-std::string config_help();
 
 }  // namespace towerrec

@@ -47,6 +47,13 @@ class InputError : public Error {
   std::string field_;
 };
 
+// Training diverged: a non-finite loss or parameter. The message says where;
+// whoever checkpoints the run adds what the checkpoint on disk holds.
+class DivergedError : public Error {
+ public:
+  using Error::Error;
+};
+
 [[noreturn]] inline void throw_error(const char* file, int line, const std::string& msg) {
   throw Error(std::string(file) + ":" + std::to_string(line) + ": " + msg);
 }

@@ -15,6 +15,7 @@
 
 #include "towerrec/backend.h"
 #include "towerrec/data.h"
+#include "towerrec/options.h"
 
 namespace towerrec {
 
@@ -40,7 +41,7 @@ struct TowerInputSpec {
 TowerInputSpec make_input_spec(const EntityFeatures& f, int32_t n_entities, bool use_features);
 
 struct OptimizerConfig {
-  std::string name = "adam";       // adam | sgd
+  OptimizerKind kind = OptimizerKind::kAdam;
   float lr = 5e-3f;
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;
   float weight_decay = 0.0f;       // decoupled, on the dense arena

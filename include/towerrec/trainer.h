@@ -19,6 +19,7 @@
 #include "towerrec/backend.h"
 #include "towerrec/data.h"
 #include "towerrec/model.h"
+#include "towerrec/options.h"
 
 namespace towerrec {
 
@@ -26,21 +27,16 @@ struct TrainConfig {
   int epochs = 30;
   int64_t batch_size = 1024;       // positives per batch
   int negatives = 0;               // sampled negatives per positive
-  std::string sampler = "uniform"; // uniform | popularity (count^alpha)
+  Sampler sampler = Sampler::kUniform;
   float pop_alpha = 0.75f;
   // Resample a sampled negative that is a training positive of its user (up to
   // a few tries).
   bool reject_hits = false;
-  // logistic: pointwise, each positive and negative pair
-  // bpr:      pairwise, each positive against each of its negatives
-  // softmax:  sampled softmax over all items of the batch (the other positives'
-  //           items and the sampled negatives), with logQ correction
-  std::string loss = "softmax";
+  Loss loss = Loss::kSoftmax;
   float temperature = 0.1f;        // softmax logits are scores / temperature
   bool logq = true;                // softmax: subtract log of each item's sampling rate
-  // Learning-rate schedule: constant | cosine (to 0 at the last step) | step
-  // (times lr_gamma every lr_step_epochs); linear warm-up over warmup_epochs.
-  std::string lr_schedule = "cosine";
+  // Learning-rate schedule, with a linear warm-up over warmup_epochs.
+  LrSchedule lr_schedule = LrSchedule::kCosine;
   float warmup_epochs = 0.0f;
   int lr_step_epochs = 10;
   float lr_gamma = 0.5f;
@@ -49,9 +45,9 @@ struct TrainConfig {
   // the CPU backend, up to 4 on a device backend; 0: plan inline). Plans never
   // depend on it.
   int planner_threads = -1;
-  // Precision of the tower layers' products in training steps: "fp32" or "bf16"
-  // (see MatmulPrecision in backend.h). Evaluation and scoring are not affected.
-  std::string matmul_precision = "fp32";
+  // Precision of the tower layers' products in training steps (see
+  // MatmulPrecision in backend.h). Evaluation and scoring are not affected.
+  MatmulPrecision matmul_precision = MatmulPrecision::kFP32;
   OptimizerConfig optimizer;
 };
 
@@ -155,7 +151,6 @@ class Trainer {
   const Interactions& train_;
   TrainConfig cfg_;
   int32_t n_users_, n_items_;
-  MatmulPrecision precision_;     // of the tower products in forward_backward
   int epoch_ = 0;
   int64_t start_step_ = 0;        // first step of the next train_epoch()
   double start_loss_sum_ = 0;     // loss sum of the steps before it

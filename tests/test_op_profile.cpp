@@ -19,14 +19,14 @@ namespace {
 
 using bench::ProfilingBackend;
 
-TrainConfig short_training(const std::string& loss) {
+TrainConfig short_training(Loss loss) {
   TrainConfig tc;
   tc.epochs = 1;
   tc.batch_size = 8;
   tc.negatives = 2;
   tc.loss = loss;
-  tc.sampler = "popularity";
-  tc.optimizer.name = "adam";
+  tc.sampler = Sampler::kPopularity;
+  tc.optimizer.kind = OptimizerKind::kAdam;
   return tc;
 }
 
@@ -44,12 +44,12 @@ int64_t calls(const ProfilingBackend& p, const std::string& op) {
 }
 
 TEST(ProfilingBackend, ForwardsEveryOpOfATraining) {
-  for (const std::string loss : {"logistic", "bpr", "softmax"})
+  for (const Loss loss : {Loss::kLogistic, Loss::kBpr, Loss::kSoftmax})
     for (auto& be : testing::every_backend()) {
-      SCOPED_TRACE(loss + " on " + be->describe());
+      SCOPED_TRACE(std::string(to_string(loss)) + " on " + be->describe());
       TowerConfig tower = testing::small_tower();
       tower.dropout = 0.2f;
-      tower.normalize = loss == "softmax";  // needs the softmax loss's temperature
+      tower.normalize = loss == Loss::kSoftmax;  // needs the softmax loss's temperature
       const TrainConfig tc = short_training(loss);
       const std::vector<float> want =
           train(be->kind() == DeviceKind::kCPU ? make_cpu_backend(1) : make_cuda_backend(0), tc,
@@ -65,7 +65,7 @@ TEST(ProfilingBackend, ForwardsEveryOpOfATraining) {
       EXPECT_EQ(out.memory_available() < 0, be->memory_available() < 0);
       std::vector<std::string> ops = {"copy (staged host<->backend)", "fence", "wait_fence",
                                       "allocate_host", "dense_forward", "dense_backward",
-                                      "adam", "sparse_adam", "dropout", loss + "_loss"};
+                                      "adam", "sparse_adam", "dropout", std::string(to_string(loss)) + "_loss"};
       if (tower.normalize) {
         ops.push_back("l2_normalize");
         ops.push_back("l2_normalize_backward");

@@ -179,6 +179,11 @@ void add_data_and_model_keys(std::vector<ConfigKey>& k) {
                       [](Config& c) -> int& { return c.tower.out_dim; }, 1, 4096));
   k.push_back(int_key("cat-dim", "embedding width of each categorical feature field",
                       [](Config& c) -> int& { return c.tower.cat_dim; }, 1, 1024));
+  k.push_back(int_key("history", "user tower: pool the mean history embedding of up to N of the "
+                      "user's training items (the batch's targets left out in training; 0: off)",
+                      [](Config& c) -> int& { return c.tower.history; }, 0, 1 << 20));
+  k.push_back(int_key("history-dim", "width of the history item embeddings",
+                      [](Config& c) -> int& { return c.tower.history_dim; }, 1, 4096));
   k.push_back(float_key("init-std", "std of embedding initialisation",
                         [](Config& c) -> float& { return c.tower.init_std; }, 0.0f, 10.0f));
 }

@@ -1,5 +1,6 @@
 #include "towerrec/model.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "towerrec/error.h"
@@ -33,11 +34,18 @@ Tower::Tower(TwoTowerModel& model, const std::string& name, const TowerInputSpec
   TOWERREC_CHECK(cfg.out_dim > 0, "out_dim must be positive");
   const int n_fields = static_cast<int>(spec.cat_vocab.size());
   in_dim_ = cfg.id_dim + spec.dense_dim + n_fields * cfg.cat_dim;
-  TOWERREC_CHECK(in_dim_ > 0, name + " tower has no input: enable the ID embedding or features");
   for (int f = 0; f < n_fields; ++f) {
     cat_off_.push_back(cursor);
     cursor += static_cast<int64_t>(spec.cat_vocab[f]) * cfg.cat_dim;
   }
+  if (spec.history_vocab > 0) {
+    TOWERREC_CHECK(cfg.history > 0 && cfg.history_dim > 0,
+                   name + " tower: a history input needs history > 0 and history_dim > 0");
+    hist_off_ = cursor;
+    cursor += static_cast<int64_t>(spec.history_vocab) * cfg.history_dim;
+    in_dim_ += cfg.history_dim;
+  }
+  TOWERREC_CHECK(in_dim_ > 0, name + " tower has no input: enable the ID embedding or features");
   int in = in_dim_;
   std::vector<int> widths = cfg.hidden;
   widths.push_back(cfg.out_dim);
@@ -75,6 +83,11 @@ void Tower::init_params(uint64_t seed, std::vector<float>& arena) {
     const int64_t n = static_cast<int64_t>(spec_.cat_vocab[f]) * cfg.cat_dim;
     for (int64_t j = 0; j < n; ++j)
       arena[cat_off_[f] + j] = cfg.init_std * rng::normal(tower_seed, rng::kInit, counter++);
+  }
+  if (hist_off_ >= 0) {
+    const int64_t n = static_cast<int64_t>(spec_.history_vocab) * cfg.history_dim;
+    for (int64_t j = 0; j < n; ++j)
+      arena[hist_off_ + j] = cfg.init_std * rng::normal(tower_seed, rng::kInit + 300, j);
   }
   for (const Layer& L : layers_) {
     // He-uniform for ReLU layers, Glorot-uniform for the linear output layer.
@@ -121,7 +134,8 @@ void Tower::upload_features(const EntityFeatures& f) {
   }
 }
 
-const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id) {
+const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id,
+                            const HistoryBags* history) {
   Backend* be = model_->be_;
   const TowerConfig& cfg = model_->cfg_;
   TOWERREC_CHECK(n > 0, name_ + " tower: empty batch");
@@ -162,6 +176,18 @@ const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id) {
                     cat_values_[f].data(), idx, n, X, in_dim_, col);
     col += cfg.cat_dim;
   }
+  if (hist_off_ >= 0) {
+    if (history) {
+      last_hist_ = *history;
+    } else {
+      TOWERREC_CHECK(hist_offsets_.data() != nullptr,
+                     name_ + " tower: histories not set (call set_history)");
+      last_hist_ = {hist_offsets_.data(), hist_values_.data(), idx};
+    }
+    be->bag_forward(arena + hist_off_, cfg.history_dim, last_hist_.offsets, last_hist_.values,
+                    last_hist_.rows, n, X, in_dim_, col);
+    col += cfg.history_dim;
+  }
   const bool drop = model_->training_ && cfg.dropout > 0.0f;
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
@@ -197,7 +223,7 @@ void Tower::backward() {
   const int64_t n = last_n_;
   const float* arena = model_->params_.data();
   float* grads = model_->grads_.data();
-  const bool need_input_grad = cfg.id_dim > 0 || !cat_off_.empty();
+  const bool need_input_grad = cfg.id_dim > 0 || !cat_off_.empty() || hist_off_ >= 0;
   if (cfg.normalize)
     be->l2_normalize_backward(norm_out_.data(), norm_inv_.data(), norm_grad_.data(), n,
                               cfg.out_dim, grad_act_.back().data());
@@ -218,6 +244,9 @@ void Tower::backward() {
                      cat_values_[f].data(), last_idx_, n, cfg.cat_dim, grads + cat_off_[f]);
     col += cfg.cat_dim;
   }
+  if (hist_off_ >= 0)
+    be->bag_backward(grad_act_[0].data(), in_dim_, col, last_hist_.offsets, last_hist_.values,
+                     last_hist_.rows, n, cfg.history_dim, grads + hist_off_);
   pending_rows_ = cfg.id_dim > 0;
 }
 
@@ -253,6 +282,10 @@ int64_t TwoTowerModel::memory_needed(const TowerConfig& cfg, const TowerInputSpe
     for (int w : widths) {
       floats += 4 * (in * w + w);
       in = w;
+    }
+    if (s->history_vocab > 0) {  // the history table, its gradient and Adam moments
+      floats += 4 * static_cast<int64_t>(s->history_vocab) * cfg.history_dim;
+      in += cfg.history_dim;
     }
     floats += 3 * static_cast<int64_t>(s->n_entities) * cfg.id_dim;  // ID table, Adam m and v
     floats += static_cast<int64_t>(s->n_entities) * s->dense_dim;    // dense features
@@ -294,6 +327,51 @@ TwoTowerModel::~TwoTowerModel() = default;
 void TwoTowerModel::set_features(const EntityFeatures& users, const EntityFeatures& items) {
   user_->upload_features(users);
   item_->upload_features(items);
+}
+
+void TwoTowerModel::set_history(const std::vector<int64_t>& offsets,
+                                const std::vector<int32_t>& items) {
+  Tower& t = *user_;
+  if (t.hist_off_ < 0) return;
+  TOWERREC_CHECK(static_cast<int64_t>(offsets.size()) == t.spec_.n_entities + 1,
+                 "history offsets size mismatch");
+  std::vector<int32_t> o, v;
+  cap_history(offsets, items, cfg_.history, seed_, o, v);
+  for (int32_t i : v)
+    TOWERREC_CHECK(i >= 0 && i < t.spec_.history_vocab, "history item out of range");
+  t.hist_offsets_.reset(be_, static_cast<int64_t>(o.size()));
+  be_->to_device(t.hist_offsets_.data(), o.data(), o.size() * sizeof(int32_t));
+  t.hist_values_.reset(be_, static_cast<int64_t>(std::max<size_t>(v.size(), 1)));
+  if (!v.empty()) be_->to_device(t.hist_values_.data(), v.data(), v.size() * sizeof(int32_t));
+}
+
+void cap_history(const std::vector<int64_t>& offsets, const std::vector<int32_t>& items, int cap,
+                 uint64_t seed, std::vector<int32_t>& out_offsets, std::vector<int32_t>& out_items) {
+  TOWERREC_CHECK(cap > 0 && !offsets.empty(), "cap_history: bad arguments");
+  const size_t n = offsets.size() - 1;
+  out_offsets.assign(n + 1, 0);
+  out_items.clear();
+  std::vector<int32_t> pick;
+  for (size_t u = 0; u < n; ++u) {
+    const int64_t b = offsets[u], e = offsets[u + 1];
+    if (e - b <= cap) {
+      out_items.insert(out_items.end(), items.begin() + b, items.begin() + e);
+    } else {
+      // A partial Fisher-Yates shuffle keyed by the user: the same subset every
+      // time the model is embedded.
+      pick.assign(items.begin() + b, items.begin() + e);
+      for (int j = 0; j < cap; ++j) {
+        const uint64_t c = (static_cast<uint64_t>(u) << 24) + static_cast<uint64_t>(j);
+        const auto r = static_cast<size_t>(j) + static_cast<size_t>(rng::below(
+                           seed, rng::kHistory, c, static_cast<uint64_t>(pick.size() - j)));
+        std::swap(pick[j], pick[r]);
+      }
+      std::sort(pick.begin(), pick.begin() + cap);  // pooling order fixed: deterministic sums
+      out_items.insert(out_items.end(), pick.begin(), pick.begin() + cap);
+    }
+    TOWERREC_CHECK(out_items.size() < (size_t{1} << 31), "histories too long for int32 offsets");
+    out_offsets[u + 1] = static_cast<int32_t>(out_items.size());
+  }
 }
 
 void TwoTowerModel::zero_grad() { be_->fill(grads_.data(), grads_.size(), 0.0f); }

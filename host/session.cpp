@@ -36,7 +36,8 @@ std::string describe(const TrainPosition& p) {
 }
 
 // Keys that shape the model: a checkpoint can only be resumed with the same values.
-const char* const kShapeKeys[] = {"id-dim", "hidden", "dim", "cat-dim", "features", "normalize"};
+const char* const kShapeKeys[] = {"id-dim", "hidden", "dim", "cat-dim", "features", "normalize",
+                                  "history", "history-dim"};
 // Keys that do not change what an epoch computes.
 const char* const kRunKeys[] = {"epochs", "out", "quiet", "log-every", "device", "data",
                                 "user-features", "item-features", "checkpoint-every-steps",
@@ -133,11 +134,18 @@ Interactions read_known_interactions(const std::string& path, const IdMap& users
 
 std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
                                            const EntityFeatures& user_features, int32_t n_users,
-                                           const EntityFeatures& item_features, int32_t n_items) {
-  const TowerInputSpec us = make_input_spec(user_features, n_users, cfg.features);
+                                           const EntityFeatures& item_features, int32_t n_items,
+                                           const UserItems* history) {
+  TowerInputSpec us = make_input_spec(user_features, n_users, cfg.features);
   const TowerInputSpec is = make_input_spec(item_features, n_items, cfg.features);
+  if (cfg.tower.history > 0) {
+    if (!history)
+      throw Error("a model with a pooled history (history > 0) needs its users' training items");
+    us.history_vocab = n_items;
+  }
   auto model = std::make_unique<TwoTowerModel>(be, cfg.tower, us, is, cfg.train.seed);
   if (cfg.features) model->set_features(user_features, item_features);
+  if (cfg.tower.history > 0) model->set_history(history->offsets, history->items);
   return model;
 }
 
@@ -153,7 +161,7 @@ TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCall
   load_data();
   be_ = make_backend(cfg_.device, cfg_.threads);
   model_ = build_model(*be_, cfg_, ds_.user_features, ds_.users.size(), ds_.item_features,
-                       ds_.items.size());
+                       ds_.items.size(), &seen_train_);
   if (options_.resume) resume_from_checkpoint();
   emit(cb_.note, "backend: " + be_->describe());
   emit(cb_.note, format("model: %lld parameters; user input %d, item input %d",

@@ -85,7 +85,8 @@ Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainCon
     for (int32_t i = 0; i < n_items_; ++i)
       log_q_[i] = static_cast<float>(std::log(count[i] / n + cfg.negatives * neg_prob[i] + 1e-12));
   }
-  if (cfg.reject_hits) {
+  if (model.user_tower().spec().history_vocab > 0) history_cap_ = model.config().history;
+  if (cfg.reject_hits || history_cap_ > 0) {
     seen_offsets_.assign(static_cast<size_t>(n_users_) + 1, 0);
     for (int32_t u : train.user) ++seen_offsets_[static_cast<size_t>(u) + 1];
     for (int32_t u = 0; u < n_users_; ++u) seen_offsets_[u + 1] += seen_offsets_[u];
@@ -105,7 +106,9 @@ void Trainer::PlanScratch::size(int32_t n_users, int32_t n_items) {
   item_stamp.assign(static_cast<size_t>(n_items), -1);
   user_local.assign(static_cast<size_t>(n_users), 0);
   item_local.assign(static_cast<size_t>(n_items), 0);
+  target_stamp.assign(static_cast<size_t>(n_items), -1);
   stamp = 0;
+  target_mark = 0;
 }
 
 // Plans the steps [first, end) of one epoch ahead of the consumer on `threads`
@@ -350,6 +353,46 @@ void Trainer::plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const
   };
   csr(out.pair_user, out.users.size(), out.user_offsets, out.user_pairs);
   csr(out.pair_item, out.items.size(), out.item_offsets, out.item_pairs);
+  if (history_cap_ > 0) plan_history(epoch, b, out, sc);
+}
+
+void Trainer::plan_history(int epoch, int64_t b, Batch& out, PlanScratch& sc) const {
+  // A user's targets in this batch stay out of its own history, or the model
+  // could find the answer in its input. Longer histories keep a random subset
+  // of history_cap_ items, drawn per (seed, epoch, step, user).
+  const size_t nu = out.users.size();
+  out.hist_offsets.assign(nu + 1, 0);
+  out.hist_items.clear();
+  out.hist_rows.resize(nu);
+  const uint64_t step_seed =
+      rng::mix64(cfg_.seed ^ rng::mix64((static_cast<uint64_t>(epoch) << 40) + static_cast<uint64_t>(b)));
+  for (size_t lu = 0; lu < nu; ++lu) {
+    out.hist_rows[lu] = static_cast<int32_t>(lu);
+    const int64_t mark = ++sc.target_mark;
+    for (int32_t q = out.user_offsets[lu]; q < out.user_offsets[lu + 1]; ++q) {
+      const int32_t p = out.user_pairs[static_cast<size_t>(q)];
+      if (out.label[static_cast<size_t>(p)] > 0.0f)
+        sc.target_stamp[static_cast<size_t>(out.items[static_cast<size_t>(out.pair_item[p])])] = mark;
+    }
+    const int32_t u = out.users[lu];
+    sc.pick.clear();
+    // Each distinct item once (the list is sorted), as in the model's own histories.
+    for (int64_t j = seen_offsets_[u]; j < seen_offsets_[u + 1]; ++j)
+      if (sc.target_stamp[static_cast<size_t>(seen_items_[j])] != mark &&
+          (j == seen_offsets_[u] || seen_items_[j] != seen_items_[j - 1]))
+        sc.pick.push_back(seen_items_[j]);
+    size_t keep = sc.pick.size();
+    if (keep > static_cast<size_t>(history_cap_)) {
+      keep = static_cast<size_t>(history_cap_);
+      for (size_t j = 0; j < keep; ++j) {
+        const uint64_t c = (static_cast<uint64_t>(u) << 24) + j;
+        const size_t r = j + static_cast<size_t>(rng::below(step_seed, rng::kHistory, c, sc.pick.size() - j));
+        std::swap(sc.pick[j], sc.pick[r]);
+      }
+    }
+    out.hist_items.insert(out.hist_items.end(), sc.pick.begin(), sc.pick.begin() + static_cast<int64_t>(keep));
+    out.hist_offsets[lu + 1] = static_cast<int32_t>(out.hist_items.size());
+  }
 }
 
 void Trainer::stage(const Batch& b, Staged& st) {
@@ -359,7 +402,8 @@ void Trainer::stage(const Batch& b, Staged& st) {
   st.nu = b.users.size();
   st.ni = b.items.size();
   st.np = b.pair_user.size();
-  const size_t total = st.nu + st.ni + 4 * st.np + (st.nu + 1) + (st.ni + 1);
+  const size_t total = st.nu + st.ni + 4 * st.np + (st.nu + 1) + (st.ni + 1) +
+                       b.hist_offsets.size() + b.hist_items.size() + b.hist_rows.size();
   st.ints.ensure(&be_, static_cast<int64_t>(total));
   size_t off = 0;
   auto put = [&](const std::vector<int32_t>& v) {
@@ -376,6 +420,9 @@ void Trainer::stage(const Batch& b, Staged& st) {
   st.o_up = put(b.user_pairs);
   st.o_io = put(b.item_offsets);
   st.o_ip = put(b.item_pairs);
+  st.o_ho = put(b.hist_offsets);
+  st.o_hv = put(b.hist_items);
+  st.o_hr = put(b.hist_rows);
   st.n_ints = off;
   // Floats: the labels, then (softmax with logQ) each batch item's log rate.
   const bool with_log_q = cfg_.loss == Loss::kSoftmax && cfg_.logq;
@@ -410,7 +457,9 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
 
   Tower& ut = model_.user_tower();
   Tower& it = model_.item_tower();
-  const float* U = ut.forward(base + st.o_users, static_cast<int64_t>(nu));
+  const HistoryBags hist{base + st.o_ho, base + st.o_hv, base + st.o_hr};
+  const float* U = ut.forward(base + st.o_users, static_cast<int64_t>(nu), false,
+                              history_cap_ > 0 ? &hist : nullptr);
   const float* V = it.forward(base + st.o_items, static_cast<int64_t>(ni));
   model_.zero_grad();
   PairBatch pb;

@@ -12,6 +12,7 @@
 #include "towerrec/backend.h"
 #include "towerrec/data.h"
 #include "towerrec/model.h"
+#include "towerrec/recommend.h"
 
 namespace towerrec::testing {
 
@@ -70,10 +71,15 @@ struct ModelFixture {
   ModelFixture(uint64_t seed, const TowerConfig& tc,
                std::unique_ptr<Backend> backend = make_cpu_backend(1))
       : be(std::move(backend)), ds(tiny_dataset(seed)) {
+    TowerInputSpec us = make_input_spec(ds.user_features, ds.users.size(), true);
+    if (tc.history > 0) us.history_vocab = ds.items.size();
     model = std::make_unique<TwoTowerModel>(
-        *be, tc, make_input_spec(ds.user_features, ds.users.size(), true),
-        make_input_spec(ds.item_features, ds.items.size(), true), seed);
+        *be, tc, us, make_input_spec(ds.item_features, ds.items.size(), true), seed);
     model->set_features(ds.user_features, ds.item_features);
+    if (tc.history > 0) {
+      const UserItems h = group_by_user(ds.interactions, ds.users.size());
+      model->set_history(h.offsets, h.items);
+    }
   }
 };
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <set>
 #include <cstdio>
 #include <functional>
 #include <fstream>
@@ -194,6 +195,106 @@ TEST(Model, WholeModelGradientsWithReluLayers) {
   EXPECT_EQ(r.bad, 0) << "of " << r.checked << " (" << r.skipped << " skipped at kinks)";
   // Over 700 seeds the checked share was 86-100% (median 99.8%).
   EXPECT_GE(r.checked, 8 * (r.checked + r.skipped) / 10) << "too many kinks to check";
+}
+
+TEST(Model, WholeModelGradientsWithPooledHistory) {
+  // The history table is in the arena, so every one of its entries is checked;
+  // a cap below the users' history lengths makes the planner subsample.
+  const uint64_t seed = testing::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  TowerConfig linear = small_tower();
+  linear.hidden = {};
+  linear.history = 2;
+  linear.history_dim = 4;
+  for (const Loss loss : {Loss::kLogistic, Loss::kBpr, Loss::kSoftmax}) {
+    SCOPED_TRACE(to_string(loss));
+    const GradReport r = gradient_agreement(linear, seed, loss);
+    EXPECT_EQ(r.bad, 0) << "of " << r.checked;
+  }
+}
+
+TEST(Model, PooledHistoryLeavesTheBatchTargetsOut) {
+  TowerConfig t = small_tower();
+  t.history = 2;
+  Fixture f(5, t);
+  TrainConfig tc;
+  tc.batch_size = 16;
+  tc.negatives = 2;
+  for (const Loss loss : {Loss::kLogistic, Loss::kSoftmax}) {
+    tc.loss = loss;
+    Trainer tr(*f.model, f.ds.interactions, tc);
+    const UserItems all = group_by_user(f.ds.interactions, f.ds.users.size());
+    int64_t capped = 0, pooled = 0;
+    for (int64_t s = 0; s < tr.steps_per_epoch(); ++s) {
+      Trainer::Batch b, again;
+      tr.plan_batch(1, s, b);
+      tr.plan_batch(1, s, again);
+      EXPECT_EQ(b.hist_items, again.hist_items) << "histories depend on the plan alone";
+      ASSERT_EQ(b.hist_offsets.size(), b.users.size() + 1);
+      ASSERT_EQ(b.hist_rows.size(), b.users.size());
+      for (size_t lu = 0; lu < b.users.size(); ++lu) {
+        EXPECT_EQ(b.hist_rows[lu], static_cast<int32_t>(lu));
+        const int32_t u = b.users[lu];
+        std::set<int32_t> targets;
+        for (size_t p = 0; p < b.pair_user.size(); ++p)
+          if (b.pair_user[p] == static_cast<int32_t>(lu) && b.label[p] > 0)
+            targets.insert(b.items[b.pair_item[p]]);
+        ASSERT_FALSE(targets.empty());
+        const std::set<int32_t> known(all.items.begin() + all.offsets[u],
+                                      all.items.begin() + all.offsets[u + 1]);
+        const std::vector<int32_t> h(b.hist_items.begin() + b.hist_offsets[lu],
+                                     b.hist_items.begin() + b.hist_offsets[lu + 1]);
+        size_t eligible = 0;
+        for (int32_t i : known) eligible += targets.count(i) == 0;
+        EXPECT_EQ(h.size(), std::min<size_t>(eligible, 2)) << "user " << u;
+        EXPECT_EQ(std::set<int32_t>(h.begin(), h.end()).size(), h.size()) << "an item twice";
+        for (int32_t i : h) {
+          EXPECT_EQ(targets.count(i), 0u) << "user " << u << " sees its target " << i;
+          EXPECT_EQ(known.count(i), 1u) << "user " << u << " never had item " << i;
+        }
+        capped += eligible > 2;
+        pooled += static_cast<int64_t>(h.size());
+      }
+    }
+    EXPECT_GT(capped, 0) << "the cap was never exercised";
+    EXPECT_GT(pooled, 0);
+  }
+}
+
+TEST(Model, PooledHistoryEmbedsUsersFromTheirItems) {
+  // Inductive users: changing one user's history changes that user's embedding
+  // alone, and a capped history is a fixed subset of the user's items.
+  TowerConfig t = small_tower();
+  t.history = 3;
+  Fixture f(9, t);
+  const UserItems h = group_by_user(f.ds.interactions, f.ds.users.size());
+  DeviceArray<float> before, after;
+  f.model->embed_all_users(before);
+  UserItems h2 = h;
+  // User 0 gets item 0 only (all later users keep theirs).
+  const int64_t drop = h2.offsets[1] - 1;
+  h2.items.erase(h2.items.begin(), h2.items.begin() + drop);
+  h2.items[0] = 0;
+  for (size_t u = 1; u < h2.offsets.size(); ++u) h2.offsets[u] -= drop;
+  f.model->set_history(h2.offsets, h2.items);
+  f.model->embed_all_users(after);
+  const std::vector<float> a = testing::download(*f.be, before), b = testing::download(*f.be, after);
+  const int d = f.model->out_dim();
+  bool changed = false;
+  for (int c = 0; c < d; ++c) changed |= a[c] != b[c];
+  EXPECT_TRUE(changed) << "user 0's embedding ignores its history";
+  EXPECT_TRUE(std::equal(a.begin() + d, a.end(), b.begin() + d)) << "other users moved";
+
+  std::vector<int32_t> o1, v1, o2, v2;
+  cap_history(h.offsets, h.items, 2, 7, o1, v1);
+  cap_history(h.offsets, h.items, 2, 7, o2, v2);
+  EXPECT_EQ(v1, v2);
+  EXPECT_EQ(o1, o2);
+  for (int32_t u = 0; u + 1 < static_cast<int32_t>(o1.size()); ++u) {
+    EXPECT_EQ(o1[u + 1] - o1[u], std::min<int64_t>(2, h.count(u)));
+    const std::set<int32_t> known(h.items.begin() + h.offsets[u], h.items.begin() + h.offsets[u + 1]);
+    for (int32_t j = o1[u]; j < o1[u + 1]; ++j) EXPECT_EQ(known.count(v1[j]), 1u);
+  }
 }
 
 TEST(Model, BatchesDeduplicateEntitiesAndKeepPairs) {

@@ -63,7 +63,7 @@ LoadedModel load_model(const std::string& model, const std::string& device, int 
   m.cfg.threads = threads;
   m.be = make_backend(device, threads);
   m.model = build_model(*m.be, m.cfg, m.ck.user_features, m.ck.users.size(), m.ck.item_features,
-                        m.ck.items.size());
+                        m.ck.items.size(), m.ck.has_seen() ? &m.ck.seen : nullptr);
   m.model->load_state(m.ck.state);
   // Users without training interactions use the unknown-ID bucket (items keep
   // their rows: see cmd_train).

@@ -122,7 +122,7 @@ int cmd_tune(const Args& args) {
     }
     resolve_defaults(c);
     const auto t0 = std::chrono::steady_clock::now();
-    auto model = build_model(*be, c, ds.user_features, n_users, ds.item_features, n_items);
+    auto model = build_model(*be, c, ds.user_features, n_users, ds.item_features, n_items, &seen);
     Trainer trainer(*model, sp.train, c.train);
     for (int e = 0; e < c.train.epochs; ++e) trainer.train_epoch();
     const RankingMetrics m = evaluate_ranking(*model, seen, held, {10});

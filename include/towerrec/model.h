@@ -28,6 +28,11 @@ struct TowerConfig {
   float init_std = 0.1f;            // std of ID/categorical embedding initialisation
   float dropout = 0.0f;             // dropout after each hidden layer while training
   bool normalize = false;           // L2-normalise the output embeddings (cosine score)
+  // History pooling (user tower): the mean of history embeddings of up to
+  // `history` of the user's training items joins the user tower's input
+  // (0: off). The history table is the user tower's own, [n_items x history_dim].
+  int history = 0;
+  int history_dim = 64;
 };
 
 // What a tower sees of its entity kind. Built from EntityFeatures.
@@ -36,7 +41,22 @@ struct TowerInputSpec {
   int dense_dim = 0;
   std::vector<int32_t> cat_vocab;   // vocabulary size of each categorical field
   std::vector<std::string> cat_names;
+  int32_t history_vocab = 0;        // items a history may hold (0: no history input)
 };
+
+// A user's pooled history for one forward, in backend memory: row r pools
+// values[offsets[rows[r]] .. offsets[rows[r] + 1]) (CSR, as the bag ops take).
+struct HistoryBags {
+  const int32_t* offsets = nullptr;
+  const int32_t* values = nullptr;
+  const int32_t* rows = nullptr;
+};
+
+// The history each user's embedding pools at inference: up to `cap` of the
+// user's items (all when fewer; else a subset drawn from `seed` and the user
+// index), as int32 CSR for the bag ops.
+void cap_history(const std::vector<int64_t>& offsets, const std::vector<int32_t>& items, int cap,
+                 uint64_t seed, std::vector<int32_t>& out_offsets, std::vector<int32_t>& out_items);
 
 TowerInputSpec make_input_spec(const EntityFeatures& f, int32_t n_entities, bool use_features);
 
@@ -67,6 +87,10 @@ class TwoTowerModel {
   // Upload entity features (dense and categorical) for each tower. Must be
   // called before forward when the spec has features.
   void set_features(const EntityFeatures& users, const EntityFeatures& items);
+  // Each user's items (CSR over users, offsets [n_users + 1]) for the pooled
+  // history of inference; needed when config().history > 0. Training passes
+  // its own per-batch bags to forward().
+  void set_history(const std::vector<int64_t>& offsets, const std::vector<int32_t>& items);
 
   // Zero the gradient arena (before each step's backward).
   void zero_grad();
@@ -134,7 +158,11 @@ class Tower {
   // Forward for n entities idx[0..n) (backend memory). Returns the output
   // embeddings [n x out_dim], valid until the next forward.
   // With zero_id, the ID-embedding columns are zero (the unknown-ID bucket).
-  const float* forward(const int32_t* idx, int64_t n, bool zero_id = false);
+  // A tower with a history input pools `history` when given (training: per
+  // batch, the targets left out), else the entities' histories from
+  // set_history().
+  const float* forward(const int32_t* idx, int64_t n, bool zero_id = false,
+                       const HistoryBags* history = nullptr);
   // Gradient buffer for the last forward's output [n x out_dim]; fill it, then
   // call backward(). The idx array passed to forward() must stay valid until the
   // model's step().
@@ -170,6 +198,9 @@ class Tower {
   std::vector<char> cold_;               // per entity: embed with the bucket
   DeviceArray<float> dense_feat_;
   std::vector<DeviceArray<int32_t>> cat_offsets_, cat_values_;
+  int64_t hist_off_ = -1;                // arena offset of the history table (-1: none)
+  DeviceArray<int32_t> hist_offsets_, hist_values_;  // per-entity histories (inference)
+  HistoryBags last_hist_;                // the bags of the last forward
   // Activations: act_[0] is the input X, act_[l+1] the output of layer l.
   std::vector<DeviceArray<float>> act_, grad_act_;
   // L2-normalised output, its inverse norms and its gradient (normalize only).

@@ -50,6 +50,7 @@ enum Stream : uint64_t {
   kSplit = 4,       // train/test splits
   kSynth = 5,       // synthetic data
   kDropout = 6,
+  kHistory = 7,     // the items a user's pooled history keeps
 };
 
 // Standard normal (Box-Muller) from the uniforms at counters 2c and 2c + 1.

@@ -34,10 +34,13 @@ Dataset load_dataset(const Config& cfg);
 Interactions read_known_interactions(const std::string& path, const IdMap& users,
                                      const IdMap& items, float rating_threshold);
 
-// Builds the model a configuration and entity features describe.
+// Builds the model a configuration and entity features describe. `history`
+// (each user's training items) feeds the user tower's pooled history; it is
+// required when the configuration has one (history > 0).
 std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
                                            const EntityFeatures& user_features, int32_t n_users,
-                                           const EntityFeatures& item_features, int32_t n_items);
+                                           const EntityFeatures& item_features, int32_t n_items,
+                                           const UserItems* history = nullptr);
 
 // Seconds as people read them: 12.3s, 4m05s, 2h10m.
 std::string format_seconds(double s);

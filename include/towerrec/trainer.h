@@ -121,6 +121,10 @@ class Trainer {
     std::vector<int32_t> pair_user, pair_item;    // local indices
     std::vector<float> label;
     std::vector<int32_t> user_offsets, user_pairs, item_offsets, item_pairs;
+    // Pooled history of each unique user (model with a history input): CSR
+    // over `users`, each user's training items without its targets in this
+    // batch, at most the model's cap; hist_rows is 0, 1, ... (one per user).
+    std::vector<int32_t> hist_offsets, hist_items, hist_rows;
   };
   // Plans batch `b` of epoch `epoch` (0-based) on the host.
   void plan_batch(int epoch, int64_t b, Batch& out);
@@ -138,6 +142,7 @@ class Trainer {
     HostArray<float> floats;     // labels, then per-item log rates (softmax + logQ)
     size_t n_ints = 0, n_floats = 0, nu = 0, ni = 0, np = 0;
     size_t o_users = 0, o_items = 0, o_pu = 0, o_pi = 0, o_uo = 0, o_up = 0, o_io = 0, o_ip = 0;
+    size_t o_ho = 0, o_hv = 0, o_hr = 0;  // history CSR and rows (history models)
     uint64_t fence = 0;          // passes once the upload has read the buffers
   };
   // Packs `b` into `st` (waiting first for st's previous upload).
@@ -158,7 +163,8 @@ class Trainer {
   StepHook hook_;
   std::vector<int64_t> perm_;
   int shuffled_epoch_ = -1;
-  // Each user's training items (sorted), for rejecting accidental hits.
+  // Each user's training items (sorted), for rejecting accidental hits and for
+  // the pooled history.
   std::vector<int64_t> seen_offsets_;
   std::vector<int32_t> seen_items_;
   bool is_seen(int32_t user, int32_t item) const;
@@ -172,13 +178,18 @@ class Trainer {
   struct PlanScratch {
     std::vector<int64_t> user_stamp, item_stamp;
     std::vector<int32_t> user_local, item_local;
-    int64_t stamp = 0;
+    std::vector<int64_t> target_stamp;  // per item: the user whose targets it is among
+    std::vector<int32_t> pick;          // history sampling
+    int64_t stamp = 0, target_mark = 0;
     void size(int32_t n_users, int32_t n_items);
   };
   PlanScratch scratch_;
   // Plans batch b of `epoch`, whose shuffle must be in place; safe to call
   // from several threads with distinct scratch and output.
   void plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const;
+  // The batch's per-user histories (history_cap_ > 0).
+  void plan_history(int epoch, int64_t b, Batch& out, PlanScratch& sc) const;
+  int history_cap_ = 0;
   class Lookahead;
   int planner_threads() const;
   // Device-side batch buffers, and two staging slots (step s uses slot s & 1).

@@ -148,6 +148,7 @@ void add_data_and_model_keys(std::vector<ConfigKey>& k) {
   k.push_back(bool_key("features", "feed entity features to the towers",
                        [](Config& c) -> bool& { return c.features; }));
   k.push_back(str_key("train-file", "training interactions CSV (e.g. from `towerrec split`); IDs and features still come from --data", &Config::train_file));
+  k.push_back(str_key("validation-file", "evaluate on this CSV's interactions (IDs known to --data; none trained on) instead of a --validation split", &Config::validation_file));
   k.push_back(int_key("eval-every", "evaluate the held-out (validation) split every N epochs (0: only at the end)",
                       [](Config& c) -> int& { return c.eval_every; }, 0, 1000000));
   k.push_back(int_key("early-stopping", "stop after N evaluations without a better validation nDCG@10 and keep the best epoch (0: off)",

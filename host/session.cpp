@@ -7,6 +7,10 @@
 #include <cstdio>
 #include <iterator>
 
+#include <nlohmann/json.hpp>
+
+#include <sstream>
+
 #include "towerrec/checkpoint.h"
 #include "towerrec/error.h"
 #include "towerrec/io.h"
@@ -153,9 +157,11 @@ TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCall
     : cfg_(std::move(cfg)), options_(options), cb_(std::move(callbacks)) {
   if (cfg_.quiet) cb_.note = nullptr;
   if (cfg_.early_stopping > 0 && cfg_.eval_every == 0) cfg_.eval_every = 1;
-  if (cfg_.eval_every > 0 && cfg_.holdout <= 0)
+  if (cfg_.holdout > 0 && !cfg_.validation_file.empty())
+    throw Error("give --validation F or --validation-file FILE, not both");
+  if (cfg_.eval_every > 0 && cfg_.holdout <= 0 && cfg_.validation_file.empty())
     throw Error("--eval-every and --early-stopping need a validation split: give --validation F "
-                "(or --holdout F)");
+                "(or --holdout F), or --validation-file FILE");
   config_text_ = to_json(cfg_);
   emit(cb_.note, "effective configuration:\n" + config_text_.substr(0, config_text_.size() - 1));
   load_data();
@@ -207,6 +213,8 @@ void TrainingSession::load_data() {
     train_ = std::move(sp.train);
     test_ = std::move(sp.test);
   }
+  if (!cfg_.validation_file.empty())
+    test_ = read_known_interactions(cfg_.validation_file, ds_.users, ds_.items, cfg_.rating_threshold);
   seen_train_ = group_by_user(train_, n_users);
   held_ = group_by_user(test_, n_users);
   emit(cb_.note, format("data: %s%s%s: %d users, %d items, %lld interactions (%lld train, %lld held out), loaded in %s",
@@ -331,7 +339,10 @@ SessionResult TrainingSession::stopped(bool mid_epoch) {
 
 // After an evaluation of epoch `epochs_done`: true when early stopping ends the run.
 bool TrainingSession::early_stop_check(int epochs_done) {
+  const double t0 = now_seconds();
   const RankingMetrics m = evaluate_ranking(*model_, seen_train_, held_, {10, 20});
+  eval_seconds_ += now_seconds() - t0;
+  record_metrics(m);
   if (cb_.metrics) cb_.metrics("validation", m);
   if (cfg_.early_stopping <= 0) return false;
   const double ndcg = m.ndcg[0];
@@ -369,6 +380,8 @@ SessionResult TrainingSession::run() {
 SessionResult TrainingSession::run_epochs() {
   result_ = SessionResult{};
   result_.steps_per_epoch = trainer_->steps_per_epoch();
+  load_history();
+  eval_seconds_ = 0;
   const int start_epoch = trainer_->epochs_done();
   const int epochs_to_run = std::max(0, cfg_.train.epochs - start_epoch);
   const int64_t skipped = epochs_to_run > 0 ? trainer_->position().step : 0;  // run before the resume
@@ -392,6 +405,7 @@ SessionResult TrainingSession::run_epochs() {
       return stopped(true);
     }
     result_.history.push_back(st);
+    record_epoch(st, now_seconds() - t0 - eval_seconds_);
     if (cb_.epoch_done) cb_.epoch_done(st, now_seconds() - t0, total_steps - done_before - st.steps);
     if (cfg_.eval_every > 0 && (e + 1) % cfg_.eval_every == 0 &&
         (e + 1 < cfg_.train.epochs || cfg_.early_stopping > 0)) {
@@ -418,6 +432,69 @@ SessionResult TrainingSession::run_epochs() {
   return result_;
 }
 
+// OUT/history.jsonl: one JSON record per epoch (loss, learning rate, samples/s,
+// training seconds so far without evaluations, and the validation metrics of
+// the epochs evaluated), rewritten atomically after every change. A resumed
+// run keeps the records of the epochs before it.
+void TrainingSession::load_history() {
+  const std::string path = cfg_.out + "/history.jsonl";
+  history_kept_.clear();
+  history_.clear();
+  history_offset_s_ = 0;
+  if (!resumed_ || !file_exists(path)) return;
+  std::istringstream in(read_file(path));
+  for (std::string line; std::getline(in, line);) {
+    try {
+      const nlohmann::json r = nlohmann::json::parse(line);
+      if (r.value("epoch", 0) > start_pos_.epoch) continue;
+      history_kept_.push_back(line);
+      history_offset_s_ = r.value("train_seconds", 0.0);
+    } catch (const nlohmann::json::exception&) {
+      // A line that does not parse is not kept: the file is a log.
+    }
+  }
+}
+
+void TrainingSession::write_history() const {
+  std::string text;
+  for (const auto& line : history_kept_) text += line + "\n";
+  for (const auto& r : history_) {
+    nlohmann::ordered_json j;
+    j["epoch"] = r.epoch;
+    j["loss"] = r.loss;
+    j["lr"] = r.lr;
+    j["samples_per_s"] = r.samples_per_s;
+    j["train_seconds"] = r.train_seconds;
+    for (const auto& [name, value] : r.metrics) j[name] = value;
+    text += j.dump() + "\n";
+  }
+  write_file_atomic(cfg_.out + "/history.jsonl", text);
+}
+
+void TrainingSession::record_epoch(const EpochStats& st, double train_seconds) {
+  EpochRecord r;
+  r.epoch = st.epoch;
+  r.loss = st.loss;
+  r.lr = trainer_->learning_rate(trainer_->steps_per_epoch() * st.epoch - 1);
+  r.samples_per_s = st.samples_per_s;
+  r.train_seconds = history_offset_s_ + train_seconds;
+  history_.push_back(std::move(r));
+  write_history();
+}
+
+void TrainingSession::record_metrics(const RankingMetrics& m) {
+  if (history_.empty()) return;
+  auto& r = history_.back();
+  r.metrics.clear();
+  for (size_t j = 0; j < m.ks.size(); ++j) {
+    const std::string k = std::to_string(m.ks[j]);
+    r.metrics.emplace_back("recall@" + k, m.recall[j]);
+    r.metrics.emplace_back("ndcg@" + k, m.ndcg[j]);
+    r.metrics.emplace_back("precision@" + k, m.precision[j]);
+  }
+  write_history();
+}
+
 HoldoutEvaluation TrainingSession::evaluate() {
   // Users without training interactions are embedded through the unknown-ID
   // bucket from here on. Items keep their rows: an item seen only as a sampled
@@ -431,6 +508,7 @@ HoldoutEvaluation TrainingSession::evaluate() {
   ev.done = true;
   ev.label = cfg_.eval_every > 0 ? "validation" : "holdout";
   ev.model = evaluate_ranking(*model_, seen_train_, held_, {10, 20});
+  if (!history_.empty() && history_.back().metrics.empty()) record_metrics(ev.model);
   ev.popularity = evaluate_popularity(seen_train_, held_, ds_.items.size(), {10});
   ev.seconds = now_seconds() - t0;
   return ev;

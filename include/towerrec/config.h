@@ -22,6 +22,7 @@ struct Config {
   float rating_threshold = -1e30f; // keep ratings >= this as positives
   bool features = true;            // use entity features
   std::string train_file;          // training interactions; IDs and features still come from data
+  std::string validation_file;     // evaluation interactions (instead of a holdout split)
   double holdout = 0.0;            // per-user fraction held out for evaluation after training
   int eval_every = 0;              // evaluate the held-out split every N epochs (0: at the end)
   int early_stopping = 0;          // stop after N evaluations without a better nDCG@10 (0: off)

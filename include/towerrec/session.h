@@ -140,6 +140,10 @@ class TrainingSession {
   bool early_stop_check(int epochs_done);
   void keep_best_epoch();
   SessionResult stopped(bool mid_epoch);
+  void load_history();
+  void write_history() const;
+  void record_epoch(const EpochStats& st, double train_seconds);
+  void record_metrics(const RankingMetrics& m);
 
   Config cfg_;
   SessionOptions options_;
@@ -162,6 +166,16 @@ class TrainingSession {
   int best_epoch_ = 0, since_best_ = 0;
   TwoTowerModel::State best_state_;
   SessionResult result_;
+  // OUT/history.jsonl: the lines kept from before a resume, then this run's epochs.
+  struct EpochRecord {
+    int epoch = 0;
+    double loss = 0, lr = 0, samples_per_s = 0, train_seconds = 0;
+    std::vector<std::pair<std::string, double>> metrics;
+  };
+  std::vector<std::string> history_kept_;
+  std::vector<EpochRecord> history_;
+  double history_offset_s_ = 0;         // training seconds before a resume
+  double eval_seconds_ = 0;             // evaluation time within run_epochs
 };
 
 }  // namespace towerrec

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "host/config_flags.h"
+#include "towerrec/api.h"
 #include "towerrec/backend.h"
 #include "towerrec/checkpoint.h"
 #include "towerrec/config.h"
@@ -51,18 +52,9 @@ class ProgressPrinter {
   bool quiet_, tty_;
 };
 
-// A trained model rebuilt from a checkpoint.
-struct LoadedModel {
-  std::string path;  // the checkpoint file
-  Checkpoint ck;
-  Config cfg;        // the configuration it was trained with
-  std::unique_ptr<Backend> be;
-  std::unique_ptr<TwoTowerModel> model;  // declared after be: destroyed first
-  int32_t n_users() const { return ck.users.size(); }
-  int32_t n_items() const { return ck.items.size(); }
-};
-// `model` is a directory holding model.ckpt, or a checkpoint file.
-LoadedModel load_model(const std::string& model, const std::string& device, int threads);
+// A trained model rebuilt from a checkpoint (include/towerrec/api.h).
+using towerrec::LoadedModel;
+using towerrec::load_model;
 
 // Comma-separated positive cutoffs, e.g. "10,20".
 std::vector<int> parse_ks(const std::string& s);

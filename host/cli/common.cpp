@@ -52,25 +52,6 @@ void ProgressPrinter::epoch_done(const EpochStats& s, double secs, int64_t steps
   (void)secs;
 }
 
-LoadedModel load_model(const std::string& model, const std::string& device, int threads) {
-  if (model.empty()) throw Error("--model is required (a directory with model.ckpt, or a checkpoint file)");
-  LoadedModel m;
-  m.path = is_directory(model) ? model + "/model.ckpt" : model;
-  m.ck = load_checkpoint(m.path);
-  apply_json(m.cfg, m.ck.config_json, m.path + " (configuration section)");
-  resolve_defaults(m.cfg);
-  m.cfg.device = device;
-  m.cfg.threads = threads;
-  m.be = make_backend(device, threads);
-  m.model = build_model(*m.be, m.cfg, m.ck.user_features, m.ck.users.size(), m.ck.item_features,
-                        m.ck.items.size(), m.ck.has_seen() ? &m.ck.seen : nullptr);
-  m.model->load_state(m.ck.state);
-  // Users without training interactions use the unknown-ID bucket (items keep
-  // their rows: see cmd_train).
-  if (m.ck.has_seen()) m.model->set_cold(cold_users(m.ck.seen), {});
-  return m;
-}
-
 std::vector<int> parse_ks(const std::string& s) {
   std::vector<int> ks;
   std::stringstream ss(s);

@@ -24,9 +24,9 @@ TrainConfig short_training(const std::string& loss) {
   tc.epochs = 1;
   tc.batch_size = 8;
   tc.negatives = 2;
-  tc.loss = loss;
-  tc.sampler = "popularity";
-  tc.optimizer.name = "adam";
+  tc.loss = parse_enum<Loss>(loss);
+  tc.sampler = Sampler::kPopularity;
+  tc.optimizer.kind = OptimizerKind::kAdam;
   return tc;
 }
 

@@ -6,8 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <sstream>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "tests/work_dir.h"
 #include "towerrec/checkpoint.h"
@@ -189,6 +192,71 @@ TEST(Session, EarlyStoppingTriggersAndKeepsTheBestEpoch) {
   EXPECT_TRUE(ev.done);
   EXPECT_EQ(ev.label, "validation");
   EXPECT_GT(ev.model.ndcg[0], 0.0);
+}
+
+// Lines of a file, without the empty last one.
+std::vector<std::string> lines_of(const std::string& p) {
+  std::vector<std::string> v;
+  std::istringstream in(read_file(p));
+  for (std::string l; std::getline(in, l);)
+    if (!l.empty()) v.push_back(l);
+  return v;
+}
+
+TEST(Session, ValidationFileIsEvaluatedAndHistoryRecordsEveryEpoch) {
+  // Every fifth interaction of the synthetic data is the validation file.
+  const std::vector<std::string> rows = lines_of(data_dir() + "/interactions.csv");
+  std::string train = rows[0] + "\n", val = rows[0] + "\n";
+  for (size_t r = 1; r < rows.size(); ++r) (r % 5 == 0 ? val : train) += rows[r] + "\n";
+  write_file_atomic(path("vf_train.csv"), train);
+  write_file_atomic(path("vf_val.csv"), val);
+  Config c = small_config("s_vf");
+  c.train_file = path("vf_train.csv");
+  c.validation_file = path("vf_val.csv");
+  c.eval_every = 1;
+  c.train.epochs = 1;
+  {
+    TrainingSession s(c);
+    s.run();
+    s.evaluate();  // as train does: the last epoch's metrics come from here
+  }
+  const std::vector<std::string> first = lines_of(c.out + "/history.jsonl");
+  ASSERT_EQ(first.size(), 1u);
+  c.train.epochs = 3;
+  SessionOptions resume;
+  resume.resume = true;
+  int evaluations = 0;
+  SessionCallbacks cb;
+  cb.metrics = [&](const std::string&, const RankingMetrics&) { ++evaluations; };
+  TrainingSession s(c, resume, cb);
+  s.run();
+  EXPECT_EQ(evaluations, 1);  // epoch 2; epoch 3 is the final evaluation's
+  const HoldoutEvaluation ev = s.evaluate();
+  ASSERT_TRUE(ev.done);
+  EXPECT_EQ(ev.model.users_evaluated + ev.model.users_skipped, 120);
+  const std::vector<std::string> h = lines_of(c.out + "/history.jsonl");
+  ASSERT_EQ(h.size(), 3u);
+  EXPECT_EQ(h[0], first[0]) << "a resumed run keeps the earlier epochs' records";
+  double last_seconds = -1;
+  for (size_t e = 0; e < h.size(); ++e) {
+    const nlohmann::json r = nlohmann::json::parse(h[e]);
+    EXPECT_EQ(r.at("epoch").get<int>(), static_cast<int>(e) + 1);
+    EXPECT_TRUE(std::isfinite(r.at("loss").get<double>()));
+    EXPECT_GT(r.at("lr").get<double>(), 0.0);
+    EXPECT_GT(r.at("samples_per_s").get<double>(), 0.0);
+    EXPECT_GE(r.at("train_seconds").get<double>(), last_seconds);
+    last_seconds = r.at("train_seconds").get<double>();
+    ASSERT_TRUE(r.contains("recall@20")) << h[e];
+    const double recall = r.at("recall@20").get<double>();
+    EXPECT_TRUE(recall >= 0.0 && recall <= 1.0);
+    if (e == 2) {
+      EXPECT_EQ(recall, ev.model.recall[1]);
+      EXPECT_EQ(r.at("ndcg@10").get<double>(), ev.model.ndcg[0]);
+    }
+  }
+  Config both = c;
+  both.holdout = 0.2;
+  EXPECT_THROW(TrainingSession bad(both), Error);
 }
 
 TEST(Session, DivergenceThrowsTheTypedErrorAndKeepsTheLastGoodCheckpoint) {

@@ -280,7 +280,7 @@ class TwoTower:
 
     # -- training --------------------------------------------------------------
     def fit(self, interactions, user_features: Optional[pd.DataFrame] = None,
-            item_features: Optional[pd.DataFrame] = None, validation: Optional[float] = None,
+            item_features: Optional[pd.DataFrame] = None, validation=None,
             *, callback: Optional[Callable[[dict], Optional[bool]]] = None,
             show_progress: bool = True) -> "TwoTower":
         """Trains on ``interactions``: a DataFrame with columns ``user, item[, rating]
@@ -292,7 +292,9 @@ class TwoTower:
 
         ``validation`` is a per-user fraction of the interactions held out and
         evaluated after training (``validation_metrics_``), as ``towerrec train
-        --validation F``. ``callback(event)`` gets a dict every ``log_every``
+        --validation F``, or held-out interactions in the form of
+        ``interactions`` (DataFrame or matrix; its IDs must occur in
+        ``interactions``), as ``--validation-file``: nothing of it is trained on. ``callback(event)`` gets a dict every ``log_every``
         steps (event "step"), after each epoch ("epoch") and each validation
         ("validation"); returning False stops training. A tqdm bar shows
         progress when tqdm is installed and ``show_progress`` is true.
@@ -307,11 +309,15 @@ class TwoTower:
         ukind = _id_kind(df["user"].to_numpy(), "user")
         ikind = _id_kind(df["item"].to_numpy(), "item")
         extra: dict = {}
+        vdf = None
         if validation is not None:
-            if isinstance(validation, bool) or not isinstance(validation, (int, float)):
+            if isinstance(validation, bool):
                 raise TypeError("validation: expected a fraction of each user's interactions "
-                                "(e.g. 0.2)")
-            extra["holdout"] = float(validation)
+                                "(e.g. 0.2) or held-out interactions")
+            if isinstance(validation, (int, float)):
+                extra["holdout"] = float(validation)
+            else:
+                vdf = _interactions_frame(validation)
         tmp = tempfile.mkdtemp(prefix="towerrec-fit-")
         bar = None
         try:
@@ -334,6 +340,14 @@ class TwoTower:
             out.to_csv(inter, index=False)
             files[inter] = "interactions"
             extra["data"] = inter
+            if vdf is not None:
+                vpath = os.path.join(tmp, "validation.csv")
+                vout = vdf[["user", "item"] + (["rating"] if "rating" in vdf.columns else [])].copy()
+                vout["user"] = vout["user"].astype(str)
+                vout["item"] = vout["item"].astype(str)
+                vout.to_csv(vpath, index=False)
+                files[vpath] = "validation"
+                extra["validation-file"] = vpath
             for arg, name, orig in (("user_features", user_features, u_orig),
                                     ("item_features", item_features, i_orig)):
                 if name is None:

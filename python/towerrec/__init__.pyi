@@ -38,7 +38,7 @@ class TwoTower:
         interactions: Any,
         user_features: Optional[pd.DataFrame] = ...,
         item_features: Optional[pd.DataFrame] = ...,
-        validation: Optional[float] = ...,
+        validation: Union[float, pd.DataFrame, Any, None] = ...,
         *,
         callback: Optional[Callable[[dict[str, Any]], Optional[bool]]] = ...,
         show_progress: bool = ...,

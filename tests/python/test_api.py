@@ -150,6 +150,26 @@ def test_string_ids_features_and_sparse():
     assert set(m2.user_ids) == set(x.user) and m2.item_ids.dtype == np.int64
 
 
+def test_validation_frame_is_evaluated_not_trained(synth_df):
+    # Held-out rows given as a DataFrame: never trained on, evaluated as
+    # towerrec.evaluate does with the training items excluded.
+    rng = np.random.default_rng(3)
+    held = rng.random(len(synth_df)) < 0.2
+    train, val = synth_df[~held], synth_df[held]
+    val = val[val.user.isin(train.user) & val.item.isin(train.item)]
+    m = towerrec.TwoTower(epochs=2, device="cpu", threads=1).fit(
+        train, validation=val, show_progress=False)
+    assert m.validation_metrics_ is not None
+    again = towerrec.evaluate(m, val, k=(10, 20))
+    for key in ("recall@10", "ndcg@10", "recall@20"):
+        assert m.validation_metrics_[key] == pytest.approx(again[key], abs=1e-12), key
+    assert m.validation_metrics_["users_evaluated"] == again["users_evaluated"]
+    with pytest.raises(towerrec.InputError, match="validation"):
+        towerrec.TwoTower(epochs=1, device="cpu", threads=1).fit(
+            train, validation=pd.DataFrame({"user": [train.user.iloc[0]], "item": [-12345]}),
+            show_progress=False)
+
+
 def test_save_load_round_trip(fitted, tmp_path):
     fitted.save(tmp_path / "m.ckpt")
     back = towerrec.TwoTower.load(tmp_path / "m.ckpt", device="cpu")

@@ -74,12 +74,14 @@ void add_case(const std::string& name, std::function<std::shared_ptr<Fixture>()>
 std::string case_name(const std::string& op, const std::string& backend,
                       const std::vector<std::pair<std::string, int64_t>>& sizes);
 
-// Each suite's registration function (one per bench/bench_<family>.cpp).
+// Each suite's registration function (one per bench/<family>_bench.cpp, and
+// bench/plan_bench.cpp for the host batch planner).
 void register_dense();
 void register_embedding();
 void register_loss();
 void register_optim();
 void register_plan();
 void register_topk();
+void register_transform();
 
 }  // namespace towerrec::bench

@@ -1,7 +1,7 @@
 // towerrec_bench: kernel throughput of every op family on every backend.
 //
 //   towerrec_bench                                   the whole default grid
-//   towerrec_bench --benchmark_filter='^dense_'      one family
+//   towerrec_bench --benchmark_filter='^dense_'      one family (bench/<family>_bench.cpp)
 //   towerrec_bench --benchmark_filter='/cuda/'       one backend
 //   towerrec_bench --benchmark_format=json --benchmark_out=ops.json
 //
@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   register_optim();
   register_plan();
   register_topk();
+  register_transform();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

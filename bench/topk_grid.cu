@@ -600,7 +600,7 @@ __global__ void uniform_kernel(float* __restrict__ p, int64_t n, uint64_t seed) 
   }
 }
 
-// The two-kernel path's conversion (kernels/cuda/topk.cu): round to nearest even.
+// The two-kernel path's conversion (kernels/topk/cuda.cu): round to nearest even.
 __global__ void to_bf16_kernel(const float* __restrict__ src, int64_t n,
                                __nv_bfloat16* __restrict__ dst) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
@@ -618,7 +618,7 @@ void to_bf16(cudaStream_t s, const float* src, int64_t n, __nv_bfloat16* dst) {
   CUDA_CHECK_LAUNCH(s, "to_bf16_kernel");
 }
 
-// Row-major S[nb x nc] = U[u0 .. u0+nb) . V[c0 .. c0+nc)^T, the call topk.cu makes:
+// Row-major S[nb x nc] = U[u0 .. u0+nb) . V[c0 .. c0+nc)^T, the call kernels/topk/cuda.cu makes:
 // column-major S^T[nc x nb] = V_chunk (OP_T of column-major [d x nc]) . U_blk^T.
 // U and V are float for fp32/tf32 and __nv_bfloat16 for bf16.
 void score_gemm(cublasHandle_t h, TopkPrecision p, const void* V, const void* U, int64_t c0,
@@ -654,7 +654,7 @@ struct Tiles {
   }
 };
 
-// The two-kernel path's tiles (kernels/cuda/topk.cu with the tiles set on the backend).
+// The two-kernel path's tiles (kernels/topk/cuda.cu with the tiles set on the backend).
 Tiles topk_tiles(int64_t users, int64_t items) {
   return {std::min(users, std::min<int64_t>(kTileUsers, 65535)),
           std::max<int64_t>(1, std::min(items, kTileItems))};

@@ -6,6 +6,11 @@
 //
 // Memory is ordinary host memory (64-byte aligned); to_device/to_host/copy are
 // memcpy and synchronize() does nothing.
+//
+// The member functions are defined one family per file: kernels/cpu/cpu_backend.cpp
+// (construction, memory, copies), kernels/<family>/cpu.cpp for the ops of
+// dense, embedding, loss, transform, optim and topk; shared loop helpers are in
+// kernels/cpu/cpu_util.h.
 #pragma once
 
 #include <cstdint>

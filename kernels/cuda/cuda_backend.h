@@ -7,13 +7,13 @@
 // with the host; only to_host() and synchronize() wait.
 //
 // The ops are member functions defined one family per file:
-//   cuda_backend.cu  context, memory ops, factory
-//   dense.cu         dense_forward, dense_backward
-//   embedding.cu     gather_rows, bag_forward, bag_backward
-//   loss.cu          logistic_loss, bpr_loss, softmax_loss
-//   transform.cu     l2_normalize, l2_normalize_backward, dropout
-//   optim.cu         adam, sparse_adam, sgd, sparse_sgd
-//   topk.cu          topk
+//   kernels/cuda/cuda_backend.cu  context, memory ops, factory
+//   kernels/dense/cuda.cu         dense_forward, dense_backward
+//   kernels/embedding/cuda.cu     gather_rows, bag_forward, bag_backward
+//   kernels/loss/cuda.cu          logistic_loss, bpr_loss, softmax_loss
+//   kernels/transform/cuda.cu     l2_normalize, l2_normalize_backward, dropout
+//   kernels/optim/cuda.cu         adam, sparse_adam, sgd, sparse_sgd
+//   kernels/topk/cuda.cu          topk
 // This header is internal to the backend (it includes CUDA headers); public
 // headers under include/towerrec never do.
 #pragma once
@@ -118,7 +118,7 @@ class CudaBackend final : public Backend {
   // Makes this backend's device current on the calling thread (every op's first line).
   void activate() const;
   // Column-major cuBLAS product for the tower layers in the current matmul
-  // precision (dense.cu).
+  // precision (kernels/dense/cuda.cu).
   void tower_gemm(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
                   const float* A, int lda, const float* B, int ldb, float* C, int ldc);
   CachingAllocator::Stats allocator_stats() const { return alloc_.stats(); }
@@ -129,7 +129,7 @@ class CudaBackend final : public Backend {
   // Tile of the top-K score matrix: users per block and items per chunk. The
   // defaults bound the tile to 32 MiB; tests shrink them to cross chunk edges.
   void set_topk_tiles(int64_t users, int64_t items);
-  // Precision of the top-K score GEMM and the choice of version (topk.cu).
+  // Precision of the top-K score GEMM and the choice of version (kernels/topk/cuda.cu).
   void set_topk_precision(TopkPrecision p);
   void set_topk_path(TopkPath p);
   bool topk_fused_supported(int d, int k) const;

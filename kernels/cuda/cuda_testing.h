@@ -9,7 +9,7 @@
 
 namespace towerrec::cuda {
 
-// Arithmetic of topk's score GEMM (see kernels/cuda/topk.cu). fp32 agrees with
+// Arithmetic of topk's score GEMM (see kernels/topk/cuda.cu). fp32 agrees with
 // the CPU reference; tf32 and bf16 use tensor cores and rank approximately.
 // Default: $TOWERREC_TOPK_PRECISION (fp32, tf32 or bf16), else fp32.
 enum class TopkPrecision { kFP32, kTF32, kBF16 };

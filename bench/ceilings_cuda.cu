@@ -10,6 +10,7 @@
 #include <string>
 
 #include "bench/ceilings.h"
+#include "kernels/cuda/cuda_backend.h"
 
 namespace towerrec::bench {
 namespace {
@@ -52,10 +53,6 @@ __global__ void fill_kernel(float* p, size_t n, float v) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
     p[i] = v * float(i % 1000) * 1e-3f;
 }
-__global__ void to_bf16_kernel(const float* s, __nv_bfloat16* d, size_t n) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    d[i] = __float2bfloat16(s[i]);
-}
 
 }  // namespace
 
@@ -97,8 +94,8 @@ CudaCeilings measure_cuda_ceilings(int n, bool quick) {
     ck(cudaMalloc(&Ch, nn * 2), "C bf16");
     fill_kernel<<<1024, 256>>>(A, nn, 1.0f);
     fill_kernel<<<1024, 256>>>(B, nn, -1.0f);
-    to_bf16_kernel<<<1024, 256>>>(A, Ah, nn);
-    to_bf16_kernel<<<1024, 256>>>(B, Bh, nn);
+    towerrec::cuda::to_bf16(0, A, static_cast<int64_t>(nn), Ah);
+    towerrec::cuda::to_bf16(0, B, static_cast<int64_t>(nn), Bh);
     ck(cudaGetLastError(), "fill");
     ck(cublasCreate(&handle), "cublasCreate");
     const float one = 1.0f, zero = 0.0f;

@@ -60,6 +60,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "towerrec/rng.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_testing.h"
 #include "towerrec/backend.h"
@@ -73,8 +74,8 @@ using towerrec::cuda::CudaBackend;
 using towerrec::cuda::TopkPath;
 using towerrec::cuda::TopkPrecision;
 
-constexpr int64_t kTileUsers = 512;    // the two-kernel path's score tile, set on
-constexpr int64_t kTileItems = 16384;  // the backend (its defaults, 32 MiB)
+constexpr int64_t kTileUsers = towerrec::cuda::kTopkTileUsers;  // the two-kernel path's score
+constexpr int64_t kTileItems = towerrec::cuda::kTopkTileItems;  // tile (the backend's defaults)
 constexpr int64_t kMaxK = 1024;        // the CUDA backend's largest k
 constexpr size_t kBareCapBytes = size_t{4} << 30;
 constexpr size_t kMarginBytes = size_t{512} << 20;
@@ -584,12 +585,8 @@ Timing measure(Events& ev, const Options& o, F fn) {
   return out;
 }
 
-__host__ __device__ inline uint64_t mix64(uint64_t x) {  // splitmix64's finalizer
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
+using towerrec::rng::mix64;     // splitmix64's finalizer
+using towerrec::cuda::to_bf16;  // the two-kernel path's conversion (kernels/topk/cuda.cu)
 
 // p[i] uniform in [-1, 1) (24 random bits), a function of (seed, i) only.
 __global__ void uniform_kernel(float* __restrict__ p, int64_t n, uint64_t seed) {
@@ -600,22 +597,9 @@ __global__ void uniform_kernel(float* __restrict__ p, int64_t n, uint64_t seed) 
   }
 }
 
-// The two-kernel path's conversion (kernels/topk/cuda.cu): round to nearest even.
-__global__ void to_bf16_kernel(const float* __restrict__ src, int64_t n,
-                               __nv_bfloat16* __restrict__ dst) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x)
-    dst[i] = __float2bfloat16_rn(src[i]);
-}
-
 void fill_uniform(cudaStream_t s, float* p, int64_t n, uint64_t seed) {
   uniform_kernel<<<towerrec::cuda::grid_for(n), towerrec::cuda::kThreads, 0, s>>>(p, n, seed);
   CUDA_CHECK_LAUNCH(s, "uniform_kernel");
-}
-
-void to_bf16(cudaStream_t s, const float* src, int64_t n, __nv_bfloat16* dst) {
-  to_bf16_kernel<<<towerrec::cuda::grid_for(n), towerrec::cuda::kThreads, 0, s>>>(src, n, dst);
-  CUDA_CHECK_LAUNCH(s, "to_bf16_kernel");
 }
 
 // Row-major S[nb x nc] = U[u0 .. u0+nb) . V[c0 .. c0+nc)^T, the call kernels/topk/cuda.cu makes:

@@ -6,11 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define TR_HD __host__ __device__ __forceinline__
-#else
-#define TR_HD inline
-#endif
+#include "towerrec/hostdevice.h"
 
 namespace towerrec::math {
 

@@ -6,16 +6,12 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define TR_RNG_HD __host__ __device__ __forceinline__
-#else
-#define TR_RNG_HD inline
-#endif
+#include "towerrec/hostdevice.h"
 
 namespace towerrec::rng {
 
 // SplitMix64 finaliser: a bijective 64-bit mix with good avalanche.
-TR_RNG_HD uint64_t mix64(uint64_t z) {
+TR_HD uint64_t mix64(uint64_t z) {
   z += 0x9E3779B97F4A7C15ull;
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
@@ -23,17 +19,17 @@ TR_RNG_HD uint64_t mix64(uint64_t z) {
 }
 
 // 64 random bits for (seed, stream, counter).
-TR_RNG_HD uint64_t bits(uint64_t seed, uint64_t stream, uint64_t counter) {
+TR_HD uint64_t bits(uint64_t seed, uint64_t stream, uint64_t counter) {
   return mix64(mix64(seed ^ mix64(stream + 0x632BE59BD9B4E019ull)) + counter);
 }
 
 // Uniform in [0, 1) with 24 bits of precision.
-TR_RNG_HD float uniform(uint64_t seed, uint64_t stream, uint64_t counter) {
+TR_HD float uniform(uint64_t seed, uint64_t stream, uint64_t counter) {
   return static_cast<float>(bits(seed, stream, counter) >> 40) * (1.0f / 16777216.0f);
 }
 
 // Uniform integer in [0, n) (Lemire's multiply-shift; bias < n / 2^64).
-TR_RNG_HD uint64_t below(uint64_t seed, uint64_t stream, uint64_t counter, uint64_t n) {
+TR_HD uint64_t below(uint64_t seed, uint64_t stream, uint64_t counter, uint64_t n) {
   const uint64_t x = bits(seed, stream, counter);
 #if defined(__CUDA_ARCH__)
   return __umul64hi(x, n);

@@ -19,6 +19,21 @@
 namespace towerrec::cuda {
 
 namespace {
+__global__ void to_bf16_kernel(const float* __restrict__ src, int64_t n,
+                               __nv_bfloat16* __restrict__ dst) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
+    dst[i] = __float2bfloat16_rn(src[i]);
+}
+}  // namespace
+
+void to_bf16(cudaStream_t stream, const float* src, int64_t n, __nv_bfloat16* dst) {
+  if (n <= 0) return;
+  to_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(src, n, dst);
+  CUDA_CHECK_LAUNCH(stream, "to_bf16_kernel");
+}
+
+namespace {
 
 // cuBLAS workspace: 32 MiB is what NVIDIA recommends for Hopper.
 constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;

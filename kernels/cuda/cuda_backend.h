@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -44,6 +45,18 @@ inline unsigned grid_for(int64_t n, int threads = kThreads) {
   const int64_t blocks = (n + threads - 1) / threads;
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
 }
+
+// The two-kernel top-K's default score tile: users x items (32 MiB of fp32).
+constexpr int64_t kTopkTileUsers = 512;
+constexpr int64_t kTopkTileItems = 16384;
+
+// Row kernels: one warp per row, kWarpsPerBlock rows per block.
+constexpr int kWarpsPerBlock = 8;
+inline unsigned warp_grid(int64_t rows) { return grid_for(rows, kWarpsPerBlock); }
+
+// dst[n] = bf16(src[n]) rounded to nearest even, queued on `stream`: the one
+// conversion of the bf16 products (top-K scores, benchmarks).
+void to_bf16(cudaStream_t stream, const float* src, int64_t n, __nv_bfloat16* dst);
 
 class CudaBackend final : public Backend {
  public:
@@ -142,8 +155,8 @@ class CudaBackend final : public Backend {
   void* cublas_workspace_ = nullptr;
   CachingAllocator alloc_;
   std::string description_;
-  int64_t topk_users_per_tile_ = 512;
-  int64_t topk_items_per_tile_ = 16384;
+  int64_t topk_users_per_tile_ = kTopkTileUsers;
+  int64_t topk_items_per_tile_ = kTopkTileItems;
   TopkPrecision topk_precision_ = TopkPrecision::kFP32;
   TopkPath topk_path_ = TopkPath::kAuto;
   std::string base_description_;  // description_ without the top-K settings

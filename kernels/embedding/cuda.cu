@@ -18,12 +18,6 @@ namespace towerrec::cuda {
 
 namespace {
 
-constexpr int kWarpsPerBlock = 8;
-
-unsigned warp_grid(int64_t rows) {
-  const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
-}
 
 __global__ void gather_rows_kernel(const float* __restrict__ src, int dim,
                                    const int32_t* __restrict__ idx, int64_t n,

@@ -15,12 +15,6 @@ namespace towerrec::cuda {
 
 namespace {
 
-constexpr int kWarpsPerBlock = 8;
-
-unsigned warp_grid(int64_t rows) {
-  const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 ? 65535 : blocks));
-}
 
 __global__ void adam_kernel(float* __restrict__ param, const float* __restrict__ grad,
                             float* __restrict__ m, float* __restrict__ v, int64_t n,

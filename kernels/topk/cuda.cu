@@ -34,7 +34,7 @@
 //     tf32  cublasGemmEx with CUBLAS_COMPUTE_32F_FAST_TF32: FP32 in and out,
 //           tensor-core products of inputs rounded to TF32 (10-bit mantissa)
 //     bf16  U block and V chunk converted to BF16 (8-bit mantissa) by
-//           to_bf16_kernel, cublasGemmEx with FP32 accumulation and output
+//           to_bf16, cublasGemmEx with FP32 accumulation and output
 //   tf32/bf16 return the scores of that GEMM: the ranking is approximate near
 //   ties (relative error about 2^-10 for tf32 and 2^-8 for bf16 per product).
 //
@@ -189,13 +189,6 @@ __global__ void finish_kernel(const Key* __restrict__ best, int64_t total,
     write_key(best[i], out_items + i, out_scores + i);
 }
 
-// dst[n] = bf16(src[n]), round to nearest even.
-__global__ void to_bf16_kernel(const float* __restrict__ src, int64_t n,
-                               __nv_bfloat16* __restrict__ dst) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x)
-    dst[i] = __float2bfloat16_rn(src[i]);
-}
 
 // ---- version 2: fused scoring and selection --------------------------------------------
 
@@ -412,8 +405,7 @@ void CudaBackend::topk(const float* U, int64_t n_users, const float* V, int64_t 
     const int64_t nb = std::min(ub, n_users - u0);
     CUDA_CHECK(cudaMemsetAsync(best.get(), 0xFF, sizeof(Key) * size_t(nb) * k, stream_));
     if (bf16 && n_items > 0) {
-      to_bf16_kernel<<<grid_for(nb * d), kThreads, 0, stream_>>>(U + u0 * d, nb * d, Ub.get());
-      CUDA_CHECK_LAUNCH(stream_, "to_bf16_kernel");
+      to_bf16(stream_, U + u0 * d, nb * d, Ub.get());
     }
     for (int64_t c0 = 0; c0 < n_items; c0 += ic) {
       const int64_t nc = std::min(ic, n_items - c0);
@@ -432,9 +424,7 @@ void CudaBackend::topk(const float* U, int64_t n_users, const float* V, int64_t 
                                     CUBLAS_GEMM_DEFAULT));
           break;
         case TopkPrecision::kBF16:
-          to_bf16_kernel<<<grid_for(nc * d), kThreads, 0, stream_>>>(V + c0 * d, nc * d,
-                                                                     Vb.get());
-          CUDA_CHECK_LAUNCH(stream_, "to_bf16_kernel");
+          to_bf16(stream_, V + c0 * d, nc * d, Vb.get());
           CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, d, &one, Vb.get(),
                                     CUDA_R_16BF, d, Ub.get(), CUDA_R_16BF, d, &zero, S.get(),
                                     CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));

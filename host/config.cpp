@@ -1,7 +1,10 @@
 #include "towerrec/config.h"
 
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -49,22 +52,40 @@ std::vector<int> parse_int_list(const std::string& key, const std::string& v) {
 }
 
 std::string quote(const std::string& s) { return json(s).dump(); }
+
+// The JSON type each key takes in a file: i integer, f number, b boolean,
+// s string; n integer or "auto", t number or "none", h "W,W" or [W, W],
+// B boolean or string.
+std::map<std::string, char>& json_kinds() {
+  static std::map<std::string, char> kinds;
+  return kinds;
+}
+char json_kind(const char* name, char kind) {
+  json_kinds()[name] = kind;
+  return kind;
+}
+// The shortest text that reads back as the same value: of the float when x
+// holds a float's value (every float key, and the double keys parsed as
+// floats), else of the double. "0.1", never "0.100000001".
 std::string num(double x) {
   // -0 would read back from JSON as the integer 0, i.e. +0: write 0 for both.
   if (x == 0) x = 0;
-  std::ostringstream ss;
-  ss.precision(9);
-  ss << x;
-  return ss.str();
+  char buf[64];
+  const float f = static_cast<float>(x);
+  const auto r = static_cast<double>(f) == x ? std::to_chars(buf, buf + sizeof buf, f)
+                                             : std::to_chars(buf, buf + sizeof buf, x);
+  return std::string(buf, r.ptr);
 }
 
 ConfigKey str_key(const char* name, const char* help, std::string Config::*m) {
+  json_kind(name, 's');
   return {name, help, [m](Config& c, const std::string& v) { c.*m = v; },
           [m](const Config& c) { return quote(c.*m); }, false, "TEXT"};
 }
 
 template <typename Get>
 ConfigKey int_key(const char* name, const char* help, Get ref, int64_t lo, int64_t hi) {
+  json_kind(name, 'i');
   return {name, help,
           [=](Config& c, const std::string& v) {
             const int64_t x = parse_int(name, v);
@@ -76,11 +97,17 @@ ConfigKey int_key(const char* name, const char* help, Get ref, int64_t lo, int64
           [=](const Config& c) { return std::to_string(ref(const_cast<Config&>(c))); }, false, "N"};
 }
 
+// lo_open: lo itself is refused too (a learning rate of 0 trains nothing).
 template <typename Get>
-ConfigKey float_key(const char* name, const char* help, Get ref, float lo, float hi) {
+ConfigKey float_key(const char* name, const char* help, Get ref, float lo, float hi,
+                    bool lo_open = false) {
+  json_kind(name, 'f');
   return {name, help,
           [=](Config& c, const std::string& v) {
             const float x = parse_float(name, v);
+            if (lo_open && x <= lo)
+              throw Error(std::string("--") + name + ": " + v + " cannot train: it must be > " +
+                          num(lo) + " (and at most " + num(hi) + ")");
             if (x < lo || x > hi)
               throw Error(std::string("--") + name + ": " + v + " is outside [" + num(lo) +
                           ", " + num(hi) + "]");
@@ -91,6 +118,7 @@ ConfigKey float_key(const char* name, const char* help, Get ref, float lo, float
 
 template <typename Get>
 ConfigKey bool_key(const char* name, const char* help, Get ref) {
+  json_kind(name, 'b');
   return {name, help, [=](Config& c, const std::string& v) { ref(c) = parse_bool(name, v); },
           [=](const Config& c) { return std::string(ref(const_cast<Config&>(c)) ? "true" : "false"); },
           true, "[true|false]"};
@@ -98,6 +126,7 @@ ConfigKey bool_key(const char* name, const char* help, Get ref) {
 
 template <typename Get>
 ConfigKey choice_key(const char* name, const char* help, Get ref, std::vector<std::string> choices) {
+  json_kind(name, 's');
   return {name, help,
           [=](Config& c, const std::string& v) {
             for (const auto& ch : choices)
@@ -120,6 +149,7 @@ ConfigKey choice_key(const char* name, const char* help, Get ref, std::vector<st
 // A key whose values are the names of enum E (options.h).
 template <typename E, typename Get>
 ConfigKey enum_key(const char* name, const char* help, Get ref) {
+  json_kind(name, 's');
   return {name, help,
           [=](Config& c, const std::string& v) {
             for (size_t i = 0; i < EnumNames<E>::names.size(); ++i)
@@ -143,8 +173,22 @@ void add_data_and_model_keys(std::vector<ConfigKey>& k) {
   k.push_back(str_key("data", "input: MovieLens dir, `towerrec synth` dir, or interactions CSV", &Config::data));
   k.push_back(str_key("user-features", "user feature CSV (with a CSV --data)", &Config::user_features));
   k.push_back(str_key("item-features", "item feature CSV (with a CSV --data)", &Config::item_features));
-  k.push_back(float_key("rating-threshold", "keep interactions with rating >= this as positives",
-                        [](Config& c) -> float& { return c.rating_threshold; }, -inf, inf));
+  // -1e30 (the default) keeps every rating: shown and accepted as "none".
+  k.push_back({"rating-threshold", "keep interactions with rating >= this as positives (none: all)",
+               [inf](Config& c, const std::string& v) {
+                 if (v == "none") {
+                   c.rating_threshold = -inf;
+                   return;
+                 }
+                 const float x = parse_float("rating-threshold", v);
+                 if (x < -inf || x > inf)
+                   throw Error("--rating-threshold: " + v + " is outside [" + num(-inf) + ", " +
+                               num(inf) + "] (none: keep every rating)");
+                 c.rating_threshold = x;
+               },
+               [inf](const Config& c) {
+                 return c.rating_threshold <= -inf ? quote("none") : num(c.rating_threshold);
+               }});
   k.push_back(bool_key("features", "feed entity features to the towers",
                        [](Config& c) -> bool& { return c.features; }));
   k.push_back(str_key("train-file", "training interactions CSV (e.g. from `towerrec split`); IDs and features still come from --data", &Config::train_file));
@@ -225,6 +269,9 @@ void add_training_keys(std::vector<ConfigKey>& k) {
                        [](Config& c) -> bool& { return c.train.logq; }));
   k.push_back(choice_key("normalize", "L2-normalise output embeddings: cosine scores, softmax loss only (auto: on for softmax)",
                          [](Config& c) -> std::string& { return c.normalize; }, {"auto", "true", "false"}));
+  // true and false as JSON booleans, auto as a string.
+  k.back().get = [](const Config& c) { return c.normalize == "auto" ? quote("auto") : c.normalize; };
+  json_kind("normalize", 'B');
   k.push_back(float_key("dropout", "dropout rate after each hidden layer while training",
                         [](Config& c) -> float& { return c.tower.dropout; }, 0.0f, 0.95f));
   k.push_back(enum_key<LrSchedule>("lr-schedule", "constant, cosine (decay to 0) or step",
@@ -237,7 +284,8 @@ void add_training_keys(std::vector<ConfigKey>& k) {
                         [](Config& c) -> float& { return c.train.lr_gamma; }, 1e-6f, 1.0f));
   k.push_back(enum_key<OptimizerKind>("optimizer", "adam or sgd",
                                     [](Config& c) -> OptimizerKind& { return c.train.optimizer.kind; }));
-  k.push_back(float_key("lr", "learning rate", [](Config& c) -> float& { return c.train.optimizer.lr; }, 0.0f, 100.0f));
+  k.push_back(float_key("lr", "learning rate", [](Config& c) -> float& { return c.train.optimizer.lr; }, 0.0f, 100.0f,
+                        true));
   k.push_back(float_key("weight-decay", "decoupled weight decay of tower layers and feature tables",
                         [](Config& c) -> float& { return c.train.optimizer.weight_decay; }, 0.0f, 10.0f));
   k.push_back(float_key("embedding-decay", "decoupled weight decay of ID-embedding rows used in a batch",
@@ -280,9 +328,13 @@ std::vector<ConfigKey> build_keys() {
   add_data_and_model_keys(k);
   add_training_keys(k);
   add_run_keys(k);
-  // What the values of the keys with their own parsers are.
+  // The JSON types and value names of the keys with their own parsers.
+  const std::pair<const char*, char> kinds[] = {
+      {"holdout", 'f'}, {"split-seed", 'i'}, {"rating-threshold", 't'}, {"hidden", 'h'},
+      {"negatives", 'n'}, {"seed", 'i'}, {"device", 's'}, {"checkpoint-every-minutes", 'f'}};
+  for (const auto& [name, kind] : kinds) json_kind(name, kind);
   const std::pair<const char*, const char*> value_names[] = {
-      {"holdout", "X"}, {"split-seed", "N"}, {"hidden", "W,W,..|none"}, {"negatives", "N|auto"},
+      {"holdout", "X"}, {"split-seed", "N"}, {"rating-threshold", "X|none"}, {"hidden", "W,W,..|none"}, {"negatives", "N|auto"},
       {"seed", "N"}, {"device", "auto|cpu|cuda|cuda:N"}, {"checkpoint-every-minutes", "X"}};
   for (auto& key : k)
     for (const auto& [name, value] : value_names)
@@ -296,6 +348,34 @@ const ConfigKey* find_key(const std::string& name) {
   return nullptr;
 }
 
+// "" when `v` has the JSON type of kind `kind` (json_kinds), else what it should be.
+std::string type_error(char kind, const json& v) {
+  const bool integer = v.is_number_integer();
+  switch (kind) {
+    case 'i': return integer ? "" : "an integer";
+    case 'f': return v.is_number() ? "" : "a number";
+    case 'b': return v.is_boolean() ? "" : "true or false";
+    case 's': return v.is_string() ? "" : "a string";
+    case 'n': return integer || v == "auto" ? "" : "an integer or \"auto\"";
+    case 't': return v.is_number() || v == "none" ? "" : "a number or \"none\"";
+    case 'h': return v.is_string() || v.is_array() ? "" : "\"W,W,...\", [W, W, ...] or \"none\"";
+    case 'B': return v.is_boolean() || v.is_string() ? "" : "true, false or \"auto\"";
+    default: return "";
+  }
+}
+
+// The line of `"key":` in a JSON text (0 when not found), for errors.
+int64_t key_line(const std::string& text, const std::string& key) {
+  const std::string quoted = json(key).dump();
+  for (size_t at = text.find(quoted); at != std::string::npos; at = text.find(quoted, at + 1)) {
+    size_t e = at + quoted.size();
+    while (e < text.size() && std::isspace(static_cast<unsigned char>(text[e]))) ++e;
+    if (e < text.size() && text[e] == ':')
+      return 1 + std::count(text.begin(), text.begin() + static_cast<std::ptrdiff_t>(at), '\n');
+  }
+  return 0;
+}
+
 }  // namespace
 
 void resolve_defaults(Config& cfg) {
@@ -306,6 +386,13 @@ void resolve_defaults(Config& cfg) {
   }
   if (cfg.normalize == "auto") cfg.normalize = softmax ? "true" : "false";
   cfg.tower.normalize = cfg.normalize == "true";
+  // Combinations of keys that cannot train, refused before any work.
+  if (cfg.train.loss == Loss::kBpr && cfg.train.negatives < 1)
+    throw Error("--loss bpr compares each positive with sampled negatives: --negatives 0 cannot "
+                "train (give --negatives 1 or more)");
+  if (cfg.tower.normalize && !softmax)
+    throw Error("--normalize true needs --loss softmax (cosine scores are scaled by its "
+                "--temperature)");
 }
 
 const std::vector<ConfigKey>& config_keys() {
@@ -329,7 +416,10 @@ void apply_json(Config& cfg, const std::string& text, const std::string& source)
   if (!j.is_object()) throw InputError(source, 1, "", "expected a JSON object");
   for (auto it = j.begin(); it != j.end(); ++it) {
     const ConfigKey* k = find_key(it.key());
-    if (!k) throw InputError(source, 0, it.key(), "unknown configuration key");
+    if (!k) throw InputError(source, key_line(text, it.key()), it.key(), "unknown configuration key");
+    if (const std::string want = type_error(json_kinds().at(k->name), *it); !want.empty())
+      throw InputError(source, key_line(text, it.key()), it.key(),
+                       "expected " + want + ", got " + it->dump());
     std::string v;
     if (it->is_string()) v = it->get<std::string>();
     else if (it->is_boolean()) v = it->get<bool>() ? "true" : "false";
@@ -342,7 +432,7 @@ void apply_json(Config& cfg, const std::string& text, const std::string& source)
     try {
       k->set(cfg, v);
     } catch (const Error& e) {
-      throw InputError(source, 0, it.key(), e.what());
+      throw InputError(source, key_line(text, it.key()), it.key(), e.what());
     }
   }
 }

@@ -1,10 +1,14 @@
 #include "towerrec/session.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <iterator>
 
 #include <nlohmann/json.hpp>
@@ -19,6 +23,8 @@
 namespace towerrec {
 
 namespace {
+
+using json = nlohmann::json;
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -96,6 +102,47 @@ class StopSignals {
   struct sigaction old_int_ {}, old_term_ {};
 };
 
+// Refuses, before any work, input paths that do not exist.
+void check_inputs(const Config& cfg) {
+  if (cfg.data.empty()) throw Error("no input: give --data (a MovieLens or synth directory, or a CSV)");
+  const std::pair<const char*, const std::string*> paths[] = {
+      {"data", &cfg.data}, {"user-features", &cfg.user_features}, {"item-features", &cfg.item_features},
+      {"train-file", &cfg.train_file}, {"validation-file", &cfg.validation_file}};
+  for (const auto& [key, p] : paths) {
+    std::error_code ec;
+    if (!p->empty() && !std::filesystem::exists(*p, ec))
+      throw Error(std::string("--") + key + " " + *p + ": no such file or directory");
+  }
+}
+
+// Refuses, before any work, an output training could not write: OUT not a
+// directory (or not one that can be created) or not writable, OUT/model.ckpt
+// not a file; and with --resume a checkpoint that cannot be read.
+void check_outputs(const std::string& out, const std::string& ckpt, bool resume) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::path dir = fs::path(out.empty() ? "." : out);
+  // The nearest existing directory: OUT itself, or the one make_directories starts in.
+  while (!fs::exists(fs::status(dir, ec))) {
+    const fs::path up = dir.has_parent_path() && dir.parent_path() != dir ? dir.parent_path() : fs::path(".");
+    if (up == dir) break;
+    dir = up;
+  }
+  if (!fs::is_directory(fs::status(dir, ec)))
+    throw Error("--out " + out + ": " + dir.string() + " is not a directory");
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    throw Error("--out " + out + ": cannot write in " + dir.string() + " (" + std::strerror(errno) + ")");
+  const auto st = fs::status(ckpt, ec);
+  if (fs::exists(st) && !fs::is_regular_file(st))
+    throw Error(ckpt + ": exists and is not a checkpoint file (a directory?); move it away" +
+                std::string(resume ? " to start from scratch" : ""));
+  if (resume && fs::exists(st)) {
+    std::FILE* f = std::fopen(ckpt.c_str(), "rb");
+    if (!f) throw Error(ckpt + ": cannot read the checkpoint to resume from (" + std::strerror(errno) + ")");
+    std::fclose(f);
+  }
+}
+
 }  // namespace
 
 std::string format_seconds(double s) {
@@ -163,8 +210,19 @@ TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCall
     throw Error("--eval-every and --early-stopping need a validation split: give --validation F "
                 "(or --holdout F), or --validation-file FILE");
   config_text_ = to_json(cfg_);
-  emit(cb_.note, "effective configuration:\n" + config_text_.substr(0, config_text_.size() - 1));
+  check_inputs(cfg_);
+  check_outputs(cfg_.out, checkpoint_path(), options_.resume);
   load_data();
+  // A short summary; the whole configuration is OUT/config.json.
+  std::string hidden;
+  for (int w : cfg_.tower.hidden) hidden += (hidden.empty() ? "" : ",") + std::to_string(w);
+  emit(cb_.note, format("training: %s loss, %s, lr %s, %d epochs of batch %lld; towers %s -> %d; "
+                        "configuration in %s/config.json",
+                        to_string(cfg_.train.loss), to_string(cfg_.train.optimizer.kind),
+                        json::parse(config_text_)["lr"].dump().c_str(), cfg_.train.epochs,
+                        static_cast<long long>(cfg_.train.batch_size),
+                        hidden.empty() ? "linear" : hidden.c_str(), cfg_.tower.out_dim,
+                        cfg_.out.c_str()));
   be_ = make_backend(cfg_.device, cfg_.threads);
   model_ = build_model(*be_, cfg_, ds_.user_features, ds_.users.size(), ds_.item_features,
                        ds_.items.size(), &seen_train_);

@@ -9,12 +9,14 @@
 #include <dirent.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <set>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "tests/test_util.h"
@@ -187,6 +189,14 @@ TEST_F(Pipeline, RecommendWritesTopKWithoutSeenItemsAndExportMatchesScores) {
   EXPECT_EQ(srows[4][0], "u10");
   EXPECT_EQ(srows[7][0], "u0");
 
+  // --out -: the CSV on stdout, the closing line on stderr, no file named "-".
+  const Result piped = cli("recommend --model " + path("model") + " --k 3 --user u0 --out - --threads 1");
+  ASSERT_OK(piped);
+  EXPECT_EQ(piped.out.rfind("user,item,rank,score\nu0,", 0), 0u) << piped.out;
+  EXPECT_EQ(std::count(piped.out.begin(), piped.out.end(), '\n'), 4) << piped.out;
+  EXPECT_NE(piped.err.find("wrote standard output: 3 rows"), std::string::npos) << piped.err;
+  EXPECT_FALSE(file_exists("-"));
+
   // Export: the dot product of exported rows is the recommended score.
   ASSERT_OK(cli("export --model " + path("model") + " --out " + path("emb") + " --threads 1"));
   const std::string ub = read_file(path("emb/user_embeddings.npy")), ib = read_file(path("emb/item_embeddings.npy"));
@@ -245,6 +255,22 @@ TEST_F(Pipeline, BadInputsNameFileLineFieldAndLeaveNoOutput) {
   write_text(path("corrupt/model.ckpt"), ck);
   EXPECT_FAILS_WITH(cli("export --model " + path("corrupt") + " --out " + path("bad_emb")), path("corrupt/model.ckpt"));
   EXPECT_FALSE(file_exists(path("bad_emb/user_embeddings.npy")));
+  // Outputs that cannot be written are refused before any work: a checkpoint
+  // path that is a directory (with or without --resume), a recommendations
+  // file in a missing directory or that is a directory.
+  make_directories(path("ckdir/model.ckpt"));
+  const Result ckdir = cli("train --data " + path("syn") + " --epochs 1 --threads 1 --resume --out " + path("ckdir"));
+  EXPECT_FAILS_WITH(ckdir, "ckdir/model.ckpt: exists and is not a checkpoint file");
+  EXPECT_EQ(ckdir.err.find("starting from scratch"), std::string::npos) << ckdir.err;
+  EXPECT_EQ(ckdir.err.find("data:"), std::string::npos) << ckdir.err;
+  EXPECT_FALSE(file_exists(path("ckdir/config.json")));
+  EXPECT_FAILS_WITH(cli("train --data " + path("syn") + " --epochs 1 --threads 1 --out " + path("ckdir")),
+                    "not a checkpoint file");
+  write_text(path("plainfile"), "x");
+  EXPECT_FAILS_WITH(cli("train --data " + path("syn") + " --epochs 1 --threads 1 --out " + path("plainfile/m")),
+                    "is not a directory");
+  EXPECT_FAILS_WITH(cli("recommend --model " + model + " --out " + path("no/such/dir/recs.csv")), "no directory");
+  EXPECT_FAILS_WITH(cli("recommend --model " + model + " --out " + path("ckdir")), "is a directory");
   // Usage errors.
   EXPECT_FAILS_WITH(cli("eval --model " + model + " --test " + path("sp/test.csv") + " --protocol nope"), "--protocol");
   EXPECT_FAILS_WITH(cli("recommend --model " + model), "--out");
@@ -313,7 +339,15 @@ TEST(Tune, GridTableBestConfigAndRandomTrials) {
   const Result b = cli(common + " --param lr=0.001,0.01 --param hidden='32;none' --best " + path("best2.json"));
   ASSERT_OK(b);
   EXPECT_EQ(read_file(path("best.json")), read_file(path("best2.json")));
-  EXPECT_OK(cli("train --config " + path("best.json") + " --epochs 1 --out " + path("t_model")));
+  // Only the searched keys and the model and training keys given: no data,
+  // holdout or output directory for `train --config` to inherit.
+  const auto best = nlohmann::json::parse(read_file(path("best.json")));
+  EXPECT_TRUE(best.contains("lr") && best.contains("hidden")) << best.dump();
+  EXPECT_EQ(best.value("epochs", 0), 2) << best.dump();
+  for (const char* key : {"holdout", "out", "data", "quiet", "threads", "normalize"})
+    EXPECT_FALSE(best.contains(key)) << key << " in " << best.dump();
+  EXPECT_OK(cli("train --config " + path("best.json") + " --data " + path("t_data") +
+                " --threads 1 --quiet --epochs 1 --out " + path("t_model")));
   const Result r = cli(common + " --param lr=0.001,0.003,0.01 --param dim=8,16 --trials 2 --best " + path("best3.json"));
   ASSERT_OK(r);
   rows = 0;
@@ -341,6 +375,35 @@ TEST(MovieLens, QualityFloorWithDefaultSettings) {
   EXPECT_GE(ndcg, 0.445) << e.out;
   EXPECT_GE(metric(e.out, "test@10", "recall"), 0.21) << e.out;
   EXPECT_GT(ndcg, metric(e.out, "popularity@10", "ndcg")) << e.out;
+}
+
+// train validates its inputs before printing anything, then prints a short
+// summary; the whole configuration only with --show-config (and in OUT/config.json).
+TEST_F(Pipeline, TrainValidatesFirstAndPrintsAShortSummary) {
+  ASSERT_OK(synth_);
+  const Result missing = cli("train --data " + path("nosuch") + " --threads 1 --out " + path("m_nosuch"));
+  EXPECT_FAILS_WITH(missing, "--data " + path("nosuch") + ": no such file or directory");
+  EXPECT_EQ(missing.err.find("\"lr\""), std::string::npos) << missing.err;
+  EXPECT_EQ(missing.err.find("training:"), std::string::npos) << missing.err;
+  const Result plain = cli("train --data " + path("syn") + " --epochs 1 --threads 1 --out " + path("m_plain"));
+  ASSERT_OK(plain);
+  EXPECT_NE(plain.err.find("training: softmax loss, adam, lr 0.005, 1 epochs"), std::string::npos) << plain.err;
+  EXPECT_EQ(plain.err.find("\"lr\""), std::string::npos) << plain.err;
+  EXPECT_NE(read_file(path("m_plain/config.json")).find("\"lr\": 0.005"), std::string::npos);
+  const Result shown = cli("train --data " + path("syn") + " --epochs 1 --threads 1 --quiet --show-config --out " + path("m_shown"));
+  ASSERT_OK(shown);
+  EXPECT_NE(shown.err.find("\"lr\": 0.005"), std::string::npos) << shown.err;
+}
+
+// --help shows the defaults as written: no float noise, "none" for no threshold.
+TEST(Help, DefaultsPrintWithoutFloatNoise) {
+  const Result h = cli("train --help");
+  ASSERT_OK(h);
+  EXPECT_NE(h.out.find("[0.005]"), std::string::npos) << h.out;
+  EXPECT_NE(h.out.find("[0.1]"), std::string::npos) << h.out;
+  EXPECT_NE(h.out.find("(none: all) [\"none\"]"), std::string::npos) << h.out;
+  EXPECT_EQ(h.out.find("0000000"), std::string::npos) << h.out;
+  EXPECT_EQ(h.out.find("9999999"), std::string::npos) << h.out;
 }
 
 // The CLI, the corpus and the data sets are found when the tests run (the

@@ -97,5 +97,92 @@ TEST(Config, JsonErrorsNameTheSourceAndKey) {
   EXPECT_THROW(apply_json(c, "[1, 2]", "run.json"), InputError);
 }
 
+// Numbers are written as the shortest text that reads back as the same float:
+// no float noise in config.json, --help defaults or range errors.
+TEST(Config, NumbersPrintWithoutFloatNoise) {
+  Config c;
+  apply_flags(c, {"--holdout", "0.1"});
+  const auto j = nlohmann::json::parse(to_json(c));
+  EXPECT_EQ(j["lr"].dump(), "0.005");
+  EXPECT_EQ(j["init-std"].dump(), "0.1");
+  EXPECT_EQ(j["holdout"].dump(), "0.1");
+  EXPECT_TRUE(j["lr"].is_number());
+  EXPECT_EQ(to_json(c).find("0000000"), std::string::npos) << to_json(c);
+  try {
+    apply_flags(c, {"--temperature", "0"});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("outside [1e-04, 10000]"), std::string::npos) << e.what();
+  }
+}
+
+// The rating threshold's "keep everything" default is shown and accepted as none.
+TEST(Config, RatingThresholdNone) {
+  Config c;
+  EXPECT_EQ(nlohmann::json::parse(to_json(c))["rating-threshold"], "none");
+  apply_flags(c, {"--rating-threshold", "3.5"});
+  EXPECT_FLOAT_EQ(c.rating_threshold, 3.5f);
+  EXPECT_EQ(nlohmann::json::parse(to_json(c))["rating-threshold"].dump(), "3.5");
+  apply_flags(c, {"--rating-threshold", "none"});
+  EXPECT_EQ(c.rating_threshold, Config().rating_threshold);
+  Config d;
+  apply_json(d, to_json(c), "c.json");
+  EXPECT_EQ(d.rating_threshold, Config().rating_threshold);
+  apply_json(d, "{\"rating-threshold\": 4}", "c.json");
+  EXPECT_FLOAT_EQ(d.rating_threshold, 4.0f);
+}
+
+// Values that cannot train are refused when parsed, saying why.
+TEST(Config, RejectsValuesThatCannotTrain) {
+  const auto message = [](const std::vector<std::string>& flags) {
+    Config c;
+    try {
+      apply_flags(c, flags);
+      resolve_defaults(c);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message({"--lr", "0"}).find("--lr: 0 cannot train: it must be > 0"), std::string::npos)
+      << message({"--lr", "0"});
+  EXPECT_NE(message({"--lr", "-0.01"}).find("--lr: -0.01"), std::string::npos);
+  EXPECT_NE(message({"--batch-size", "0"}).find("--batch-size: 0 is outside [1,"), std::string::npos);
+  EXPECT_NE(message({"--epochs", "-1"}).find("--epochs: -1 is outside [0,"), std::string::npos);
+  EXPECT_NE(message({"--loss", "bpr", "--negatives", "0"}).find("--negatives 0 cannot train"),
+            std::string::npos);
+  EXPECT_NE(message({"--normalize", "true", "--loss", "bpr"}).find("--normalize true needs --loss softmax"),
+            std::string::npos);
+  EXPECT_EQ(message({"--lr", "1e-6", "--loss", "bpr", "--negatives", "1"}), "no error");
+  Config c;
+  EXPECT_THROW(apply_json(c, "{\"lr\": 0}", "c.json"), InputError);
+}
+
+// A file's values must have the key's JSON type; booleans are written as booleans.
+TEST(Config, JsonTypesAreChecked) {
+  Config c;
+  try {
+    apply_json(c, "{\n  \"lr\": 0.01,\n  \"epochs\": \"3\"\n}", "run.json");
+    FAIL() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_EQ(e.field(), "epochs");
+    EXPECT_EQ(e.line(), 3);
+    EXPECT_NE(std::string(e.what()).find("expected an integer, got \"3\""), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(apply_json(c, "{\"lr\": \"0.1\"}", "run.json"), InputError);
+  EXPECT_THROW(apply_json(c, "{\"quiet\": \"true\"}", "run.json"), InputError);
+  EXPECT_THROW(apply_json(c, "{\"loss\": 1}", "run.json"), InputError);
+  EXPECT_THROW(apply_json(c, "{\"epochs\": 2.5}", "run.json"), InputError);
+  apply_json(c, "{\"negatives\": \"auto\", \"hidden\": [32, 16], \"normalize\": false, \"quiet\": true}", "run.json");
+  resolve_defaults(c);
+  const auto j = nlohmann::json::parse(to_json(c));
+  EXPECT_TRUE(j["normalize"].is_boolean());
+  EXPECT_TRUE(j["quiet"].is_boolean());
+  EXPECT_TRUE(j["features"].is_boolean());
+  EXPECT_TRUE(j["negatives"].is_number_integer());
+  // Files written before booleans were booleans still read.
+  apply_json(c, "{\"normalize\": \"false\"}", "old.json");
+}
+
 }  // namespace
 }  // namespace towerrec

@@ -1,5 +1,11 @@
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <optional>
 
 #include "host/cli/cli.h"
 #include "host/data/text.h"
@@ -39,6 +45,22 @@ std::vector<int32_t> read_user_list(const std::string& path, const IdMap& users)
   return out;
 }
 
+// Refuses, before the model is loaded or any user ranked, an --out that
+// cannot be written: a directory, or a file in a missing or read-only directory.
+void check_writable(const std::string& out) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(fs::status(out, ec))) throw Error("--out " + out + ": is a directory");
+  const fs::path dir = fs::path(out).has_parent_path() ? fs::path(out).parent_path() : fs::path(".");
+  if (!fs::is_directory(fs::status(dir, ec)))
+    throw Error("--out " + out + ": no directory " + dir.string());
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    throw Error("--out " + out + ": cannot write in " + dir.string() + " (" + std::strerror(errno) + ")");
+  const auto st = fs::status(out, ec);
+  if (fs::exists(st) && ::access(out.c_str(), W_OK) != 0)
+    throw Error("--out " + out + ": cannot be replaced (" + std::strerror(errno) + ")");
+}
+
 }  // namespace
 
 int cmd_recommend(const Args& args) {
@@ -46,7 +68,8 @@ int cmd_recommend(const Args& args) {
       "Writes each user's top-k items as CSV user,item,rank,score (original IDs,\n"
       "rank from 1, ties: higher score first, then the item that came first in the\n"
       "data). Users are ranked in blocks and rows written as blocks finish; the\n"
-      "file appears only when complete.",
+      "file appears only when complete. --out - writes the CSV to standard output\n"
+      "(and the closing line to standard error).",
       "towerrec recommend");
   configure_app(app);
   std::string model, out, users_file, seen_file;
@@ -56,7 +79,7 @@ int cmd_recommend(const Args& args) {
   bool include_seen = false;
   DeviceOptions dev;
   app.add_option("--model", model, "directory with model.ckpt (or the checkpoint file)")->required();
-  app.add_option("--out", out, "output CSV")->required();
+  app.add_option("--out", out, "output CSV (-: standard output)")->required();
   app.add_option("--k", k, "items per user")->check(CLI::Range(1, 100000))->capture_default_str();
   auto* users_opt = app.add_option("--users", users_file, "user IDs, one per line (default: every user)");
   app.add_option_function<std::string>("--user", [&](const std::string& id) { user_ids.push_back(id); },
@@ -72,6 +95,7 @@ int cmd_recommend(const Args& args) {
   add_device_options(app, dev);
   if (!parse_args(app, args)) return 0;
   if (seen_opt->count() && include_seen) throw Error("--seen and --include-seen exclude each other");
+  if (out != "-") check_writable(out);
 
   const auto t0 = std::chrono::steady_clock::now();
   LoadedModel lm = load_model(model, dev.device, dev.threads);
@@ -99,7 +123,15 @@ int cmd_recommend(const Args& args) {
   DeviceArray<float> U, V;
   lm.model->embed_all_users(U);
   lm.model->embed_all_items(V);
-  AtomicFile f(out);
+  // --out -: the CSV on stdout, the closing line on stderr.
+  const bool to_stdout = out == "-";
+  std::optional<AtomicFile> file;
+  if (!to_stdout) file.emplace(out);
+  const auto write = [&](const std::string& text) {
+    if (!to_stdout) return file->write(text);
+    if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size())
+      throw Error("standard output: write failed");
+  };
   std::string buf = "user,item,rank,score\n";
   int64_t rows = 0, n_users = 0;
   recommend_topk(*lm.be, U, V, lm.n_users(), lm.n_items(), lm.model->out_dim(), who, k, exclude,
@@ -119,13 +151,17 @@ int cmd_recommend(const Args& args) {
                      }
                    }
                    n_users += static_cast<int64_t>(b.users.size());
-                   f.write(buf);
+                   write(buf);
                    buf.clear();
                  },
                  block);
-  f.write(buf);
-  f.commit();
-  std::printf("wrote %s: %lld rows for %lld users (k %d, %s) in %s\n", out.c_str(),
+  write(buf);
+  if (to_stdout) {
+    if (std::fflush(stdout) != 0 || std::ferror(stdout)) throw Error("standard output: write failed");
+  } else {
+    file->commit();
+  }
+  std::fprintf(to_stdout ? stderr : stdout, "wrote %s: %lld rows for %lld users (k %d, %s) in %s\n", to_stdout ? "standard output" : out.c_str(),
               static_cast<long long>(rows), static_cast<long long>(n_users), k,
               exclude ? "seen items excluded" : "seen items included",
               format_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()).c_str());

@@ -6,6 +6,7 @@
 #include "host/cli/cli.h"
 #include "host/config_flags.h"
 #include "towerrec/error.h"
+#include "towerrec/io.h"
 #include "towerrec/recommend.h"
 #include "towerrec/session.h"
 
@@ -106,6 +107,9 @@ int cmd_train(const Args& args) {
   app.add_flag("--resume", options.resume,
                "continue from OUT/model.ckpt when it exists, up to --epochs (the model-shaping "
                "keys must match the checkpoint's)");
+  bool show_config = false;
+  app.add_flag("--show-config", show_config,
+               "print the effective configuration (OUT/config.json) on stderr before training");
   add_validation_option(app, cfg);
   add_config_options(app, cfg);
   app.footer(
@@ -117,6 +121,7 @@ int cmd_train(const Args& args) {
   resolve_defaults(cfg);
   ProgressPrinter printer(cfg.quiet);
   TrainingSession session(cfg, options, printing_callbacks(printer));
+  if (show_config) std::fputs(read_file(cfg.out + "/config.json").c_str(), stderr);
   const SessionResult r = session.run();
   if (r.end == SessionResult::End::kStopped) return report_stop(r, session.checkpoint_path());
   print_summary(r, session.checkpoint_path());

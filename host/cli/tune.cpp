@@ -43,6 +43,32 @@ Param parse_param(const std::string& spec) {
   return p;
 }
 
+// Keys of the data and of the run, not of the model or its training: never
+// in the best configuration unless searched (a --config FILE of it then
+// trains on the whole data, into train's own --out).
+const char* const kNotModelKeys[] = {
+    "data", "user-features", "item-features", "train-file", "validation-file", "holdout",
+    "split-seed", "eval-every", "early-stopping", "threads", "device", "out", "quiet",
+    "log-every", "checkpoint-every-steps", "checkpoint-every-minutes", "planner-threads"};
+
+// The best configuration as JSON: the searched keys, and the other model and
+// training keys the base configuration set away from their defaults.
+std::string best_json(const Config& best, const Config& base, const std::vector<Param>& params) {
+  const Config def;  // base is unresolved too: "auto" matches "auto"
+  std::vector<std::string> lines;
+  for (const auto& k : config_keys()) {
+    bool searched = false;
+    for (const auto& p : params) searched |= p.key == k.name;
+    bool model_key = true;
+    for (const char* n : kNotModelKeys) model_key &= k.name != n;
+    if (searched || (model_key && k.get(base) != k.get(def)))
+      lines.push_back("  \"" + k.name + "\": " + k.get(best));
+  }
+  std::string s = "{\n";
+  for (size_t i = 0; i < lines.size(); ++i) s += lines[i] + (i + 1 < lines.size() ? ",\n" : "\n");
+  return s + "}\n";
+}
+
 }  // namespace
 
 int cmd_tune(const Args& args) {
@@ -67,7 +93,10 @@ int cmd_tune(const Args& args) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("--tune-seed", tune_seed, "seed of the random choice of trials")->capture_default_str();
-  app.add_option("--best", best_path, "where to write the best configuration")->capture_default_str();
+  app.add_option("--best", best_path,
+                 "where to write the best configuration: the searched keys and the model and "
+                 "training keys set away from their defaults (no data, --validation or --out)")
+      ->capture_default_str();
   add_validation_option(app, base);
   add_config_options(app, base);
   if (!parse_args(app, args)) return 0;
@@ -137,7 +166,7 @@ int cmd_tune(const Args& args) {
       best_cfg.quiet = base.quiet;
     }
   }
-  write_file_atomic(best_path, to_json(best_cfg));
+  write_file_atomic(best_path, best_json(best_cfg, base, params));
   std::printf("best validation nDCG@10 %.4f; configuration written to %s\n", best, best_path.c_str());
   return 0;
 }

@@ -564,7 +564,7 @@ def evaluate(model: TwoTower, test, k: Union[int, Sequence[int]] = (10, 20),
         raise ValueError("k: expected positive cutoffs like (10, 20)")
     if "rating" in df.columns:
         thr = model.checkpoint_config.get("rating-threshold")
-        if thr is not None:
+        if thr is not None and thr != "none":
             df = df[df["rating"].to_numpy(dtype=np.float64) >= float(thr)]
     u = model._users.rows(df["user"].to_numpy(), "test", "user")
     i = model._items.rows(df["item"].to_numpy(), "test", "item")

@@ -34,6 +34,7 @@
 #include "kernels/dense/ref.h"
 #include "tests/backend_fixture.h"
 #include "tests/compare.h"
+#include "tests/cuda_vs_cpu.h"
 #include "tests/test_util.h"
 #include "tests/topk_special.h"
 #include "towerrec/backend.h"
@@ -235,19 +236,9 @@ using testing::random_ints;
 using testing::test_seed;
 using testing::upload;
 
-std::vector<double> as_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
-const int kWidths[] = {1, 5, 17, 64, 130, 300};
-const int64_t kRows[] = {1, 7, 33, 257};
 
-// A host buffer whose columns [col_off, col_off + dim) of every row are NaN and
-// whose other columns hold random values: checks both "written" and "untouched".
-std::vector<float> strided_poisoned(std::mt19937_64& g, int64_t n, int ld, int col_off, int dim) {
-  std::vector<float> v = random_floats(g, static_cast<size_t>(n * ld));
-  for (int64_t r = 0; r < n; ++r)
-    for (int c = col_off; c < col_off + dim; ++c) v[r * ld + c] = testing::poison();
-  return v;
-}
+using namespace testing::cuda_vs_cpu;  // kWidths, kRows, strided_poisoned, as_double
 // ---- dense --------------------------------------------------------------------------
 
 TEST(CudaOps, DenseForward) {

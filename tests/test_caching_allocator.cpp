@@ -1,4 +1,4 @@
-// The CUDA backend's caching allocator (host/cuda/caching_allocator.h) over
+// The CUDA backend's caching allocator (kernels/cuda/caching_allocator.h) over
 // injected driver calls that hand out host memory, so it runs without a device:
 // bucket reuse, and release_cached after a cudaFree that fails part way.
 #include <gtest/gtest.h>
@@ -11,7 +11,7 @@
 #include <set>
 #include <vector>
 
-#include "host/cuda/caching_allocator.h"
+#include "kernels/cuda/caching_allocator.h"
 #include "towerrec/error.h"
 
 namespace towerrec::cuda {

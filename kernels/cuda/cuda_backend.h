@@ -2,7 +2,7 @@
 //
 // Context: the device chosen at construction, one non-blocking stream on which
 // every copy, kernel and cuBLAS call is queued, a cuBLAS handle bound to that
-// stream with its own workspace, and a caching allocator (host/cuda) so that
+// stream with its own workspace, and a caching allocator (caching_allocator.h) so that
 // steady-state training never calls cudaMalloc/cudaFree. Ops never synchronize
 // with the host; only to_host() and synchronize() wait.
 //
@@ -29,7 +29,7 @@
 #include <utility>
 #include <vector>
 
-#include "host/cuda/caching_allocator.h"
+#include "kernels/cuda/caching_allocator.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/cuda_testing.h"
 #include "towerrec/backend.h"

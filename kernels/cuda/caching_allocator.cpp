@@ -1,4 +1,4 @@
-#include "host/cuda/caching_allocator.h"
+#include "kernels/cuda/caching_allocator.h"
 
 #include <cuda_runtime.h>
 

@@ -155,6 +155,18 @@ TEST_F(Pipeline, TrainReportsValidationAndEvalBothProtocols) {
   EXPECT_GT(auc, 0.5);
   EXPECT_LE(auc, 1.0);
   EXPECT_GT(metric(sampled.out, "test", "log-loss"), 0.0);
+  // --json: the same figures, machine-readable (the text prints 4 decimals).
+  const Result js = cli("eval --model " + path("model") + " --test " + path("sp/test.csv") +
+                        " --threads 1 --json");
+  ASSERT_OK(js);
+  const nlohmann::json j = nlohmann::json::parse(js.out);
+  EXPECT_NEAR(j.at("ndcg@10").get<double>(), ndcg, 5e-5);
+  EXPECT_GT(j.at("users_evaluated").get<int64_t>(), 0);
+  EXPECT_TRUE(j.contains("recall@20") && j.contains("popularity_ndcg@10"));
+  const Result sj = cli("eval --model " + path("model") + " --test " + path("sp/test.csv") +
+                        " --protocol sampled --negatives 50 --k 5,10 --threads 1 --json");
+  ASSERT_OK(sj);
+  EXPECT_NEAR(nlohmann::json::parse(sj.out).at("auc").get<double>(), auc, 5e-5);
 }
 
 TEST_F(Pipeline, RecommendWritesTopKWithoutSeenItemsAndExportMatchesScores) {

@@ -1,6 +1,8 @@
 #include <chrono>
 #include <cstdio>
 
+#include <nlohmann/json.hpp>
+
 #include "host/cli/cli.h"
 #include "towerrec/error.h"
 #include "towerrec/recommend.h"
@@ -26,6 +28,8 @@ int cmd_eval(const Args& args) {
                                    "interactions excluded from the ranking (and from the negatives); "
                                    "default: the training interactions stored in the checkpoint");
   app.add_flag("--include-seen", include_seen, "exclude nothing: rank every item");
+  bool as_json = false;
+  app.add_flag("--json", as_json, "print the metrics as one JSON object on stdout instead of text");
   app.add_option("--protocol", protocol,
                  "full: rank all items; sampled: each test positive among --negatives unseen items")
       ->check(CLI::IsMember({"full", "sampled"}))
@@ -66,9 +70,50 @@ int cmd_eval(const Args& args) {
   DeviceArray<float> U, V;
   lm.model->embed_all_users(U);
   lm.model->embed_all_items(V);
-  std::printf("model %s: %d users, %d items, %d epochs; test %s: %lld interactions (%s)\n",
-              lm.path.c_str(), nu, ni, lm.ck.epochs_done, test_path.c_str(),
-              static_cast<long long>(test_rows.size()), excluded.c_str());
+  if (!as_json)
+    std::printf("model %s: %d users, %d items, %d epochs; test %s: %lld interactions (%s)\n",
+                lm.path.c_str(), nu, ni, lm.ck.epochs_done, test_path.c_str(),
+                static_cast<long long>(test_rows.size()), excluded.c_str());
+  if (as_json) {
+    nlohmann::ordered_json j;
+    j["model"] = lm.path;
+    j["test"] = test_path;
+    j["protocol"] = protocol;
+    j["excluded"] = excluded;
+    if (protocol == "full") {
+      const RankingMetrics m = evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train, test, ks);
+      const RankingMetrics pop = evaluate_popularity(train, test, ni, ks);
+      for (size_t q = 0; q < m.ks.size(); ++q) {
+        const std::string at = "@" + std::to_string(m.ks[q]);
+        j["precision" + at] = m.precision[q];
+        j["recall" + at] = m.recall[q];
+        j["ndcg" + at] = m.ndcg[q];
+        j["map" + at] = m.map[q];
+        j["hit_rate" + at] = m.hit_rate[q];
+        j["popularity_recall" + at] = pop.recall[q];
+        j["popularity_ndcg" + at] = pop.ndcg[q];
+      }
+      j["mrr@" + std::to_string(m.ks.back())] = m.mrr;
+      j["coverage@" + std::to_string(m.ks.back())] = m.coverage;
+      j["users_evaluated"] = m.users_evaluated;
+      j["users_skipped"] = m.users_skipped;
+    } else {
+      const SampledMetrics m = evaluate_sampled(*lm.be, U, V, nu, ni, lm.model->out_dim(), train,
+                                                test, ks, negatives, seed);
+      for (size_t q = 0; q < m.ks.size(); ++q) {
+        const std::string at = "@" + std::to_string(m.ks[q]);
+        j["hit_rate" + at] = m.hit_rate[q];
+        j["ndcg" + at] = m.ndcg[q];
+      }
+      j["auc"] = m.auc;
+      j["log_loss"] = m.log_loss;
+      j["negatives"] = m.negatives;
+      j["cases"] = m.cases;
+      j["users_evaluated"] = m.users_evaluated;
+    }
+    std::printf("%s\n", j.dump(1).c_str());
+    return 0;
+  }
   if (protocol == "full") {
     const RankingMetrics m = evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train, test, ks);
     print_ranking("test", m);

@@ -351,6 +351,16 @@ TEST(Tune, GridTableBestConfigAndRandomTrials) {
   const Result b = cli(common + " --param lr=0.001,0.01 --param hidden='32;none' --best " + path("best2.json"));
   ASSERT_OK(b);
   EXPECT_EQ(read_file(path("best.json")), read_file(path("best2.json")));
+  // --json: every trial and the best, machine-readable.
+  ASSERT_OK(cli(common + " --param lr=0.001,0.01 --best " + path("best4.json") + " --json " +
+                path("tune.json")));
+  const auto tj = nlohmann::json::parse(read_file(path("tune.json")));
+  ASSERT_EQ(tj.at("trials").size(), 2u) << tj.dump();
+  EXPECT_EQ(tj.at("trials")[0].at("values").at("lr").get<std::string>(), "0.001");
+  const int bt = tj.at("best_trial").get<int>();
+  ASSERT_TRUE(bt == 1 || bt == 2);
+  for (const auto& t : tj.at("trials"))
+    EXPECT_LE(t.at("ndcg@10").get<double>(), tj.at("trials")[bt - 1].at("ndcg@10").get<double>());
   // Only the searched keys and the model and training keys given: no data,
   // holdout or output directory for `train --config` to inherit.
   const auto best = nlohmann::json::parse(read_file(path("best.json")));

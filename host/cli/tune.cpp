@@ -7,6 +7,8 @@
 #include <numeric>
 #include <sstream>
 
+#include <nlohmann/json.hpp>
+
 #include "host/cli/cli.h"
 #include "towerrec/error.h"
 #include "towerrec/io.h"
@@ -97,6 +99,10 @@ int cmd_tune(const Args& args) {
                  "where to write the best configuration: the searched keys and the model and "
                  "training keys set away from their defaults (no data, --validation or --out)")
       ->capture_default_str();
+  std::string json_path;
+  app.add_option("--json", json_path,
+                 "also write every trial (values, nDCG@10, Recall@10, seconds) and the best as JSON "
+                 "to this file, rewritten after each trial");
   add_validation_option(app, base);
   add_config_options(app, base);
   if (!parse_args(app, args)) return 0;
@@ -136,6 +142,8 @@ int cmd_tune(const Args& args) {
   std::printf("  %-8s  %-9s  %s\n", "ndcg@10", "recall@10", "seconds");
   double best = -1;
   Config best_cfg = base;
+  nlohmann::ordered_json report;
+  report["trials"] = nlohmann::json::array();
   for (size_t t = 0; t < order.size(); ++t) {
     Config c = base;
     c.quiet = true;
@@ -164,6 +172,18 @@ int cmd_tune(const Args& args) {
       best = m.ndcg[0];
       best_cfg = c;
       best_cfg.quiet = base.quiet;
+      report["best_trial"] = t + 1;
+    }
+    if (!json_path.empty()) {
+      nlohmann::ordered_json trial, values;
+      for (size_t q = 0; q < params.size(); ++q) values[params[q].key] = chosen[q];
+      trial["trial"] = t + 1;
+      trial["values"] = values;
+      trial["ndcg@10"] = m.ndcg[0];
+      trial["recall@10"] = m.recall[0];
+      trial["seconds"] = secs;
+      report["trials"].push_back(trial);
+      write_file_atomic(json_path, report.dump(1) + "\n");
     }
   }
   write_file_atomic(best_path, best_json(best_cfg, base, params));

@@ -125,6 +125,12 @@ TEST_F(Pipeline, SplitWritesOriginalIdsAndEveryRowOnce) {
   // The same seed writes the same files; loo and temporal work on timestamped data.
   ASSERT_OK(cli("split --data " + path("syn") + " --test-fraction 0.25 --out " + path("sp_again")));
   EXPECT_EQ(read_file(path("sp_again/test.csv")), read_file(path("sp/test.csv")));
+  // --rating-threshold takes train's values: none keeps every rating.
+  ASSERT_OK(cli("split --data " + path("syn") + " --test-fraction 0.25 --rating-threshold none --out " +
+                path("sp_none")));
+  EXPECT_EQ(read_file(path("sp_none/test.csv")), read_file(path("sp/test.csv")));
+  EXPECT_FAILS_WITH(cli("split --data " + path("syn") + " --rating-threshold abc --out " + path("sp_bad")),
+                    "rating-threshold");
   const Result loo = cli("split --data " + path("syn") + " --method loo --out " + path("sp_loo"));
   EXPECT_OK(loo);
   EXPECT_EQ(read_csv_rows(path("sp_loo/test.csv")).size() - 1, 400u);

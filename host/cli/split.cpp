@@ -32,12 +32,16 @@ int cmd_split(const Args& args) {
                            ->check(CLI::Range(0.0, 0.999999))
                            ->capture_default_str();
   app.add_option("--seed", seed, "seed of the ratio split")->capture_default_str();
-  app.add_option("--rating-threshold", cfg.rating_threshold,
-                 "keep interactions with rating >= X (as `train` does)")
-      ->check(CLI::Range(-1e30f, 1e30f));
+  std::string threshold;
+  app.add_option("--rating-threshold", threshold,
+                 "keep interactions with rating >= X (as `train` does; none: every rating)");
   app.add_option("--user-features", cfg.user_features, "with a CSV --data, as for `train`");
   app.add_option("--item-features", cfg.item_features, "with a CSV --data, as for `train`");
   if (!parse_args(app, args)) return 0;
+  // The same values and errors as train's key (a number, or none).
+  if (!threshold.empty())
+    for (const auto& k : config_keys())
+      if (k.name == "rating-threshold") k.set(cfg, threshold);
   if (method == "loo" && fraction_opt->count())
     throw Error("--test-fraction does not apply to --method loo (one interaction per user)");
   cfg.features = false;  // only the interactions and their IDs are needed

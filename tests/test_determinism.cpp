@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "tests/pair_batch.h"
 #include "tests/test_util.h"
 #include "towerrec/backend.h"
 
@@ -60,21 +61,9 @@ using Outputs = std::vector<std::pair<std::string, std::vector<float>>>;
 
 // A batch of n_groups groups of `group` pairs sharing a user, in local indices,
 // with its CSR arrays; labels alternate +1 / -1.
-struct HostBatch {
-  int32_t n_users, n_items;
-  std::vector<int32_t> user, item, uoff, upairs, ioff, ipairs;
-  std::vector<float> label;
-};
-
-void csr(const std::vector<int32_t>& key, int32_t n, std::vector<int32_t>& off,
-         std::vector<int32_t>& pairs) {
-  off.assign(static_cast<size_t>(n) + 1, 0);
-  for (int32_t k : key) ++off[k + 1];
-  for (int32_t i = 0; i < n; ++i) off[i + 1] += off[i];
-  pairs.assign(key.size(), -1);
-  std::vector<int32_t> pos(off.begin(), off.end() - 1);
-  for (size_t p = 0; p < key.size(); ++p) pairs[pos[key[p]]++] = static_cast<int32_t>(p);
-}
+using HostBatch = testing::HostPairs;
+using DeviceBatch = testing::DevicePairs;
+using testing::build_csr;
 
 HostBatch make_batch(std::mt19937_64& g, int32_t n_users, int32_t n_items, int64_t n_groups,
                      int group) {
@@ -87,31 +76,11 @@ HostBatch make_batch(std::mt19937_64& g, int32_t n_users, int32_t n_items, int64
       h.label.push_back(h.label.size() % 2 ? -1.0f : 1.0f);
     }
   }
-  csr(h.user, n_users, h.uoff, h.upairs);
-  csr(h.item, n_items, h.ioff, h.ipairs);
+  build_csr(h.user, n_users, h.uoff, h.upairs);
+  build_csr(h.item, n_items, h.ioff, h.ipairs);
   return h;
 }
 
-struct DeviceBatch {
-  DeviceArray<int32_t> user, item, uoff, upairs, ioff, ipairs;
-  DeviceArray<float> label;
-  PairBatch pb;
-  DeviceBatch(Backend& be, const HostBatch& h)
-      : user(upload(be, h.user)), item(upload(be, h.item)), uoff(upload(be, h.uoff)),
-        upairs(upload(be, h.upairs)), ioff(upload(be, h.ioff)), ipairs(upload(be, h.ipairs)),
-        label(upload(be, h.label)) {
-    pb.n_pairs = static_cast<int64_t>(h.user.size());
-    pb.user = user.data();
-    pb.item = item.data();
-    pb.label = label.data();
-    pb.n_users = h.n_users;
-    pb.user_offsets = uoff.data();
-    pb.user_pairs = upairs.data();
-    pb.n_items = h.n_items;
-    pb.item_offsets = ioff.data();
-    pb.item_pairs = ipairs.data();
-  }
-};
 
 enum class Loss { kLogistic, kBpr, kSoftmax };
 

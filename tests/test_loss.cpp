@@ -45,6 +45,7 @@
 #include "tests/backend_fixture.h"
 #include "tests/compare.h"
 #include "tests/cuda_vs_cpu.h"
+#include "tests/pair_batch.h"
 #include "tests/test_util.h"
 #include "tests/topk_special.h"
 #include "towerrec/backend.h"
@@ -82,21 +83,9 @@ namespace logistic {
 
 // ---- logistic loss -------------------------------------------------------------
 
-struct HostPairs {
-  int32_t n_users = 0, n_items = 0;
-  std::vector<int32_t> user, item, uoff, upairs, ioff, ipairs;
-  std::vector<float> label;
-};
-
-void build_csr(const std::vector<int32_t>& key, int32_t n_keys, std::vector<int32_t>& off,
-               std::vector<int32_t>& pairs) {
-  off.assign(n_keys + 1, 0);
-  for (int32_t k : key) ++off[k + 1];
-  for (int32_t i = 0; i < n_keys; ++i) off[i + 1] += off[i];
-  pairs.assign(key.size(), -1);
-  std::vector<int32_t> pos(off.begin(), off.end() - 1);
-  for (size_t p = 0; p < key.size(); ++p) pairs[pos[key[p]]++] = static_cast<int32_t>(p);
-}
+using testing::build_csr;
+using testing::DevicePairs;
+using testing::HostPairs;
 
 // Pairs over n_users x n_items; the last user and last item (when there are at
 // least two) get no pairs, so their gradient rows must come out as zeros.
@@ -112,26 +101,6 @@ HostPairs random_pairs(std::mt19937_64& g, int32_t n_users, int32_t n_items, int
   return h;
 }
 
-struct DevicePairs {
-  DeviceArray<int32_t> user, item, uoff, upairs, ioff, ipairs;
-  DeviceArray<float> label;
-  PairBatch pb;
-  DevicePairs(Backend& be, const HostPairs& h)
-      : user(upload(be, h.user)), item(upload(be, h.item)), uoff(upload(be, h.uoff)),
-        upairs(upload(be, h.upairs)), ioff(upload(be, h.ioff)), ipairs(upload(be, h.ipairs)),
-        label(upload(be, h.label)) {
-    pb.n_pairs = static_cast<int64_t>(h.user.size());
-    pb.user = user.data();
-    pb.item = item.data();
-    pb.label = label.data();
-    pb.n_users = h.n_users;
-    pb.user_offsets = uoff.data();
-    pb.user_pairs = upairs.data();
-    pb.n_items = h.n_items;
-    pb.item_offsets = ioff.data();
-    pb.item_pairs = ipairs.data();
-  }
-};
 
 // softplus in float64, written independently of kernels/math.h.
 
@@ -280,21 +249,9 @@ std::string g9(double x) {
 
 // ---- pair batches -------------------------------------------------------------
 
-struct HostPairs {
-  int32_t n_users = 0, n_items = 0;
-  std::vector<int32_t> user, item, uoff, upairs, ioff, ipairs;
-  std::vector<float> label;
-};
-
-void build_csr(const std::vector<int32_t>& key, int32_t n_keys, std::vector<int32_t>& off,
-               std::vector<int32_t>& pairs) {
-  off.assign(n_keys + 1, 0);
-  for (int32_t k : key) ++off[k + 1];
-  for (int32_t i = 0; i < n_keys; ++i) off[i + 1] += off[i];
-  pairs.assign(key.size(), -1);
-  std::vector<int32_t> pos(off.begin(), off.end() - 1);
-  for (size_t p = 0; p < key.size(); ++p) pairs[pos[key[p]]++] = static_cast<int32_t>(p);
-}
+using testing::build_csr;
+using testing::DevicePairs;
+using testing::HostPairs;
 
 void finish(HostPairs& h) {
   h.label.assign(h.user.size(), 1.0f);
@@ -332,26 +289,6 @@ HostPairs softmax_pairs(std::mt19937_64& g, int32_t n_users, int32_t n_items, in
   return h;
 }
 
-struct DevicePairs {
-  DeviceArray<int32_t> user, item, uoff, upairs, ioff, ipairs;
-  DeviceArray<float> label;
-  PairBatch pb;
-  DevicePairs(Backend& be, const HostPairs& h)
-      : user(upload(be, h.user)), item(upload(be, h.item)), uoff(upload(be, h.uoff)),
-        upairs(upload(be, h.upairs)), ioff(upload(be, h.ioff)), ipairs(upload(be, h.ipairs)),
-        label(upload(be, h.label)) {
-    pb.n_pairs = static_cast<int64_t>(h.user.size());
-    pb.user = user.data();
-    pb.item = item.data();
-    pb.label = label.data();
-    pb.n_users = h.n_users;
-    pb.user_offsets = uoff.data();
-    pb.user_pairs = upairs.data();
-    pb.n_items = h.n_items;
-    pb.item_offsets = ioff.data();
-    pb.item_pairs = ipairs.data();
-  }
-};
 
 struct LossOut {
   std::vector<float> dU, dV, g;  // g: pair_grad (bpr) or dLogits (softmax)

@@ -3,6 +3,7 @@
 // planted synthetic data.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <cstdio>
@@ -280,6 +281,8 @@ TEST(Model, PooledHistoryEmbedsUsersFromTheirItems) {
   f.model->embed_all_users(after);
   const std::vector<float> a = testing::download(*f.be, before), b = testing::download(*f.be, after);
   const int d = f.model->out_dim();
+  ASSERT_TRUE(std::all_of(a.begin(), a.end(), [](float x) { return std::isfinite(x); }));
+  ASSERT_TRUE(std::all_of(b.begin(), b.end(), [](float x) { return std::isfinite(x); }));
   bool changed = false;
   for (int c = 0; c < d; ++c) changed |= a[c] != b[c];
   EXPECT_TRUE(changed) << "user 0's embedding ignores its history";

@@ -102,9 +102,9 @@ class ProfilingBackend final : public Backend {
   }
   void softmax_loss(const float* U, const float* V, int d, const PairBatch& pb, const float* lq,
                     float temp, float s, float* dU, float* dV, float* lg, float* pr,
-                    float* lo) override {
+                    float* lo, int64_t tile) override {
     T t(*this, "softmax_loss");
-    in_.softmax_loss(U, V, d, pb, lq, temp, s, dU, dV, lg, pr, lo);
+    in_.softmax_loss(U, V, d, pb, lq, temp, s, dU, dV, lg, pr, lo, tile);
   }
   void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv) override {
     T t(*this, "l2_normalize");

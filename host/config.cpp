@@ -265,6 +265,8 @@ void add_training_keys(std::vector<ConfigKey>& k) {
                            [](Config& c) -> Loss& { return c.train.loss; }));
   k.push_back(float_key("temperature", "softmax: logits are scores / temperature",
                         [](Config& c) -> float& { return c.train.temperature; }, 1e-4f, 1e4f));
+  k.push_back(int_key("softmax-scratch-mb", "softmax: cap on the logits scratch, MiB; a batch whose pairs x items exceed it takes the items in blocks (one more GEMM; 0: no cap)",
+                      [](Config& c) -> int64_t& { return c.train.softmax_scratch_mb; }, 0, int64_t{1} << 30));
   k.push_back(bool_key("logq", "softmax: correct logits by each item's log sampling rate",
                        [](Config& c) -> bool& { return c.train.logq; }));
   k.push_back(choice_key("normalize", "L2-normalise output embeddings: cosine scores, softmax loss only (auto: on for softmax)",

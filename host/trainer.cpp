@@ -16,6 +16,14 @@
 
 namespace towerrec {
 
+int64_t softmax_item_tile(int64_t n_pairs, int64_t n_items, int64_t scratch_mb) {
+  if (scratch_mb <= 0 || n_pairs <= 0) return n_items;
+  const int64_t cols = (scratch_mb << 20) / (n_pairs * static_cast<int64_t>(sizeof(float)));
+  if (cols >= n_items) return n_items;
+  // Whole 64-column blocks keep the GEMMs' shapes regular; at least one block.
+  return std::max<int64_t>(64, cols / 64 * 64);
+}
+
 Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainConfig& cfg)
     : model_(model),
       be_(model.backend()),
@@ -484,11 +492,13 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
                  d_pair_grad_.data(), loss_slot);
   } else {
     const float* log_q = cfg_.logq ? d_floats_.data() + np : nullptr;
-    d_logits_.ensure(&be_, static_cast<int64_t>(np * ni));
-    d_pair_rows_.ensure(&be_, static_cast<int64_t>(np) * d);
+    const int64_t tile = softmax_item_tile(static_cast<int64_t>(np), static_cast<int64_t>(ni),
+                                           cfg_.softmax_scratch_mb);
+    d_logits_.ensure(&be_, static_cast<int64_t>(np) * std::min<int64_t>(tile, ni));
+    d_pair_rows_.ensure(&be_, static_cast<int64_t>(np) * d * (tile < static_cast<int64_t>(ni) ? 2 : 1));
     be_.softmax_loss(U, V, d, pb, log_q, cfg_.temperature, 1.0f / static_cast<float>(np),
                      ut.output_grad(), it.output_grad(), d_logits_.data(), d_pair_rows_.data(),
-                     loss_slot);
+                     loss_slot, tile);
   }
   ut.backward();
   it.backward();

@@ -111,7 +111,7 @@ Outputs run_loss(Backend& be, Loss loss, const HostBatch& h, const std::vector<f
     case Loss::kSoftmax: {
       auto logits = poisoned(be, np * h.n_items), rows = poisoned(be, np * d);
       be.softmax_loss(dU_in.data(), dV_in.data(), d, db.pb, lq.data(), 0.3f, scale, dU.data(),
-                      dV.data(), logits.data(), rows.data(), out.data());
+                      dV.data(), logits.data(), rows.data(), out.data(), 0);
       break;
     }
   }

@@ -214,6 +214,48 @@ TEST(Model, WholeModelGradientsWithPooledHistory) {
   }
 }
 
+TEST(Model, SoftmaxItemTileFitsTheScratchCap) {
+  EXPECT_EQ(softmax_item_tile(1000, 500, 0), 500) << "0: no cap";
+  EXPECT_EQ(softmax_item_tile(1000, 200, 1), 200) << "fits";
+  EXPECT_EQ(softmax_item_tile(1000, 500, 1), 256) << "1 MiB holds 262 columns of 1,000 rows";
+  // 65,536 pairs x 40,000 items is ~10 GB of logits; 1 GiB holds 4,096 columns.
+  EXPECT_EQ(softmax_item_tile(65536, 40000, 1024), 4096);
+  EXPECT_EQ(softmax_item_tile(4000, 300, 1), 64);  // 65 columns fit: whole blocks of 64
+  EXPECT_EQ(softmax_item_tile(int64_t{1} << 24, 300, 1), 64) << "one block at least";
+}
+
+// A softmax batch over the cap goes through item blocks to the same loss and
+// gradients as with the whole logits matrix, up to float rounding. (Compared
+// before any optimizer step: Adam's first step is about lr * sign(g), which
+// turns rounding in a near-zero gradient into a full step.)
+TEST(Model, SoftmaxScratchCapGivesTheWholeMatrixGradients) {
+  const uint64_t seed = testing::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  auto run = [&](int64_t cap_mb) {
+    auto be = make_cpu_backend(1);
+    Dataset ds = tiny_dataset(seed, 1000, 300);
+    TwoTowerModel m(*be, small_tower(), make_input_spec(ds.user_features, ds.users.size(), true),
+                    make_input_spec(ds.item_features, ds.items.size(), true), seed);
+    m.set_features(ds.user_features, ds.item_features);
+    TrainConfig tc;
+    tc.loss = Loss::kSoftmax;
+    tc.batch_size = 4000;  // 4,000 pairs x up to 300 items: 4.8 MB of logits
+    tc.softmax_scratch_mb = cap_mb;
+    Trainer tr(m, ds.interactions, tc);
+    Trainer::Batch b;
+    tr.plan_batch(0, 0, b);
+    const double loss = tr.loss_and_gradients(b);
+    std::vector<float> grad(static_cast<size_t>(m.arena_grad().size()));
+    be->to_host(grad.data(), m.arena_grad().data(), grad.size() * sizeof(float));
+    return std::make_pair(loss, grad);
+  };
+  const auto whole = run(0), tiled = run(1);
+  EXPECT_NEAR(tiled.first, whole.first, 1e-5 * std::fabs(whole.first));
+  ASSERT_EQ(tiled.second.size(), whole.second.size());
+  EXPECT_TRUE(testing::all_close(tiled.second, testing::to_double(whole.second), 1e-7, 1e-3));
+  EXPECT_FALSE(testing::bit_identical(tiled.second, whole.second)) << "the cap took no effect";
+}
+
 TEST(Model, PooledHistoryLeavesTheBatchTargetsOut) {
   TowerConfig t = small_tower();
   t.history = 2;
@@ -383,7 +425,7 @@ class TinyBackend final : public Backend {
   void bag_backward(const float*, int, int, const int32_t*, const int32_t*, const int32_t*, int64_t, int, float*) override { fail(); }
   void logistic_loss(const float*, const float*, int, const PairBatch&, float, float*, float*, float*, float*) override { fail(); }
   void bpr_loss(const float*, const float*, int, const PairBatch&, int, float, float*, float*, float*, float*) override { fail(); }
-  void softmax_loss(const float*, const float*, int, const PairBatch&, const float*, float, float, float*, float*, float*, float*, float*) override { fail(); }
+  void softmax_loss(const float*, const float*, int, const PairBatch&, const float*, float, float, float*, float*, float*, float*, float*, int64_t) override { fail(); }
   void l2_normalize(const float*, int64_t, int, float*, float*) override { fail(); }
   void l2_normalize_backward(const float*, const float*, const float*, int64_t, int, float*) override { fail(); }
   void dropout(float*, int64_t, float, uint64_t, uint64_t) override { fail(); }

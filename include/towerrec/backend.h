@@ -175,10 +175,17 @@ class Backend {
   //   *loss_out = scale * sum_p l_p
   //   dU[u] = sum_{p: user_p = u} sum_j scale (softmax_pj - [j = item_p]) V[j] / temperature
   //   dV[j] = sum_p scale (softmax_pj - [j = item_p]) U[user_p] / temperature
-  // Scratch: logits [n_pairs x n_items], pair_rows [n_pairs x d].
+  // item_tile bounds the logits scratch: with 0 < item_tile < n_items the items
+  // are taken in blocks of item_tile columns, twice (an online log-sum-exp over
+  // the blocks, then the gradients block by block, the logits recomputed: one
+  // more GEMM), so memory stays n_pairs x item_tile whatever the batch's item
+  // count. item_tile <= 0 (or >= n_items): one block.
+  // Scratch: logits [n_pairs x min(n_items, tile)]; pair_rows [n_pairs x d],
+  // [2 x n_pairs x d] when tiled. Untiled, logits ends holding dLoss/dz.
   virtual void softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
                             const float* log_q, float temperature, float scale, float* dU,
-                            float* dV, float* logits, float* pair_rows, float* loss_out) = 0;
+                            float* dV, float* logits, float* pair_rows, float* loss_out,
+                            int64_t item_tile) = 0;
 
   // ---- embedding transforms ------------------------------------------------------
   // Y[r] = X[r] / max(||X[r]||, 1e-12) for r < n rows of width d; inv_norm[r]

@@ -74,7 +74,8 @@ class CpuBackend final : public Backend {
                 float scale, float* dU, float* dV, float* pair_grad, float* loss_out) override;
   void softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
                     const float* log_q, float temperature, float scale, float* dU, float* dV,
-                    float* logits, float* pair_rows, float* loss_out) override;
+                    float* logits, float* pair_rows, float* loss_out,
+                    int64_t item_tile) override;
 
   void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv_norm) override;
   void l2_normalize_backward(const float* Y, const float* inv_norm, const float* dY, int64_t n,
@@ -104,6 +105,10 @@ class CpuBackend final : public Backend {
   void set_topk_item_chunk(int64_t items);
 
  private:
+  // softmax_loss over item blocks of `tile` columns (kernels/loss/cpu.cpp).
+  void softmax_loss_tiled(const float* V, int d, const PairBatch& pb, const float* log_q,
+                          float temperature, float scale, float* dU, float* dV, float* logits,
+                          float* pair_rows, float* loss_out, int64_t tile);
   int threads_;
   int64_t topk_item_chunk_ = kTopkItemChunk;
   std::vector<float> topk_scores_;  // [block x chunk] scratch, reused across calls

@@ -104,7 +104,8 @@ class CudaBackend final : public Backend {
                 float scale, float* dU, float* dV, float* pair_grad, float* loss_out) override;
   void softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
                     const float* log_q, float temperature, float scale, float* dU, float* dV,
-                    float* logits, float* pair_rows, float* loss_out) override;
+                    float* logits, float* pair_rows, float* loss_out,
+                    int64_t item_tile) override;
 
   void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv_norm) override;
   void l2_normalize_backward(const float* Y, const float* inv_norm, const float* dY, int64_t n,
@@ -148,6 +149,10 @@ class CudaBackend final : public Backend {
   bool topk_fused_supported(int d, int k) const;
 
  private:
+  // softmax_loss over item blocks of `tile` columns (kernels/loss/cuda.cu).
+  void softmax_tiled(const float* V, int d, const PairBatch& pb, const float* log_q,
+                     float temperature, float scale, float* dU, float* dV, float* logits,
+                     float* pair_rows, float* loss_out, int64_t tile);
   int device_ = 0;
   int sm_count_ = 1;  // streaming multiprocessors of the device
   cudaStream_t stream_ = nullptr;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "kernels/cpu/cpu_util.h"
@@ -56,6 +57,20 @@ void check_pair_batch(const char* op, const float* U, const float* V, int d, con
 
 // dU[u] = sum_{p: user_p = u} g_p V[item_p] and dV[i] = sum_{p: item_p = i} g_p U[user_p],
 // each row reduced in CSR (increasing pair) order; no atomics.
+// dU[u] = the sum of rows[p] over the user's pairs, in CSR (pair) order.
+void sum_user_rows(int threads, const float* rows, int d, const PairBatch& pb, float* dU) {
+  const int32_t nu = pb.n_users;
+#pragma omp parallel for schedule(static) num_threads(threads) if (worth_parallel(pb.n_pairs * d))
+  for (int32_t u = 0; u < nu; ++u) {
+    float* g = dU + int64_t{u} * d;
+    for (int c = 0; c < d; ++c) g[c] = 0.0f;
+    for (int32_t q = pb.user_offsets[u]; q < pb.user_offsets[u + 1]; ++q) {
+      const float* r = rows + int64_t{pb.user_pairs[q]} * d;
+      for (int c = 0; c < d; ++c) g[c] += r[c];
+    }
+  }
+}
+
 void reduce_pair_grads(int threads, const float* U, const float* V, int d, const PairBatch& pb,
                        const float* pair_grad, float* dU, float* dV) {
   const int64_t np = pb.n_pairs;
@@ -208,7 +223,8 @@ void CpuBackend::bpr_loss(const float* U, const float* V, int d, const PairBatch
 // Losses are summed per fixed chunk of rows in double, chunk partials in order.
 void CpuBackend::softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
                               const float* log_q, float temperature, float scale, float* dU,
-                              float* dV, float* logits, float* pair_rows, float* loss_out) {
+                              float* dV, float* logits, float* pair_rows, float* loss_out,
+                              int64_t item_tile) {
   TOWERREC_CHECK(d > 0 && pb.n_pairs >= 0 && pb.n_users >= 0 && pb.n_items >= 0,
                  "softmax_loss: bad shape");
   TOWERREC_CHECK(temperature > 0.0f && std::isfinite(temperature),
@@ -238,6 +254,11 @@ void CpuBackend::softmax_loss(const float* U, const float* V, int d, const PairB
 #pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np * d))
   for (int64_t p = 0; p < np; ++p)
     std::memcpy(pair_rows + p * d, U + int64_t{pb.user[p]} * d, sizeof(float) * d);
+  if (item_tile > 0 && item_tile < ni) {
+    softmax_loss_tiled(V, d, pb, log_q, temperature, scale, dU, dV, logits, pair_rows, loss_out,
+                       item_tile);
+    return;
+  }
 
   // 2. logits[np x ni] = pair_rows[np x d] . V^T[d x ni] / T
   const float inv_t = 1.0f / temperature;
@@ -283,15 +304,86 @@ void CpuBackend::softmax_loss(const float* U, const float* V, int d, const PairB
   // 5. pair_rows[np x d] = dZ[np x ni] . V[ni x d], then reduce per user.
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, inp, d, ini, 1.0f, logits, ini, V, d,
               0.0f, pair_rows, d);
-#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np * d))
-  for (int32_t u = 0; u < nu; ++u) {
-    float* g = dU + int64_t{u} * d;
-    for (int c = 0; c < d; ++c) g[c] = 0.0f;
-    for (int32_t q = pb.user_offsets[u]; q < pb.user_offsets[u + 1]; ++q) {
-      const float* r = pair_rows + int64_t{pb.user_pairs[q]} * d;
-      for (int c = 0; c < d; ++c) g[c] += r[c];
+  sum_user_rows(threads_, pair_rows, d, pb, dU);
+}
+
+// The softmax over item blocks of `tile` columns (the logits scratch holds one
+// block), pair_rows[0 .. np x d) holding the gathered user rows on entry:
+//  pass 1, per block: z = P . V_blk^T / T - log_q; per row the running max m
+//    and sum s of exp(z - m) (double; rescaled by exp(m_old - m) as m grows),
+//    and z at the positive;
+//  pass 2, per block: z again (the same GEMM, so the same values), dz =
+//    scale (exp(z - m) / s - [j = item_p]) / T in the block's scratch,
+//    dV_blk = dz^T . P, dP (+)= dz . V_blk into pair_rows[np x d .. 2 np x d);
+//  then l_p = (m - z_pos) + log s and dU from dP as untiled.
+void CpuBackend::softmax_loss_tiled(const float* V, int d, const PairBatch& pb,
+                                    const float* log_q, float temperature, float scale,
+                                    float* dU, float* dV, float* logits, float* pair_rows,
+                                    float* loss_out, int64_t tile) {
+  const int64_t np = pb.n_pairs, ni = pb.n_items;
+  const int inp = static_cast<int>(np);
+  const float* P = pair_rows;
+  float* dP = pair_rows + np * d;
+  const float inv_t = 1.0f / temperature;
+  const float scale_over_t = scale / temperature;
+  std::vector<float> row_max(static_cast<size_t>(np), -std::numeric_limits<float>::infinity());
+  std::vector<float> z_pos(static_cast<size_t>(np), 0.0f);
+  std::vector<double> row_sum(static_cast<size_t>(np), 0.0);
+  auto block_logits = [&](int64_t j0, int w) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, inp, w, d, inv_t, P, d, V + j0 * d, d,
+                0.0f, logits, w);
+  };
+  for (int64_t j0 = 0; j0 < ni; j0 += tile) {
+    const int w = static_cast<int>(std::min(tile, ni - j0));
+    block_logits(j0, w);
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np * w))
+    for (int64_t p = 0; p < np; ++p) {
+      float* z = logits + p * w;
+      if (log_q)
+        for (int j = 0; j < w; ++j) z[j] -= log_q[j0 + j];
+      float m = row_max[p];
+      for (int j = 0; j < w; ++j) m = std::max(m, z[j]);
+      double s = 0.0;
+      for (int j = 0; j < w; ++j) s += static_cast<double>(std::exp(z[j] - m));
+      row_sum[p] = row_sum[p] * std::exp(static_cast<double>(row_max[p]) - m) + s;
+      row_max[p] = m;
+      const int64_t pos = pb.item[p] - j0;
+      if (pos >= 0 && pos < w) z_pos[p] = z[pos];
     }
   }
+  for (int64_t j0 = 0; j0 < ni; j0 += tile) {
+    const int w = static_cast<int>(std::min(tile, ni - j0));
+    block_logits(j0, w);
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np * w))
+    for (int64_t p = 0; p < np; ++p) {
+      float* z = logits + p * w;
+      const float m = row_max[p];
+      const float inv_s = static_cast<float>(1.0 / row_sum[p]);
+      const int64_t pos = pb.item[p] - j0;
+      for (int j = 0; j < w; ++j) {
+        const float zj = log_q ? z[j] - log_q[j0 + j] : z[j];
+        z[j] = math::softmax_logit_grad(std::exp(zj - m), inv_s, j == pos, scale_over_t);
+      }
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, w, d, inp, 1.0f, logits, w, P, d, 0.0f,
+                dV + j0 * d, d);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, inp, d, w, 1.0f, logits, w,
+                V + j0 * d, d, j0 == 0 ? 0.0f : 1.0f, dP, d);
+  }
+  const int64_t n_chunks = (np + kLossChunk - 1) / kLossChunk;
+  std::vector<double> partial(static_cast<size_t>(n_chunks), 0.0);
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np))
+  for (int64_t ch = 0; ch < n_chunks; ++ch) {
+    double sum = 0.0;
+    for (int64_t p = ch * kLossChunk; p < std::min(np, (ch + 1) * kLossChunk); ++p)
+      sum += (static_cast<double>(row_max[p]) - static_cast<double>(z_pos[p])) +
+             std::log(row_sum[p]);
+    partial[static_cast<size_t>(ch)] = sum;
+  }
+  double total = 0.0;
+  for (double x : partial) total += x;
+  *loss_out = static_cast<float>(static_cast<double>(scale) * total);
+  sum_user_rows(threads_, dP, d, pb, dU);
 }
 
 }  // namespace towerrec

@@ -35,7 +35,12 @@
 //   5. pair_rows := dPairRows[P x d] = G . V              (cuBLAS sgemm, after 4 reads it)
 //   6. csr_row_sum_kernel: dU[u] = sum over the user's CSR pairs, in pair
 //      order, of dPairRows[p]; loss_finish_kernel adds the row losses.
+//   Tiled (0 < item_tile < I; bounded scratch): steps 2-5 per block of item_tile
+//   columns, in two passes: the block GEMM and softmax_tile_stats_kernel (online
+//   max and sum per row), then the block GEMM again, softmax_tile_grad_kernel,
+//   and the block's dV rows and its share of dPairRows (in pair_rows' second half).
 // Scalar math (softplus, sigmoid) comes from kernels/math.h, shared with the CPU.
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <string>
@@ -250,6 +255,78 @@ __global__ void __launch_bounds__(kSoftmaxThreads)
     row_loss[p] = (static_cast<double>(mx) - static_cast<double>(z_pos)) + log(se);
 }
 
+// Tiled softmax, pass 1 over one block of w item columns starting at j0
+// (grid = n_pairs, block = 256): z = logit - log_q, then the row's running max
+// m and sum s of exp(z - m) (double, rescaled by exp(m_old - m)), and z at the
+// positive when it falls in the block. Same arithmetic as the CPU's tiled pass.
+__global__ void __launch_bounds__(kSoftmaxThreads)
+    softmax_tile_stats_kernel(const float* __restrict__ logits, int w, int64_t j0,
+                              const float* __restrict__ log_q, const int32_t* __restrict__ item,
+                              float* __restrict__ row_max, double* __restrict__ row_sum,
+                              float* __restrict__ z_pos) {
+  __shared__ float redf[kSoftmaxThreads / 32];
+  __shared__ double redd[kSoftmaxThreads / 32];
+  const int64_t p = blockIdx.x;
+  const float* row = logits + p * w;
+  const float* lq = log_q != nullptr ? log_q + j0 : nullptr;
+  float mx = row_max[p];
+  for (int j = threadIdx.x; j < w; j += kSoftmaxThreads)
+    mx = fmaxf(mx, lq != nullptr ? row[j] - lq[j] : row[j]);
+  mx = block_reduce(mx, redf, [](float a, float b) { return fmaxf(a, b); });
+  double se = 0.0;
+  for (int j = threadIdx.x; j < w; j += kSoftmaxThreads)
+    se += static_cast<double>(expf((lq != nullptr ? row[j] - lq[j] : row[j]) - mx));
+  se = block_reduce(se, redd, [](double a, double b) { return a + b; });
+  if (threadIdx.x == 0) {
+    const float m_old = row_max[p];
+    row_sum[p] = row_sum[p] * exp(static_cast<double>(m_old) - static_cast<double>(mx)) + se;
+    row_max[p] = mx;
+    const int64_t pos = item[p] - j0;
+    if (pos >= 0 && pos < w) z_pos[p] = lq != nullptr ? row[pos] - lq[pos] : row[pos];
+  }
+}
+
+// Tiled softmax, pass 2: the block's logits become dLoss/dz with the row's
+// final max and sum. grid = n_pairs, block = 256.
+__global__ void __launch_bounds__(kSoftmaxThreads)
+    softmax_tile_grad_kernel(float* __restrict__ logits, int w, int64_t j0,
+                             const float* __restrict__ log_q, const int32_t* __restrict__ item,
+                             const float* __restrict__ row_max, const double* __restrict__ row_sum,
+                             float scale_over_t) {
+  const int64_t p = blockIdx.x;
+  float* row = logits + p * w;
+  const float m = row_max[p];
+  const float inv_s = static_cast<float>(1.0 / row_sum[p]);
+  const int64_t pos = item[p] - j0;
+  for (int j = threadIdx.x; j < w; j += kSoftmaxThreads) {
+    const float z = log_q != nullptr ? row[j] - log_q[j0 + j] : row[j];
+    row[j] = math::softmax_logit_grad(expf(z - m), inv_s, j == pos, scale_over_t);
+  }
+}
+
+// row_loss[p] = (m_p - z_pos_p) + log s_p; row_max starts at -inf, row_sum at 0.
+__global__ void softmax_tile_init_kernel(int64_t n, float* __restrict__ row_max,
+                                         double* __restrict__ row_sum) {
+  for (int64_t p = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; p < n;
+       p += int64_t{gridDim.x} * blockDim.x) {
+    row_max[p] = -INFINITY;
+    row_sum[p] = 0.0;
+  }
+}
+__global__ void softmax_tile_loss_kernel(int64_t n, const float* __restrict__ row_max,
+                                         const double* __restrict__ row_sum,
+                                         const float* __restrict__ z_pos,
+                                         double* __restrict__ row_loss) {
+  for (int64_t p = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; p < n;
+       p += int64_t{gridDim.x} * blockDim.x)
+    row_loss[p] = (static_cast<double>(row_max[p]) - static_cast<double>(z_pos[p])) + log(row_sum[p]);
+}
+
+unsigned flat_grid(int64_t n, int threads) {
+  const int64_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 ? 65535 : b));
+}
+
 // One warp per row u of dst[n_rows x d]: dst[u] = sum over the CSR pairs of u,
 // in increasing pair order, of src[p] (src[n_pairs x d]); 0 for a row without pairs.
 __global__ void csr_row_sum_kernel(const float* __restrict__ src, int d, int32_t n_rows,
@@ -360,7 +437,8 @@ void CudaBackend::bpr_loss(const float* U, const float* V, int d, const PairBatc
 
 void CudaBackend::softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
                                const float* log_q, float temperature, float scale, float* dU,
-                               float* dV, float* logits, float* pair_rows, float* loss_out) {
+                               float* dV, float* logits, float* pair_rows, float* loss_out,
+                               int64_t item_tile) {
   check_pairs(U, V, d, pb, dU, dV, loss_out, "softmax_loss", false);
   TOWERREC_CHECK(temperature > 0.0f && std::isfinite(temperature),
                  "softmax_loss: temperature must be positive, got " + std::to_string(temperature));
@@ -368,7 +446,8 @@ void CudaBackend::softmax_loss(const float* U, const float* V, int d, const Pair
   if (P > 0) {
     TOWERREC_CHECK(I > 0, "softmax_loss: pairs but no items");
     TOWERREC_CHECK(logits && pair_rows, "softmax_loss: null scratch");
-    TOWERREC_CHECK(P <= INT_MAX && I <= INT_MAX && P * I <= int64_t{1} << 40,
+    const int64_t cols = item_tile > 0 && item_tile < I ? item_tile : I;
+    TOWERREC_CHECK(P <= INT_MAX && I <= INT_MAX && P * cols <= int64_t{1} << 40,
                    "softmax_loss: logits too large (" + std::to_string(P) + " x " +
                        std::to_string(I) + ")");
   }
@@ -387,6 +466,11 @@ void CudaBackend::softmax_loss(const float* U, const float* V, int d, const Pair
   const float inv_temp = 1.0f / temperature, one = 1.0f, zero = 0.0f;  // as on the CPU
   // 1. pair_rows[P x d] = U[user_p].
   gather_rows(U, d, pb.user, P, pair_rows, d, 0);
+  if (item_tile > 0 && item_tile < I) {
+    softmax_tiled(V, d, pb, log_q, temperature, scale, dU, dV, logits, pair_rows, loss_out,
+                  item_tile);
+    return;
+  }
   // 2. logits[P x I] = pair_rows . V^T / T  <=>  column-major logits^T[I x P] =
   //    (V, column-major [d x I], OP_T) . (pair_rows, column-major [d x P]).
   CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, ni, p, d, &inv_temp, V, d,
@@ -411,6 +495,62 @@ void CudaBackend::softmax_loss(const float* U, const float* V, int d, const Pair
     constexpr int kRowWarps = 8;
     csr_row_sum_kernel<<<warp_rows_grid(pb.n_users, kRowWarps), 32 * kRowWarps, 0, stream_>>>(
         pair_rows, d, pb.n_users, pb.user_offsets, pb.user_pairs, dU);
+    CUDA_CHECK_LAUNCH(stream_, "csr_row_sum_kernel");
+  }
+}
+
+// softmax_loss over item blocks of `tile` columns, pair_rows[0 .. P x d)
+// holding the gathered user rows: pass 1 (GEMM + softmax_tile_stats_kernel per
+// block) finds each row's max and sum, pass 2 recomputes each block's logits,
+// turns them into dLoss/dz, writes dV's block rows and accumulates
+// dPairRows = dz . V_blk into pair_rows[P x d .. 2 P x d); then dU as untiled.
+void CudaBackend::softmax_tiled(const float* V, int d, const PairBatch& pb, const float* log_q,
+                                float temperature, float scale, float* dU, float* dV,
+                                float* logits, float* pair_rows, float* loss_out, int64_t tile) {
+  const int64_t P = pb.n_pairs, I = pb.n_items;
+  const int p = static_cast<int>(P);
+  const float inv_temp = 1.0f / temperature, one = 1.0f, zero = 0.0f;
+  const float* rows = pair_rows;
+  float* d_rows = pair_rows + P * d;
+  Scratch<float> row_max(*this, P), z_pos(*this, P);
+  Scratch<double> row_sum(*this, P), row_loss(*this, P);
+  softmax_tile_init_kernel<<<flat_grid(P, 256), 256, 0, stream_>>>(P, row_max.get(), row_sum.get());
+  CUDA_CHECK_LAUNCH(stream_, "softmax_tile_init_kernel");
+  auto block_logits = [&](int64_t j0, int w) {
+    // logits[P x w] = rows . V_blk^T / T (column-major logits^T[w x P]).
+    CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, w, p, d, &inv_temp, V + j0 * d, d,
+                             rows, d, &zero, logits, w));
+  };
+  for (int64_t j0 = 0; j0 < I; j0 += tile) {
+    const int w = static_cast<int>(std::min<int64_t>(tile, I - j0));
+    block_logits(j0, w);
+    softmax_tile_stats_kernel<<<static_cast<unsigned>(P), kSoftmaxThreads, 0, stream_>>>(
+        logits, w, j0, log_q, pb.item, row_max.get(), row_sum.get(), z_pos.get());
+    CUDA_CHECK_LAUNCH(stream_, "softmax_tile_stats_kernel");
+  }
+  softmax_tile_loss_kernel<<<flat_grid(P, 256), 256, 0, stream_>>>(P, row_max.get(), row_sum.get(),
+                                                                   z_pos.get(), row_loss.get());
+  CUDA_CHECK_LAUNCH(stream_, "softmax_tile_loss_kernel");
+  loss_finish_kernel<<<1, kFinishThreads, 0, stream_>>>(row_loss.get(), p, scale, loss_out);
+  CUDA_CHECK_LAUNCH(stream_, "loss_finish_kernel");
+  for (int64_t j0 = 0; j0 < I; j0 += tile) {
+    const int w = static_cast<int>(std::min<int64_t>(tile, I - j0));
+    block_logits(j0, w);
+    softmax_tile_grad_kernel<<<static_cast<unsigned>(P), kSoftmaxThreads, 0, stream_>>>(
+        logits, w, j0, log_q, pb.item, row_max.get(), row_sum.get(), scale / temperature);
+    CUDA_CHECK_LAUNCH(stream_, "softmax_tile_grad_kernel");
+    // dV_blk[w x d] = G^T . rows  (column-major dV_blk^T[d x w]).
+    CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_T, d, w, p, &one, rows, d, logits, w,
+                             &zero, dV + j0 * d, d));
+    // d_rows (+)= G . V_blk  (column-major [d x P]).
+    const float beta = j0 == 0 ? 0.0f : 1.0f;
+    CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, d, p, w, &one, V + j0 * d, d,
+                             logits, w, &beta, d_rows, d));
+  }
+  if (pb.n_users > 0) {
+    constexpr int kRowWarps = 8;
+    csr_row_sum_kernel<<<warp_rows_grid(pb.n_users, kRowWarps), 32 * kRowWarps, 0, stream_>>>(
+        d_rows, d, pb.n_users, pb.user_offsets, pb.user_pairs, dU);
     CUDA_CHECK_LAUNCH(stream_, "csr_row_sum_kernel");
   }
 }

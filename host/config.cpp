@@ -261,12 +261,16 @@ void add_training_keys(std::vector<ConfigKey>& k) {
                                       [](Config& c) -> MatmulPrecision& { return c.train.matmul_precision; }));
   k.push_back(bool_key("reject-hits", "resample negatives that are training positives of the user",
                        [](Config& c) -> bool& { return c.train.reject_hits; }));
-  k.push_back(enum_key<Loss>("loss", "logistic (pointwise), bpr (pairwise) or softmax (sampled softmax over the batch's items)",
+  k.push_back(enum_key<Loss>("loss", "logistic (pointwise), bpr (pairwise), softmax (sampled softmax over the batch's items) or ccl (cosine contrastive over them)",
                            [](Config& c) -> Loss& { return c.train.loss; }));
   k.push_back(float_key("temperature", "softmax: logits are scores / temperature",
                         [](Config& c) -> float& { return c.train.temperature; }, 1e-4f, 1e4f));
-  k.push_back(int_key("softmax-scratch-mb", "softmax: cap on the logits scratch, MiB; a batch whose pairs x items exceed it takes the items in blocks (one more GEMM; 0: no cap)",
-                      [](Config& c) -> int64_t& { return c.train.softmax_scratch_mb; }, 0, int64_t{1} << 30));
+  k.push_back(int_key("logits-scratch-mb", "softmax, ccl: cap on the logits scratch, MiB; a batch whose pairs x items exceed it takes the items in blocks (softmax: one more GEMM; 0: no cap)",
+                      [](Config& c) -> int64_t& { return c.train.logits_scratch_mb; }, 0, int64_t{1} << 30));
+  k.push_back(float_key("margin", "ccl: a negative adds to the loss once its score exceeds the margin",
+                        [](Config& c) -> float& { return c.train.margin; }, -1.0f, 1.0f));
+  k.push_back(float_key("negative-weight", "ccl: weight of the mean negative hinge against the positive's 1 - s",
+                        [](Config& c) -> float& { return c.train.negative_weight; }, 0.0f, 1e6f));
   k.push_back(bool_key("logq", "softmax: correct logits by each item's log sampling rate",
                        [](Config& c) -> bool& { return c.train.logq; }));
   k.push_back(choice_key("normalize", "L2-normalise output embeddings: cosine scores, softmax loss only (auto: on for softmax)",
@@ -381,20 +385,21 @@ int64_t key_line(const std::string& text, const std::string& key) {
 }  // namespace
 
 void resolve_defaults(Config& cfg) {
-  const bool softmax = cfg.train.loss == Loss::kSoftmax;
+  // The softmax and ccl losses score each positive against all the batch's items.
+  const bool in_batch = cfg.train.loss == Loss::kSoftmax || cfg.train.loss == Loss::kCcl;
   if (cfg.negatives_auto) {
-    cfg.train.negatives = softmax ? 0 : 4;
+    cfg.train.negatives = in_batch ? 0 : 4;
     cfg.negatives_auto = false;
   }
-  if (cfg.normalize == "auto") cfg.normalize = softmax ? "true" : "false";
+  if (cfg.normalize == "auto") cfg.normalize = in_batch ? "true" : "false";
   cfg.tower.normalize = cfg.normalize == "true";
   // Combinations of keys that cannot train, refused before any work.
   if (cfg.train.loss == Loss::kBpr && cfg.train.negatives < 1)
     throw Error("--loss bpr compares each positive with sampled negatives: --negatives 0 cannot "
                 "train (give --negatives 1 or more)");
-  if (cfg.tower.normalize && !softmax)
-    throw Error("--normalize true needs --loss softmax (cosine scores are scaled by its "
-                "--temperature)");
+  if (cfg.tower.normalize && !in_batch)
+    throw Error("--normalize true needs --loss softmax or ccl (cosine scores in [-1, 1] need "
+                "the softmax's --temperature or the ccl's --margin)");
 }
 
 const std::vector<ConfigKey>& config_keys() {

@@ -16,6 +16,8 @@
 
 namespace towerrec {
 
+bool in_batch_loss(Loss loss) { return loss == Loss::kSoftmax || loss == Loss::kCcl; }
+
 int64_t softmax_item_tile(int64_t n_pairs, int64_t n_items, int64_t scratch_mb) {
   if (scratch_mb <= 0 || n_pairs <= 0) return n_items;
   const int64_t cols = (scratch_mb << 20) / (n_pairs * static_cast<int64_t>(sizeof(float)));
@@ -47,9 +49,12 @@ Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainCon
                                                 to_string(cfg.optimizer.kind)};
   TOWERREC_CHECK(cfg.loss != Loss::kBpr || cfg.negatives >= 1, "the bpr loss needs --negatives >= 1");
   TOWERREC_CHECK(cfg.temperature > 0.0f, "temperature must be positive");
-  TOWERREC_CHECK(!model.config().normalize || cfg.loss == Loss::kSoftmax,
+  TOWERREC_CHECK(!model.config().normalize || in_batch_loss(cfg.loss),
                  "normalised embeddings (cosine scores in [-1, 1]) need the softmax loss, whose "
-                 "temperature scales them");
+                 "temperature scales them, or the ccl loss, whose margin is a cosine");
+  TOWERREC_CHECK(std::isfinite(cfg.margin) && std::isfinite(cfg.negative_weight) &&
+                     cfg.negative_weight >= 0.0f,
+                 "ccl margin must be finite and negative_weight finite and >= 0");
   TOWERREC_CHECK(cfg.warmup_epochs >= 0.0f && cfg.lr_step_epochs > 0 && cfg.lr_gamma > 0.0f,
                  "bad learning-rate schedule parameters");
   // Probability that one negative draw is item i.
@@ -290,9 +295,9 @@ void Trainer::plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const
   const int64_t hi = std::min(n, lo + cfg_.batch_size);
   TOWERREC_CHECK(lo < hi, "batch index out of range");
   const int k = cfg_.negatives;
-  // The softmax loss scores each positive against every item of the batch, so
-  // its negatives join the batch's items but not its pairs.
-  const bool negatives_are_pairs = cfg_.loss != Loss::kSoftmax;
+  // The softmax and ccl losses score each positive against every item of the
+  // batch, so their negatives join the batch's items but not its pairs.
+  const bool negatives_are_pairs = !in_batch_loss(cfg_.loss);
   const int64_t n_pairs = (hi - lo) * (negatives_are_pairs ? 1 + k : 1);
   out.users.clear();
   out.items.clear();
@@ -491,14 +496,19 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
     be_.bpr_loss(U, V, d, pb, group, scale, ut.output_grad(), it.output_grad(),
                  d_pair_grad_.data(), loss_slot);
   } else {
-    const float* log_q = cfg_.logq ? d_floats_.data() + np : nullptr;
     const int64_t tile = softmax_item_tile(static_cast<int64_t>(np), static_cast<int64_t>(ni),
-                                           cfg_.softmax_scratch_mb);
+                                           cfg_.logits_scratch_mb);
     d_logits_.ensure(&be_, static_cast<int64_t>(np) * std::min<int64_t>(tile, ni));
     d_pair_rows_.ensure(&be_, static_cast<int64_t>(np) * d * (tile < static_cast<int64_t>(ni) ? 2 : 1));
-    be_.softmax_loss(U, V, d, pb, log_q, cfg_.temperature, 1.0f / static_cast<float>(np),
-                     ut.output_grad(), it.output_grad(), d_logits_.data(), d_pair_rows_.data(),
-                     loss_slot, tile);
+    const float scale = 1.0f / static_cast<float>(np);
+    if (cfg_.loss == Loss::kCcl) {
+      be_.ccl_loss(U, V, d, pb, cfg_.margin, cfg_.negative_weight, scale, ut.output_grad(),
+                   it.output_grad(), d_logits_.data(), d_pair_rows_.data(), loss_slot, tile);
+    } else {
+      const float* log_q = cfg_.logq ? d_floats_.data() + np : nullptr;
+      be_.softmax_loss(U, V, d, pb, log_q, cfg_.temperature, scale, ut.output_grad(),
+                       it.output_grad(), d_logits_.data(), d_pair_rows_.data(), loss_slot, tile);
+    }
   }
   ut.backward();
   it.backward();

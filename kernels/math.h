@@ -64,6 +64,11 @@ TR_HD float softmax_logit_grad(float e, float inv_sum, bool positive, float scal
   return scale_over_t * (e * inv_sum - (positive ? 1.0f : 0.0f));
 }
 
+// Cosine contrastive loss, one negative of weight w (the loss's w / n_neg,
+// times the batch scale): its hinge max(0, s - margin) and that hinge's gradient.
+TR_HD float ccl_hinge(float s, float margin) { return s > margin ? s - margin : 0.0f; }
+TR_HD float ccl_negative_grad(float s, float margin, float w) { return s > margin ? w : 0.0f; }
+
 // 1 / max(||x||, 1e-12) from the sum of squares of x.
 TR_HD float l2_inv_norm(float sumsq) { return 1.0f / fmaxf(sqrtf(sumsq), 1e-12f); }
 TR_HD double l2_inv_norm(double sumsq) { return 1.0 / fmax(sqrt(sumsq), 1e-12); }

@@ -82,7 +82,7 @@ HostBatch make_batch(std::mt19937_64& g, int32_t n_users, int32_t n_items, int64
 }
 
 
-enum class Loss { kLogistic, kBpr, kSoftmax };
+enum class Loss { kLogistic, kBpr, kSoftmax, kSoftmaxTiled, kCcl };
 
 Outputs run_loss(Backend& be, Loss loss, const HostBatch& h, const std::vector<float>& U,
                  const std::vector<float>& V, const std::vector<float>& log_q, int d, int group) {
@@ -114,6 +114,18 @@ Outputs run_loss(Backend& be, Loss loss, const HostBatch& h, const std::vector<f
                       dV.data(), logits.data(), rows.data(), out.data(), 0);
       break;
     }
+    case Loss::kSoftmaxTiled: {
+      auto logits = poisoned(be, np * 64), rows = poisoned(be, 2 * np * d);
+      be.softmax_loss(dU_in.data(), dV_in.data(), d, db.pb, lq.data(), 0.3f, scale, dU.data(),
+                      dV.data(), logits.data(), rows.data(), out.data(), 64);
+      break;
+    }
+    case Loss::kCcl: {
+      auto logits = poisoned(be, np * 64), rows = poisoned(be, 2 * np * d);
+      be.ccl_loss(dU_in.data(), dV_in.data(), d, db.pb, 0.1f, 30.0f, scale, dU.data(), dV.data(),
+                  logits.data(), rows.data(), out.data(), 64);
+      break;
+    }
   }
   o.emplace_back("loss", download(be, out));
   o.emplace_back("dU", download(be, dU));
@@ -126,10 +138,12 @@ TEST(Determinism, LossesAndTheirGradients) {
   std::mt19937_64 g(test_seed());
   const int32_t n_users = 150, n_items = 400;
   const int d = 48, group = 4;
-  for (const Loss loss : {Loss::kLogistic, Loss::kBpr, Loss::kSoftmax}) {
-    const char* name = loss == Loss::kLogistic ? "logistic" : loss == Loss::kBpr ? "bpr" : "softmax";
+  for (const Loss loss : {Loss::kLogistic, Loss::kBpr, Loss::kSoftmax, Loss::kSoftmaxTiled, Loss::kCcl}) {
+    const char* names[] = {"logistic", "bpr", "softmax", "softmax in item blocks", "ccl in item blocks"};
+    const char* name = names[static_cast<int>(loss)];
+    const bool in_batch = loss != Loss::kLogistic && loss != Loss::kBpr;
     // Many pairs per row, so the reductions into dU and dV are long.
-    const HostBatch h = make_batch(g, n_users, n_items, loss == Loss::kSoftmax ? 300 : 1500, group);
+    const HostBatch h = make_batch(g, n_users, n_items, in_batch ? 300 : 1500, group);
     const auto U = random_floats(g, static_cast<size_t>(n_users) * d);
     const auto V = random_floats(g, static_cast<size_t>(n_items) * d);
     const auto log_q = random_floats(g, static_cast<size_t>(n_items), -8.0f, -2.0f);

@@ -325,6 +325,20 @@ LossOut run_softmax(Backend& be, const std::vector<float>& U, const std::vector<
   return {download(be, gU), download(be, gV), download(be, logits), download(be, loss)[0]};
 }
 
+LossOut run_ccl(Backend& be, const std::vector<float>& U, const std::vector<float>& V, int d,
+                const HostPairs& h, float margin, float weight, float scale, int64_t tile = 0) {
+  DevicePairs dp(be, h);
+  const int64_t np = static_cast<int64_t>(h.user.size());
+  auto dUin = upload(be, U), dVin = upload(be, V);
+  auto gU = poisoned(be, int64_t{h.n_users} * d), gV = poisoned(be, int64_t{h.n_items} * d);
+  const bool tiled = tile > 0 && tile < h.n_items;
+  auto logits = poisoned(be, np * (tiled ? tile : h.n_items)), rows = poisoned(be, np * d * (tiled ? 2 : 1));
+  auto loss = poisoned(be, 1);
+  be.ccl_loss(dUin.data(), dVin.data(), d, dp.pb, margin, weight, scale, gU.data(), gV.data(),
+              logits.data(), rows.data(), loss.data(), tile);
+  return {download(be, gU), download(be, gV), download(be, logits), download(be, loss)[0]};
+}
+
 // ---- BPR ----------------------------------------------------------------------------
 
 
@@ -533,6 +547,87 @@ TEST_P(LossOps, SoftmaxTiledMatchesUntiled) {
   EXPECT_TRUE(bit_identical(one.dU, full.dU) && bit_identical(one.dV, full.dV));
 }
 
+// ---- cosine contrastive loss --------------------------------------------------------
+
+TEST_P(LossOps, CclLossMatchesFloat64AndFiniteDifferences) {
+  TRACE_SEED();
+  struct Shape { int32_t nu, ni; int64_t np; };
+  for (Shape s : {Shape{1, 1, 1}, Shape{3, 5, 7}, Shape{17, 9, 33}, Shape{40, 70, 129},
+                  Shape{200, 301, 1000}})
+    for (int d : {1, 5, 17, 64})
+      for (float margin : {0.3f, -0.2f})
+        for (float w : {0.0f, 7.0f})
+          for (int64_t tile : {0, 2, 64}) {
+            SCOPED_TRACE("users=" + std::to_string(s.nu) + " items=" + std::to_string(s.ni) +
+                         " pairs=" + std::to_string(s.np) + " d=" + std::to_string(d) +
+                         " margin=" + std::to_string(margin) + " w=" + std::to_string(w) +
+                         " item_tile=" + std::to_string(tile));
+            const HostPairs h = softmax_pairs(rng_, s.nu, s.ni, s.np);
+            const float amp = 1.2f / std::sqrt(float(d));  // scores spread over about [-1, 1]
+            const auto U = random_floats(rng_, size_t(s.nu) * d, -amp, amp);
+            const auto V = random_floats(rng_, size_t(s.ni) * d, -amp, amp);
+            const float scale = 1.0f / float(s.np);
+            const LossOut got = run_ccl(be(), U, V, d, h, margin, w, scale, tile);
+
+            auto Ud = to_double(U), Vd = to_double(V);
+            const ref::CclRef want = ref::ccl_loss(Ud, Vd, d, h, margin, w, scale);
+            EXPECT_NEAR(got.loss, want.loss, 1e-6 + 1e-5 * std::fabs(want.loss));
+            // A score within float rounding of the margin may switch its term:
+            // the magnitude bound counts every term at scale * w / (n - 1).
+            ASSERT_TRUE(close_by_magnitude(got.dU, want.dU, want.magU, 1e-7, 1e-5)) << "dU";
+            ASSERT_TRUE(close_by_magnitude(got.dV, want.dV, want.magV, 1e-7, 1e-5)) << "dV";
+            if (s.nu >= 2) {
+              for (int c = 0; c < d; ++c) ASSERT_EQ(got.dU[size_t(s.nu - 1) * d + c], 0.0f);
+            }
+            // Finite differences where no negative's score is near its kink.
+            if (s.np > 200 || want.smin < 1e-3) continue;
+            auto L = [&] { return ref::ccl_loss(Ud, Vd, d, h, margin, w, scale).loss; };
+            EXPECT_TRUE(check_fd(rng_, L, Ud, got.dU, 1e-5)) << "dU";
+            EXPECT_TRUE(check_fd(rng_, L, Vd, got.dV, 1e-5)) << "dV";
+          }
+}
+
+// The hinge counts a negative only above the margin: with every score below
+// it the loss is the positives' 1 - s alone, and dV of a pure negative is 0.
+TEST_P(LossOps, CclNegativesBelowTheMarginAddNothing) {
+  HostPairs h;
+  h.n_users = 1;
+  h.n_items = 3;
+  h.user = {0};
+  h.item = {0};
+  finish(h);
+  const std::vector<float> U = {1.0f, 0.0f};
+  const std::vector<float> V = {0.5f, 0.0f, 0.25f, 0.0f, -1.0f, 0.0f};  // scores 0.5, 0.25, -1
+  const LossOut below = run_ccl(be(), U, V, 2, h, 0.3f, 10.0f, 1.0f);
+  EXPECT_NEAR(below.loss, 0.5, 1e-7);
+  EXPECT_EQ(below.dV[4], 0.0f);
+  EXPECT_EQ(below.dV[2], 0.0f);
+  EXPECT_NEAR(below.dV[0], -1.0, 1e-7);  // -scale * U
+  // Margin 0.2: item 1 (score 0.25) adds w / 2 * 0.05 and pushes its dV by w / 2.
+  const LossOut above = run_ccl(be(), U, V, 2, h, 0.2f, 10.0f, 1.0f);
+  EXPECT_NEAR(above.loss, 0.5 + 5.0 * 0.05, 1e-6);
+  EXPECT_NEAR(above.dV[2], 5.0, 1e-6);
+  EXPECT_NEAR(above.dU[0], -0.5 + 5.0 * 0.25, 1e-6);
+}
+
+TEST_P(LossOps, CclTiledMatchesUntiled) {
+  TRACE_SEED();
+  const int d = 24;
+  const HostPairs h = softmax_pairs(rng_, 300, 1000, 2000);
+  const auto U = random_floats(rng_, 300 * d, -0.3f, 0.3f), V = random_floats(rng_, 1000 * d, -0.3f, 0.3f);
+  const LossOut full = run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000);
+  for (int64_t tile : {1, 64, 333, 999}) {
+    SCOPED_TRACE("item_tile=" + std::to_string(tile));
+    const LossOut a = run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000, tile);
+    const LossOut b = run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000, tile);
+    EXPECT_TRUE(bit_identical(a.dU, b.dU) && bit_identical(a.dV, b.dV)) << "repeat";
+    EXPECT_TRUE(same_bits(a.loss, b.loss)) << "repeat";
+    EXPECT_NEAR(a.loss, full.loss, 1e-5 * std::fabs(full.loss));
+    EXPECT_TRUE(all_close(a.dU, to_double(full.dU), 1e-8, 1e-4)) << "dU";
+    EXPECT_TRUE(all_close(a.dV, to_double(full.dV), 1e-8, 1e-4)) << "dV";
+  }
+}
+
 // log_q = null is no correction: bit-identical to an all-zero log_q. A constant
 // log_q shifts every logit of a row equally, which the softmax ignores.
 TEST_P(LossOps, SoftmaxLogQNullIsZeroCorrection) {
@@ -576,7 +671,8 @@ TEST_P(LossOps, EmptyBatchesGiveZeroLossAndGradients) {
   finish(h);
   const auto U = random_floats(rng_, 3 * 5), V = random_floats(rng_, 4 * 5);
   for (const LossOut& got : {run_bpr(be(), U, V, 5, h, 2, 1.0f),
-                             run_softmax(be(), U, V, 5, h, nullptr, 1.0f, 1.0f)}) {
+                             run_softmax(be(), U, V, 5, h, nullptr, 1.0f, 1.0f),
+                             run_ccl(be(), U, V, 5, h, 0.5f, 1.0f, 1.0f)}) {
     EXPECT_EQ(got.loss, 0.0f);
     for (float x : got.dU) EXPECT_EQ(x, 0.0f);
     for (float x : got.dV) EXPECT_EQ(x, 0.0f);
@@ -616,6 +712,8 @@ TEST_P(LossOps, LossBadArgumentsThrow) {
   EXPECT_THROW(run_bpr(be(), U, V, 3, mixed, 2, 1.0f), Error);
   EXPECT_THROW(run_softmax(be(), U, V, 3, mixed, nullptr, 0.0f, 1.0f), Error);
   EXPECT_THROW(run_softmax(be(), U, V, 3, mixed, nullptr, -1.0f, 1.0f), Error);
+  EXPECT_THROW(run_ccl(be(), U, V, 3, mixed, 0.5f, -1.0f, 1.0f), Error);
+  EXPECT_THROW(run_ccl(be(), U, V, 3, mixed, kNaN, 1.0f, 1.0f), Error);
 }
 
 }  // namespace ranking
@@ -905,6 +1003,53 @@ TEST(CudaOps, SoftmaxLoss) {
                                 g_unit * (1e-6 * double(v_len + 1) + 4 * logit_tol), 1e-4))
               << "dV";
         }
+}
+
+TEST(CudaOps, CclLoss) {
+  TOWERREC_REQUIRE_CUDA();
+  TRACE_SEED();
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  struct Case {
+    int64_t pairs;
+    int32_t users, items;
+  };
+  for (const Case c : {Case{0, 3, 2}, Case{1, 2, 2}, Case{33, 9, 20}, Case{1000, 300, 2000}})
+    for (int d : {1, 64, 130})
+      for (const int64_t tile : {int64_t{0}, int64_t{7}, int64_t{256}}) {
+        SCOPED_TRACE("pairs=" + std::to_string(c.pairs) + " items=" + std::to_string(c.items) +
+                     " d=" + std::to_string(d) + " item_tile=" + std::to_string(tile));
+        HostPairs hp = random_pairs(g, c.pairs, c.users, c.items);
+        const float amp = 1.0f / std::sqrt(float(d));
+        const auto U = random_floats(g, static_cast<size_t>(c.users) * d, -amp, amp);
+        const auto V = random_floats(g, static_cast<size_t>(c.items) * d, -amp, amp);
+        const float scale = c.pairs > 0 ? 1.0f / static_cast<float>(c.pairs) : 1.0f;
+        struct Out {
+          std::vector<float> dU, dV, loss;
+        };
+        auto run = [&](Backend& be) {
+          auto dUi = upload(be, U);
+          auto dVi = upload(be, V);
+          DevicePairs dp(be, hp);
+          auto dU = poisoned(be, int64_t{c.users} * d);
+          auto dV = poisoned(be, int64_t{c.items} * d);
+          const bool tiled = tile > 0 && tile < c.items;
+          auto logits = poisoned(be, c.pairs * (tiled ? tile : c.items));
+          auto rows = poisoned(be, c.pairs * d * (tiled ? 2 : 1));
+          auto loss = poisoned(be, 1);
+          be.ccl_loss(dUi.data(), dVi.data(), d, dp.pb, 0.2f, 20.0f, scale, dU.data(), dV.data(),
+                      logits.data(), rows.data(), loss.data(), tile);
+          return Out{download(be, dU), download(be, dV), download(be, loss)};
+        };
+        const Out want = run(*cpu), got = run(*gpu);
+        // A score within a few ulps of the margin may switch its hinge on one
+        // backend only: each such term moves a gradient by scale * w / (n - 1) * |v|.
+        const double term = scale * 20.0 / std::max(1, c.items - 1) * amp;
+        EXPECT_TRUE(all_close(got.loss, as_double(want.loss), 1e-6 * (d + 1), 1e-5)) << "loss";
+        EXPECT_TRUE(all_close(got.dU, as_double(want.dU), 4 * term + 1e-6, 1e-4)) << "dU";
+        EXPECT_TRUE(all_close(got.dV, as_double(want.dV), 4 * term + 1e-6, 1e-4)) << "dV";
+      }
 }
 }  // namespace cuda_vs_cpu
 }  // namespace

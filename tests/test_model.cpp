@@ -240,7 +240,7 @@ TEST(Model, SoftmaxScratchCapGivesTheWholeMatrixGradients) {
     TrainConfig tc;
     tc.loss = Loss::kSoftmax;
     tc.batch_size = 4000;  // 4,000 pairs x up to 300 items: 4.8 MB of logits
-    tc.softmax_scratch_mb = cap_mb;
+    tc.logits_scratch_mb = cap_mb;
     Trainer tr(m, ds.interactions, tc);
     Trainer::Batch b;
     tr.plan_batch(0, 0, b);
@@ -252,7 +252,13 @@ TEST(Model, SoftmaxScratchCapGivesTheWholeMatrixGradients) {
   const auto whole = run(0), tiled = run(1);
   EXPECT_NEAR(tiled.first, whole.first, 1e-5 * std::fabs(whole.first));
   ASSERT_EQ(tiled.second.size(), whole.second.size());
-  EXPECT_TRUE(testing::all_close(tiled.second, testing::to_double(whole.second), 1e-7, 1e-3));
+  // The item tower's output bias sums softmax - onehot over every pair and
+  // item, zero up to rounding: its entries carry the rounding of the largest
+  // terms, so the absolute bound scales with the largest gradient.
+  double gmax = 0.0;
+  for (float g : whole.second) gmax = std::max(gmax, std::fabs(double(g)));
+  ASSERT_GT(gmax, 0.0);
+  EXPECT_TRUE(testing::all_close(tiled.second, testing::to_double(whole.second), 1e-3 * gmax, 1e-3));
   EXPECT_FALSE(testing::bit_identical(tiled.second, whole.second)) << "the cap took no effect";
 }
 
@@ -426,6 +432,7 @@ class TinyBackend final : public Backend {
   void logistic_loss(const float*, const float*, int, const PairBatch&, float, float*, float*, float*, float*) override { fail(); }
   void bpr_loss(const float*, const float*, int, const PairBatch&, int, float, float*, float*, float*, float*) override { fail(); }
   void softmax_loss(const float*, const float*, int, const PairBatch&, const float*, float, float, float*, float*, float*, float*, float*, int64_t) override { fail(); }
+  void ccl_loss(const float*, const float*, int, const PairBatch&, float, float, float, float*, float*, float*, float*, float*, int64_t) override { fail(); }
   void l2_normalize(const float*, int64_t, int, float*, float*) override { fail(); }
   void l2_normalize_backward(const float*, const float*, const float*, int64_t, int, float*) override { fail(); }
   void dropout(float*, int64_t, float, uint64_t, uint64_t) override { fail(); }

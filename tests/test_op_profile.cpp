@@ -44,12 +44,12 @@ int64_t calls(const ProfilingBackend& p, const std::string& op) {
 }
 
 TEST(ProfilingBackend, ForwardsEveryOpOfATraining) {
-  for (const Loss loss : {Loss::kLogistic, Loss::kBpr, Loss::kSoftmax})
+  for (const Loss loss : {Loss::kLogistic, Loss::kBpr, Loss::kSoftmax, Loss::kCcl})
     for (auto& be : testing::every_backend()) {
       SCOPED_TRACE(std::string(to_string(loss)) + " on " + be->describe());
       TowerConfig tower = testing::small_tower();
       tower.dropout = 0.2f;
-      tower.normalize = loss == Loss::kSoftmax;  // needs the softmax loss's temperature
+      tower.normalize = in_batch_loss(loss);  // cosine scores: softmax and ccl only
       const TrainConfig tc = short_training(loss);
       const std::vector<float> want =
           train(be->kind() == DeviceKind::kCPU ? make_cpu_backend(1) : make_cuda_backend(0), tc,

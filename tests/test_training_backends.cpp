@@ -112,7 +112,7 @@ void expect_agree(const RunResult& cpu, const RunResult& gpu, double abs_tol, do
 
 TEST(TrainingOnCuda, AgreesWithCpuForEveryLoss) {
   TOWERREC_REQUIRE_CUDA();
-  for (const std::string loss : {"logistic", "bpr", "softmax"}) {
+  for (const std::string loss : {"logistic", "bpr", "softmax", "ccl"}) {
     for (const std::string opt : {"sgd", "adam"}) {
       SCOPED_TRACE(loss + " / " + opt);
       TrainConfig tc;

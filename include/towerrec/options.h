@@ -19,7 +19,9 @@ namespace towerrec {
 // bpr:      pairwise, each positive against each of its negatives
 // softmax:  sampled softmax over all items of the batch (the other positives'
 //           items and the sampled negatives), with logQ correction
-enum class Loss { kLogistic, kBpr, kSoftmax };
+// ccl:      cosine contrastive loss (SimpleX) over the same items: 1 - s for
+//           the positive, a weighted mean of max(0, s - margin) over the rest
+enum class Loss { kLogistic, kBpr, kSoftmax, kCcl };
 // Negative sampler: uniform over items, or by popularity (count^alpha).
 enum class Sampler { kUniform, kPopularity };
 // constant | cosine (to 0 at the last step) | step (times lr_gamma every
@@ -34,7 +36,7 @@ struct EnumNames;
 template <>
 struct EnumNames<Loss> {
   static constexpr const char* what = "loss";
-  static constexpr std::array<const char*, 3> names = {"logistic", "bpr", "softmax"};
+  static constexpr std::array<const char*, 4> names = {"logistic", "bpr", "softmax", "ccl"};
 };
 template <>
 struct EnumNames<Sampler> {

@@ -35,9 +35,12 @@ struct TrainConfig {
   Loss loss = Loss::kSoftmax;
   float temperature = 0.1f;        // softmax logits are scores / temperature
   bool logq = true;                // softmax: subtract log of each item's sampling rate
-  // softmax: the logits scratch (pairs x items floats) stays within this many
-  // MiB; past it the loss takes the batch's items in blocks (0: no cap).
-  int64_t softmax_scratch_mb = 1024;
+  // ccl: the margin of the negatives' hinge and the weight of their mean.
+  float margin = 0.9f;
+  float negative_weight = 150.0f;
+  // softmax and ccl: the logits scratch (pairs x items floats) stays within
+  // this many MiB; past it the loss takes the batch's items in blocks (0: no cap).
+  int64_t logits_scratch_mb = 1024;
   // Learning-rate schedule, with a linear warm-up over warmup_epochs.
   LrSchedule lr_schedule = LrSchedule::kCosine;
   float warmup_epochs = 0.0f;
@@ -86,7 +89,10 @@ struct TrainPosition {
   double loss_sum = 0;
 };
 
-// The softmax loss's item block for a batch of n_pairs positives over n_items
+// The losses that score each positive against all the batch's items (softmax, ccl).
+bool in_batch_loss(Loss loss);
+
+// The softmax (and ccl) loss's item block for a batch of n_pairs positives over n_items
 // items whose logits must fit scratch_mb MiB: n_items (one block) when they
 // fit or the cap is 0, else the largest multiple of 64 columns that fits (64
 // at least).

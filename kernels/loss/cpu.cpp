@@ -386,4 +386,83 @@ void CpuBackend::softmax_loss_tiled(const float* V, int d, const PairBatch& pb,
   sum_user_rows(threads_, dP, d, pb, dU);
 }
 
+// Cosine contrastive loss, in one pass over blocks of `item_tile` items (one
+// block when untiled): P = the gathered user rows; per block S = P . V_blk^T
+// (sgemm), per row the loss terms (summed in double, block after block) and
+// dz written over S; dV_blk = dz^T . P and dP (+)= dz . V_blk (sgemm); then dU
+// from dP in CSR order. Untiled, dP overwrites P once dV has read it.
+void CpuBackend::ccl_loss(const float* U, const float* V, int d, const PairBatch& pb,
+                          float margin, float neg_weight, float scale, float* dU, float* dV,
+                          float* logits, float* pair_rows, float* loss_out, int64_t item_tile) {
+  TOWERREC_CHECK(d > 0 && pb.n_pairs >= 0 && pb.n_users >= 0 && pb.n_items >= 0,
+                 "ccl_loss: bad shape");
+  TOWERREC_CHECK(std::isfinite(margin) && std::isfinite(neg_weight) && neg_weight >= 0.0f,
+                 "ccl_loss: margin must be finite and neg_weight finite and >= 0");
+  TOWERREC_CHECK(loss_out, "ccl_loss: null loss_out");
+  const int64_t np = pb.n_pairs;
+  const int64_t ni = pb.n_items;
+  const int32_t nu = pb.n_users;
+  if (nu > 0) TOWERREC_CHECK(dU && pb.user_offsets, "ccl_loss: null dU/user CSR");
+  if (ni > 0) TOWERREC_CHECK(dV, "ccl_loss: null dV");
+  if (np == 0) {
+    if (nu > 0) fill(dU, int64_t{nu} * d, 0.0f);
+    if (ni > 0) fill(dV, ni * d, 0.0f);
+    *loss_out = 0.0f;
+    return;
+  }
+  TOWERREC_CHECK(U && V && logits && pair_rows && pb.user && pb.item && pb.user_pairs,
+                 "ccl_loss: null pointer");
+  TOWERREC_CHECK(ni > 0, "ccl_loss: pairs but no items");
+  TOWERREC_CHECK(nu > 0 && pb.user_offsets[nu] == np, "ccl_loss: user CSR does not cover the pairs");
+  check_blas_dim(np, "ccl_loss: n_pairs");
+  check_blas_dim(ni, "ccl_loss: n_items");
+  const int inp = static_cast<int>(np);
+  const int64_t tile = item_tile > 0 && item_tile < ni ? item_tile : ni;
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np * d))
+  for (int64_t p = 0; p < np; ++p)
+    std::memcpy(pair_rows + p * d, U + int64_t{pb.user[p]} * d, sizeof(float) * d);
+  const float* P = pair_rows;
+  float* dP = tile < ni ? pair_rows + np * d : pair_rows;
+  const double w = ni > 1 ? static_cast<double>(neg_weight) / static_cast<double>(ni - 1) : 0.0;
+  const float g_neg = static_cast<float>(scale * w);
+  std::vector<double> row_loss(static_cast<size_t>(np), 0.0);
+  for (int64_t j0 = 0; j0 < ni; j0 += tile) {
+    const int bw = static_cast<int>(std::min(tile, ni - j0));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, inp, bw, d, 1.0f, P, d, V + j0 * d, d,
+                0.0f, logits, bw);
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np * bw))
+    for (int64_t p = 0; p < np; ++p) {
+      float* z = logits + p * bw;
+      const int64_t pos = pb.item[p] - j0;
+      double hinge = 0.0, positive = 0.0;
+      for (int j = 0; j < bw; ++j) {
+        if (j == pos) {
+          positive = 1.0 - static_cast<double>(z[j]);
+          z[j] = -scale;
+        } else {
+          hinge += static_cast<double>(math::ccl_hinge(z[j], margin));
+          z[j] = math::ccl_negative_grad(z[j], margin, g_neg);
+        }
+      }
+      row_loss[p] += positive + w * hinge;
+    }
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bw, d, inp, 1.0f, logits, bw, P, d, 0.0f,
+                dV + j0 * d, d);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, inp, d, bw, 1.0f, logits, bw,
+                V + j0 * d, d, j0 == 0 ? 0.0f : 1.0f, dP, d);
+  }
+  const int64_t n_chunks = (np + kLossChunk - 1) / kLossChunk;
+  std::vector<double> partial(static_cast<size_t>(n_chunks), 0.0);
+#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np))
+  for (int64_t ch = 0; ch < n_chunks; ++ch) {
+    double sum = 0.0;
+    for (int64_t p = ch * kLossChunk; p < std::min(np, (ch + 1) * kLossChunk); ++p) sum += row_loss[p];
+    partial[static_cast<size_t>(ch)] = sum;
+  }
+  double total = 0.0;
+  for (double x : partial) total += x;
+  *loss_out = static_cast<float>(static_cast<double>(scale) * total);
+  sum_user_rows(threads_, dP, d, pb, dU);
+}
+
 }  // namespace towerrec

@@ -39,6 +39,11 @@
 //   columns, in two passes: the block GEMM and softmax_tile_stats_kernel (online
 //   max and sum per row), then the block GEMM again, softmax_tile_grad_kernel,
 //   and the block's dV rows and its share of dPairRows (in pair_rows' second half).
+//
+// ccl_loss: per block of item columns (all of them untiled) the score GEMM,
+//   ccl_block_kernel (one block per pair row: loss terms added to the row's
+//   double, the scores overwritten by dz), dV_blk = dz^T . P and dP (+)= dz . V_blk;
+//   then csr_row_sum_kernel and loss_finish_kernel as for the softmax.
 // Scalar math (softplus, sigmoid) comes from kernels/math.h, shared with the CPU.
 #include <algorithm>
 #include <climits>
@@ -304,6 +309,33 @@ __global__ void __launch_bounds__(kSoftmaxThreads)
   }
 }
 
+// Cosine contrastive loss over one block of w item columns starting at j0
+// (grid = n_pairs, block = 256): scores become dz (-scale at the positive,
+// g_neg above the margin, else 0); row_loss[p] += (1 - s_pos) + w_neg * sum of
+// hinges (double).
+__global__ void __launch_bounds__(kSoftmaxThreads)
+    ccl_block_kernel(float* __restrict__ logits, int w, int64_t j0,
+                     const int32_t* __restrict__ item, float margin, float g_neg, float scale,
+                     double w_neg, double* __restrict__ row_loss) {
+  __shared__ double redd[kSoftmaxThreads / 32];
+  const int64_t p = blockIdx.x;
+  float* row = logits + p * w;
+  const int64_t pos = item[p] - j0;
+  double hinge = 0.0, positive = 0.0;
+  for (int j = threadIdx.x; j < w; j += kSoftmaxThreads) {
+    const float s = row[j];
+    if (j == pos) {
+      positive = 1.0 - static_cast<double>(s);
+      row[j] = -scale;
+    } else {
+      hinge += static_cast<double>(math::ccl_hinge(s, margin));
+      row[j] = math::ccl_negative_grad(s, margin, g_neg);
+    }
+  }
+  const double t = block_reduce(positive + w_neg * hinge, redd, [](double a, double b) { return a + b; });
+  if (threadIdx.x == 0) row_loss[p] += t;
+}
+
 // row_loss[p] = (m_p - z_pos_p) + log s_p; row_max starts at -inf, row_sum at 0.
 __global__ void softmax_tile_init_kernel(int64_t n, float* __restrict__ row_max,
                                          double* __restrict__ row_sum) {
@@ -547,6 +579,61 @@ void CudaBackend::softmax_tiled(const float* V, int d, const PairBatch& pb, cons
     CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, d, p, w, &one, V + j0 * d, d,
                              logits, w, &beta, d_rows, d));
   }
+  if (pb.n_users > 0) {
+    constexpr int kRowWarps = 8;
+    csr_row_sum_kernel<<<warp_rows_grid(pb.n_users, kRowWarps), 32 * kRowWarps, 0, stream_>>>(
+        d_rows, d, pb.n_users, pb.user_offsets, pb.user_pairs, dU);
+    CUDA_CHECK_LAUNCH(stream_, "csr_row_sum_kernel");
+  }
+}
+
+void CudaBackend::ccl_loss(const float* U, const float* V, int d, const PairBatch& pb,
+                           float margin, float neg_weight, float scale, float* dU, float* dV,
+                           float* logits, float* pair_rows, float* loss_out, int64_t item_tile) {
+  check_pairs(U, V, d, pb, dU, dV, loss_out, "ccl_loss", false);
+  TOWERREC_CHECK(std::isfinite(margin) && std::isfinite(neg_weight) && neg_weight >= 0.0f,
+                 "ccl_loss: margin must be finite and neg_weight finite and >= 0");
+  const int64_t P = pb.n_pairs, I = pb.n_items;
+  const int64_t tile = item_tile > 0 && item_tile < I ? item_tile : I;
+  if (P > 0) {
+    TOWERREC_CHECK(I > 0, "ccl_loss: pairs but no items");
+    TOWERREC_CHECK(logits && pair_rows, "ccl_loss: null scratch");
+    TOWERREC_CHECK(P <= INT_MAX && I <= INT_MAX && P * tile <= int64_t{1} << 40,
+                   "ccl_loss: logits too large (" + std::to_string(P) + " x " +
+                       std::to_string(tile) + ")");
+  }
+  activate();
+  if (P == 0) {
+    if (pb.n_users > 0)
+      CUDA_CHECK(cudaMemsetAsync(dU, 0, sizeof(float) * size_t(pb.n_users) * d, stream_));
+    if (I > 0) CUDA_CHECK(cudaMemsetAsync(dV, 0, sizeof(float) * size_t(I) * d, stream_));
+    fill(loss_out, 1, 0.0f);
+    return;
+  }
+  const int p = static_cast<int>(P);
+  const float one = 1.0f, zero = 0.0f;
+  gather_rows(U, d, pb.user, P, pair_rows, d, 0);
+  const float* rows = pair_rows;
+  float* d_rows = tile < I ? pair_rows + P * d : pair_rows;
+  const double w = I > 1 ? static_cast<double>(neg_weight) / static_cast<double>(I - 1) : 0.0;
+  const float g_neg = static_cast<float>(scale * w);
+  Scratch<double> row_loss(*this, P);
+  CUDA_CHECK(cudaMemsetAsync(row_loss.get(), 0, sizeof(double) * size_t(P), stream_));
+  for (int64_t j0 = 0; j0 < I; j0 += tile) {
+    const int bw = static_cast<int>(std::min<int64_t>(tile, I - j0));
+    CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, bw, p, d, &one, V + j0 * d, d,
+                             rows, d, &zero, logits, bw));
+    ccl_block_kernel<<<static_cast<unsigned>(P), kSoftmaxThreads, 0, stream_>>>(
+        logits, bw, j0, pb.item, margin, g_neg, scale, w, row_loss.get());
+    CUDA_CHECK_LAUNCH(stream_, "ccl_block_kernel");
+    CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_T, d, bw, p, &one, rows, d, logits, bw,
+                             &zero, dV + j0 * d, d));
+    const float beta = j0 == 0 ? 0.0f : 1.0f;
+    CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, d, p, bw, &one, V + j0 * d, d,
+                             logits, bw, &beta, d_rows, d));
+  }
+  loss_finish_kernel<<<1, kFinishThreads, 0, stream_>>>(row_loss.get(), p, scale, loss_out);
+  CUDA_CHECK_LAUNCH(stream_, "loss_finish_kernel");
   if (pb.n_users > 0) {
     constexpr int kRowWarps = 8;
     csr_row_sum_kernel<<<warp_rows_grid(pb.n_users, kRowWarps), 32 * kRowWarps, 0, stream_>>>(

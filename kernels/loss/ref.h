@@ -1,4 +1,5 @@
-// Float64 reference of the loss family (logistic_loss, bpr_loss, softmax_loss):
+// Float64 reference of the loss family (logistic_loss, bpr_loss, softmax_loss,
+// ccl_loss):
 // the oracle of tests/test_loss.cpp. Header-only, written independently of
 // kernels/math.h. `Pairs` is any type with n_users, n_items and the vectors
 // user, item (and label for the logistic loss), e.g. the tests' HostPairs.
@@ -128,6 +129,58 @@ SoftmaxRef softmax_loss(const std::vector<double>& U, const std::vector<double>&
         // A probability near 1 minus the one-hot cancels in float32, so gz
         // carries an absolute error of float32's resolution near 1.
         const double gm = std::fabs(gz) + 0.1 * scale / T;
+        r.magU[size_t(h.user[p]) * d + c] += gm * std::fabs(V[size_t(j) * d + c]);
+        r.magV[size_t(j) * d + c] += gm * std::fabs(u[c]);
+      }
+    }
+  }
+  r.loss = scale * sum;
+  return r;
+}
+
+// Cosine contrastive loss (SimpleX) over the batch's items: per pair p with
+// scores s_pj = <U[user_p], V[j]>,
+//   l_p = (1 - s_p,item_p) + w / (n_items - 1) sum_{j != item_p} max(0, s_pj - margin)
+// (no negative term when the batch has one item). magU/magV: the sum of |terms|
+// of each gradient element; smin: the smallest |s_pj - margin| over negatives
+// (finite differences need it larger than their step).
+struct CclRef {
+  std::vector<double> dU, dV, magU, magV;
+  double loss = 0.0, smin = 1e300;
+};
+
+template <typename Pairs>
+CclRef ccl_loss(const std::vector<double>& U, const std::vector<double>& V, int d, const Pairs& h,
+                double margin, double w, double scale) {
+  const int64_t np = static_cast<int64_t>(h.user.size());
+  const int32_t ni = h.n_items;
+  CclRef r;
+  r.dU.assign(size_t(h.n_users) * d, 0.0);
+  r.dV.assign(size_t(ni) * d, 0.0);
+  r.magU = r.dU;
+  r.magV = r.dV;
+  const double wn = ni > 1 ? w / double(ni - 1) : 0.0;
+  double sum = 0.0;
+  for (int64_t p = 0; p < np; ++p) {
+    const double* u = &U[size_t(h.user[p]) * d];
+    for (int32_t j = 0; j < ni; ++j) {
+      double s = 0.0;
+      for (int c = 0; c < d; ++c) s += u[c] * V[size_t(j) * d + c];
+      double gz;
+      if (j == h.item[p]) {
+        sum += 1.0 - s;
+        gz = -scale;
+      } else {
+        r.smin = std::min(r.smin, std::fabs(s - margin));
+        sum += wn * std::max(0.0, s - margin);
+        gz = s > margin ? scale * wn : 0.0;
+      }
+      for (int c = 0; c < d; ++c) {
+        r.dU[size_t(h.user[p]) * d + c] += gz * V[size_t(j) * d + c];
+        r.dV[size_t(j) * d + c] += gz * u[c];
+        // Every term may be rounded, or switched by a score within rounding of
+        // the margin: floor |gz| at scale * wn.
+        const double gm = std::fabs(gz) + scale * wn;
         r.magU[size_t(h.user[p]) * d + c] += gm * std::fabs(V[size_t(j) * d + c]);
         r.magV[size_t(j) * d + c] += gm * std::fabs(u[c]);
       }

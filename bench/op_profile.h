@@ -106,11 +106,11 @@ class ProfilingBackend final : public Backend {
     T t(*this, "softmax_loss");
     in_.softmax_loss(U, V, d, pb, lq, temp, s, dU, dV, lg, pr, lo, tile);
   }
-  void ccl_loss(const float* U, const float* V, int d, const PairBatch& pb, float m, float w,
-                float s, float* dU, float* dV, float* lg, float* pr, float* lo,
+  void ccl_loss(const float* U, const float* V, int d, const PairBatch& pb, const float* lq,
+                float m, float w, float s, float* dU, float* dV, float* lg, float* pr, float* lo,
                 int64_t tile) override {
     T t(*this, "ccl_loss");
-    in_.ccl_loss(U, V, d, pb, m, w, s, dU, dV, lg, pr, lo, tile);
+    in_.ccl_loss(U, V, d, pb, lq, m, w, s, dU, dV, lg, pr, lo, tile);
   }
   void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv) override {
     T t(*this, "l2_normalize");

@@ -271,7 +271,7 @@ void add_training_keys(std::vector<ConfigKey>& k) {
                         [](Config& c) -> float& { return c.train.margin; }, -1.0f, 1.0f));
   k.push_back(float_key("negative-weight", "ccl: weight of the mean negative hinge against the positive's 1 - s",
                         [](Config& c) -> float& { return c.train.negative_weight; }, 0.0f, 1e6f));
-  k.push_back(bool_key("logq", "softmax: correct logits by each item's log sampling rate",
+  k.push_back(bool_key("logq", "softmax: correct logits by each item's log sampling rate; ccl: weigh negatives by its inverse",
                        [](Config& c) -> bool& { return c.train.logq; }));
   k.push_back(choice_key("normalize", "L2-normalise output embeddings: cosine scores, softmax loss only (auto: on for softmax)",
                          [](Config& c) -> std::string& { return c.normalize; }, {"auto", "true", "false"}));

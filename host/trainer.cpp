@@ -88,7 +88,7 @@ Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainCon
     for (int32_t i : large) alias_prob_[i] = 1.0f, alias_idx_[i] = i;
     for (int32_t i : small) alias_prob_[i] = 1.0f, alias_idx_[i] = i;
   }
-  if (cfg.loss == Loss::kSoftmax) {
+  if (in_batch_loss(cfg.loss)) {
     // Expected appearances of item i in a batch of B positives with k negatives
     // each: B * count_i / N + B * k * neg_prob_i (the constant B cancels).
     std::vector<double> count(static_cast<size_t>(n_items_), 0.0);
@@ -438,7 +438,7 @@ void Trainer::stage(const Batch& b, Staged& st) {
   st.o_hr = put(b.hist_rows);
   st.n_ints = off;
   // Floats: the labels, then (softmax with logQ) each batch item's log rate.
-  const bool with_log_q = cfg_.loss == Loss::kSoftmax && cfg_.logq;
+  const bool with_log_q = in_batch_loss(cfg_.loss) && cfg_.logq;
   st.n_floats = st.np + (with_log_q ? st.ni : 0);
   st.floats.ensure(&be_, static_cast<int64_t>(std::max<size_t>(st.n_floats, 1)));
   std::copy(b.label.begin(), b.label.end(), st.floats.data());
@@ -501,11 +501,11 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
     d_logits_.ensure(&be_, static_cast<int64_t>(np) * std::min<int64_t>(tile, ni));
     d_pair_rows_.ensure(&be_, static_cast<int64_t>(np) * d * (tile < static_cast<int64_t>(ni) ? 2 : 1));
     const float scale = 1.0f / static_cast<float>(np);
+    const float* log_q = cfg_.logq ? d_floats_.data() + np : nullptr;
     if (cfg_.loss == Loss::kCcl) {
-      be_.ccl_loss(U, V, d, pb, cfg_.margin, cfg_.negative_weight, scale, ut.output_grad(),
+      be_.ccl_loss(U, V, d, pb, log_q, cfg_.margin, cfg_.negative_weight, scale, ut.output_grad(),
                    it.output_grad(), d_logits_.data(), d_pair_rows_.data(), loss_slot, tile);
     } else {
-      const float* log_q = cfg_.logq ? d_floats_.data() + np : nullptr;
       be_.softmax_loss(U, V, d, pb, log_q, cfg_.temperature, scale, ut.output_grad(),
                        it.output_grad(), d_logits_.data(), d_pair_rows_.data(), loss_slot, tile);
     }

@@ -68,6 +68,9 @@ TR_HD float softmax_logit_grad(float e, float inv_sum, bool positive, float scal
 // times the batch scale): its hinge max(0, s - margin) and that hinge's gradient.
 TR_HD float ccl_hinge(float s, float margin) { return s > margin ? s - margin : 0.0f; }
 TR_HD float ccl_negative_grad(float s, float margin, float w) { return s > margin ? w : 0.0f; }
+// An item's weight exp(-log_q - shift) (shift: the largest -log_q of the batch,
+// so weights lie in (0, 1]).
+TR_HD float ccl_item_weight(float log_q, float shift) { return expf(-log_q - shift); }
 
 // 1 / max(||x||, 1e-12) from the sum of squares of x.
 TR_HD float l2_inv_norm(float sumsq) { return 1.0f / fmaxf(sqrtf(sumsq), 1e-12f); }

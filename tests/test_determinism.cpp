@@ -122,8 +122,8 @@ Outputs run_loss(Backend& be, Loss loss, const HostBatch& h, const std::vector<f
     }
     case Loss::kCcl: {
       auto logits = poisoned(be, np * 64), rows = poisoned(be, 2 * np * d);
-      be.ccl_loss(dU_in.data(), dV_in.data(), d, db.pb, 0.1f, 30.0f, scale, dU.data(), dV.data(),
-                  logits.data(), rows.data(), out.data(), 64);
+      be.ccl_loss(dU_in.data(), dV_in.data(), d, db.pb, lq.data(), 0.1f, 30.0f, scale, dU.data(),
+                  dV.data(), logits.data(), rows.data(), out.data(), 64);
       break;
     }
   }

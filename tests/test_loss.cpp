@@ -326,16 +326,19 @@ LossOut run_softmax(Backend& be, const std::vector<float>& U, const std::vector<
 }
 
 LossOut run_ccl(Backend& be, const std::vector<float>& U, const std::vector<float>& V, int d,
-                const HostPairs& h, float margin, float weight, float scale, int64_t tile = 0) {
+                const HostPairs& h, float margin, float weight, float scale, int64_t tile = 0,
+                const std::vector<float>* log_q = nullptr) {
   DevicePairs dp(be, h);
   const int64_t np = static_cast<int64_t>(h.user.size());
   auto dUin = upload(be, U), dVin = upload(be, V);
+  DeviceArray<float> lq;
+  if (log_q) lq = upload(be, *log_q);
   auto gU = poisoned(be, int64_t{h.n_users} * d), gV = poisoned(be, int64_t{h.n_items} * d);
   const bool tiled = tile > 0 && tile < h.n_items;
   auto logits = poisoned(be, np * (tiled ? tile : h.n_items)), rows = poisoned(be, np * d * (tiled ? 2 : 1));
   auto loss = poisoned(be, 1);
-  be.ccl_loss(dUin.data(), dVin.data(), d, dp.pb, margin, weight, scale, gU.data(), gV.data(),
-              logits.data(), rows.data(), loss.data(), tile);
+  be.ccl_loss(dUin.data(), dVin.data(), d, dp.pb, log_q ? lq.data() : nullptr, margin, weight,
+              scale, gU.data(), gV.data(), logits.data(), rows.data(), loss.data(), tile);
   return {download(be, gU), download(be, gV), download(be, logits), download(be, loss)[0]};
 }
 
@@ -557,20 +560,24 @@ TEST_P(LossOps, CclLossMatchesFloat64AndFiniteDifferences) {
     for (int d : {1, 5, 17, 64})
       for (float margin : {0.3f, -0.2f})
         for (float w : {0.0f, 7.0f})
+          for (bool with_q : {false, true})
           for (int64_t tile : {0, 2, 64}) {
             SCOPED_TRACE("users=" + std::to_string(s.nu) + " items=" + std::to_string(s.ni) +
                          " pairs=" + std::to_string(s.np) + " d=" + std::to_string(d) +
                          " margin=" + std::to_string(margin) + " w=" + std::to_string(w) +
+                         " log_q=" + (with_q ? "yes" : "null") +
                          " item_tile=" + std::to_string(tile));
             const HostPairs h = softmax_pairs(rng_, s.nu, s.ni, s.np);
             const float amp = 1.2f / std::sqrt(float(d));  // scores spread over about [-1, 1]
             const auto U = random_floats(rng_, size_t(s.nu) * d, -amp, amp);
             const auto V = random_floats(rng_, size_t(s.ni) * d, -amp, amp);
             const float scale = 1.0f / float(s.np);
-            const LossOut got = run_ccl(be(), U, V, d, h, margin, w, scale, tile);
+            const auto log_q = random_floats(rng_, s.ni, -9.0f, -1.0f);
+            const std::vector<float>* lq = with_q ? &log_q : nullptr;
+            const LossOut got = run_ccl(be(), U, V, d, h, margin, w, scale, tile, lq);
 
             auto Ud = to_double(U), Vd = to_double(V);
-            const ref::CclRef want = ref::ccl_loss(Ud, Vd, d, h, margin, w, scale);
+            const ref::CclRef want = ref::ccl_loss(Ud, Vd, d, h, lq, margin, w, scale);
             EXPECT_NEAR(got.loss, want.loss, 1e-6 + 1e-5 * std::fabs(want.loss));
             // A score within float rounding of the margin may switch its term:
             // the magnitude bound counts every term at scale * w / (n - 1).
@@ -581,7 +588,7 @@ TEST_P(LossOps, CclLossMatchesFloat64AndFiniteDifferences) {
             }
             // Finite differences where no negative's score is near its kink.
             if (s.np > 200 || want.smin < 1e-3) continue;
-            auto L = [&] { return ref::ccl_loss(Ud, Vd, d, h, margin, w, scale).loss; };
+            auto L = [&] { return ref::ccl_loss(Ud, Vd, d, h, lq, margin, w, scale).loss; };
             EXPECT_TRUE(check_fd(rng_, L, Ud, got.dU, 1e-5)) << "dU";
             EXPECT_TRUE(check_fd(rng_, L, Vd, got.dV, 1e-5)) << "dV";
           }
@@ -608,6 +615,12 @@ TEST_P(LossOps, CclNegativesBelowTheMarginAddNothing) {
   EXPECT_NEAR(above.loss, 0.5 + 5.0 * 0.05, 1e-6);
   EXPECT_NEAR(above.dV[2], 5.0, 1e-6);
   EXPECT_NEAR(above.dU[0], -0.5 + 5.0 * 0.25, 1e-6);
+  // log q = (0, log 1/4, log 3/4): the negatives weigh 4 and 4/3, shares 3/4
+  // and 1/4 of w: item 1 adds 10 * 3/4 * 0.05.
+  const std::vector<float> lq = {0.0f, std::log(0.25f), std::log(0.75f)};
+  const LossOut weighted = run_ccl(be(), U, V, 2, h, 0.2f, 10.0f, 1.0f, 0, &lq);
+  EXPECT_NEAR(weighted.loss, 0.5 + 7.5 * 0.05, 1e-6);
+  EXPECT_NEAR(weighted.dV[2], 7.5, 1e-5);
 }
 
 TEST_P(LossOps, CclTiledMatchesUntiled) {
@@ -615,11 +628,12 @@ TEST_P(LossOps, CclTiledMatchesUntiled) {
   const int d = 24;
   const HostPairs h = softmax_pairs(rng_, 300, 1000, 2000);
   const auto U = random_floats(rng_, 300 * d, -0.3f, 0.3f), V = random_floats(rng_, 1000 * d, -0.3f, 0.3f);
-  const LossOut full = run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000);
+  const auto q = random_floats(rng_, 1000, -8.0f, -1.0f);
+  const LossOut full = run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000, 0, &q);
   for (int64_t tile : {1, 64, 333, 999}) {
     SCOPED_TRACE("item_tile=" + std::to_string(tile));
-    const LossOut a = run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000, tile);
-    const LossOut b = run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000, tile);
+    const LossOut a = run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000, tile, &q);
+    const LossOut b = run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000, tile, &q);
     EXPECT_TRUE(bit_identical(a.dU, b.dU) && bit_identical(a.dV, b.dV)) << "repeat";
     EXPECT_TRUE(same_bits(a.loss, b.loss)) << "repeat";
     EXPECT_NEAR(a.loss, full.loss, 1e-5 * std::fabs(full.loss));
@@ -1017,9 +1031,13 @@ TEST(CudaOps, CclLoss) {
   };
   for (const Case c : {Case{0, 3, 2}, Case{1, 2, 2}, Case{33, 9, 20}, Case{1000, 300, 2000}})
     for (int d : {1, 64, 130})
+      for (const bool with_q : {false, true})
       for (const int64_t tile : {int64_t{0}, int64_t{7}, int64_t{256}}) {
         SCOPED_TRACE("pairs=" + std::to_string(c.pairs) + " items=" + std::to_string(c.items) +
-                     " d=" + std::to_string(d) + " item_tile=" + std::to_string(tile));
+                     " d=" + std::to_string(d) + " logq=" + std::to_string(with_q) +
+                     " item_tile=" + std::to_string(tile));
+        std::vector<float> log_q = random_floats(g, static_cast<size_t>(c.items), 1e-3f, 1.0f);
+        for (float& q : log_q) q = std::log(q);
         HostPairs hp = random_pairs(g, c.pairs, c.users, c.items);
         const float amp = 1.0f / std::sqrt(float(d));
         const auto U = random_floats(g, static_cast<size_t>(c.users) * d, -amp, amp);
@@ -1038,14 +1056,16 @@ TEST(CudaOps, CclLoss) {
           auto logits = poisoned(be, c.pairs * (tiled ? tile : c.items));
           auto rows = poisoned(be, c.pairs * d * (tiled ? 2 : 1));
           auto loss = poisoned(be, 1);
-          be.ccl_loss(dUi.data(), dVi.data(), d, dp.pb, 0.2f, 20.0f, scale, dU.data(), dV.data(),
-                      logits.data(), rows.data(), loss.data(), tile);
+          auto lq = upload(be, log_q);
+          be.ccl_loss(dUi.data(), dVi.data(), d, dp.pb, with_q ? lq.data() : nullptr, 0.2f, 20.0f,
+                      scale, dU.data(), dV.data(), logits.data(), rows.data(), loss.data(), tile);
           return Out{download(be, dU), download(be, dV), download(be, loss)};
         };
         const Out want = run(*cpu), got = run(*gpu);
         // A score within a few ulps of the margin may switch its hinge on one
         // backend only: each such term moves a gradient by scale * w / (n - 1) * |v|.
-        const double term = scale * 20.0 / std::max(1, c.items - 1) * amp;
+        // With log q in [log 1e-3, 0] one weight is at most 1000 times another.
+        const double term = scale * 20.0 / std::max(1, c.items - 1) * amp * (with_q ? 1000.0 : 1.0);
         EXPECT_TRUE(all_close(got.loss, as_double(want.loss), 1e-6 * (d + 1), 1e-5)) << "loss";
         EXPECT_TRUE(all_close(got.dU, as_double(want.dU), 4 * term + 1e-6, 1e-4)) << "dU";
         EXPECT_TRUE(all_close(got.dV, as_double(want.dV), 4 * term + 1e-6, 1e-4)) << "dV";

@@ -432,7 +432,7 @@ class TinyBackend final : public Backend {
   void logistic_loss(const float*, const float*, int, const PairBatch&, float, float*, float*, float*, float*) override { fail(); }
   void bpr_loss(const float*, const float*, int, const PairBatch&, int, float, float*, float*, float*, float*) override { fail(); }
   void softmax_loss(const float*, const float*, int, const PairBatch&, const float*, float, float, float*, float*, float*, float*, float*, int64_t) override { fail(); }
-  void ccl_loss(const float*, const float*, int, const PairBatch&, float, float, float, float*, float*, float*, float*, float*, int64_t) override { fail(); }
+  void ccl_loss(const float*, const float*, int, const PairBatch&, const float*, float, float, float, float*, float*, float*, float*, float*, int64_t) override { fail(); }
   void l2_normalize(const float*, int64_t, int, float*, float*) override { fail(); }
   void l2_normalize_backward(const float*, const float*, const float*, int64_t, int, float*) override { fail(); }
   void dropout(float*, int64_t, float, uint64_t, uint64_t) override { fail(); }

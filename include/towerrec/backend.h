@@ -189,16 +189,19 @@ class Backend {
 
   // Cosine contrastive loss (SimpleX, Mao et al. 2021) over the batch's items.
   // Each pair p of `pb` is a positive (labels ignored); with s_pj = <U[user_p],
-  // V[j]> (cosines when the towers' outputs are L2-normalised) and
-  // w = neg_weight / (n_items - 1) (0 for a batch of one item):
-  //   l_p = (1 - s_p,item_p) + w * sum_{j != item_p} max(0, s_pj - margin)
-  //   *loss_out = scale * sum_p l_p;  dz_pj = -scale at the positive, scale * w
+  // V[j]> (cosines when the towers' outputs are L2-normalised), item weights
+  // c_j = exp(-log_q[j]) (logQ correction: in-batch negatives come at their
+  // sampling rate, so the rarer weigh more; c_j = 1 when log_q is null) and
+  // w_pj = neg_weight * c_j / sum_{k != item_p} c_k (0 when item_p is alone):
+  //   l_p = (1 - s_p,item_p) + sum_{j != item_p} w_pj max(0, s_pj - margin)
+  //   *loss_out = scale * sum_p l_p;  dz_pj = -scale at the positive, scale * w_pj
   //   where s_pj > margin, else 0;  dU, dV the products of dz as in softmax_loss.
   // Scratch and item_tile as softmax_loss (blocks cost nothing extra here: one
   // pass, no normaliser).
-  virtual void ccl_loss(const float* U, const float* V, int d, const PairBatch& pb, float margin,
-                        float neg_weight, float scale, float* dU, float* dV, float* logits,
-                        float* pair_rows, float* loss_out, int64_t item_tile) = 0;
+  virtual void ccl_loss(const float* U, const float* V, int d, const PairBatch& pb,
+                        const float* log_q, float margin, float neg_weight, float scale, float* dU,
+                        float* dV, float* logits, float* pair_rows, float* loss_out,
+                        int64_t item_tile) = 0;
 
   // ---- embedding transforms ------------------------------------------------------
   // Y[r] = X[r] / max(||X[r]||, 1e-12) for r < n rows of width d; inv_norm[r]

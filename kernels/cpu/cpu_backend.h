@@ -77,8 +77,8 @@ class CpuBackend final : public Backend {
                     float* logits, float* pair_rows, float* loss_out,
                     int64_t item_tile) override;
 
-  void ccl_loss(const float* U, const float* V, int d, const PairBatch& pb, float margin,
-                float neg_weight, float scale, float* dU, float* dV, float* logits,
+  void ccl_loss(const float* U, const float* V, int d, const PairBatch& pb, const float* log_q,
+                float margin, float neg_weight, float scale, float* dU, float* dV, float* logits,
                 float* pair_rows, float* loss_out, int64_t item_tile) override;
 
   void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv_norm) override;

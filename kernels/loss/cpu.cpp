@@ -392,8 +392,9 @@ void CpuBackend::softmax_loss_tiled(const float* V, int d, const PairBatch& pb,
 // dz written over S; dV_blk = dz^T . P and dP (+)= dz . V_blk (sgemm); then dU
 // from dP in CSR order. Untiled, dP overwrites P once dV has read it.
 void CpuBackend::ccl_loss(const float* U, const float* V, int d, const PairBatch& pb,
-                          float margin, float neg_weight, float scale, float* dU, float* dV,
-                          float* logits, float* pair_rows, float* loss_out, int64_t item_tile) {
+                          const float* log_q, float margin, float neg_weight, float scale,
+                          float* dU, float* dV, float* logits, float* pair_rows, float* loss_out,
+                          int64_t item_tile) {
   TOWERREC_CHECK(d > 0 && pb.n_pairs >= 0 && pb.n_users >= 0 && pb.n_items >= 0,
                  "ccl_loss: bad shape");
   TOWERREC_CHECK(std::isfinite(margin) && std::isfinite(neg_weight) && neg_weight >= 0.0f,
@@ -423,8 +424,23 @@ void CpuBackend::ccl_loss(const float* U, const float* V, int d, const PairBatch
     std::memcpy(pair_rows + p * d, U + int64_t{pb.user[p]} * d, sizeof(float) * d);
   const float* P = pair_rows;
   float* dP = tile < ni ? pair_rows + np * d : pair_rows;
-  const double w = ni > 1 ? static_cast<double>(neg_weight) / static_cast<double>(ni - 1) : 0.0;
-  const float g_neg = static_cast<float>(scale * w);
+  // Item weights c_j = exp(-log_q_j), shifted so the largest is 1 (the
+  // weights are ratios), and their sum in double in item order.
+  std::vector<float> c;
+  double c_sum = static_cast<double>(ni);
+  if (log_q) {
+    float shift = -log_q[0];
+    for (int64_t j = 1; j < ni; ++j) shift = std::max(shift, -log_q[j]);
+    c.resize(static_cast<size_t>(ni));
+    c_sum = 0.0;
+    for (int64_t j = 0; j < ni; ++j) c_sum += static_cast<double>(c[j] = math::ccl_item_weight(log_q[j], shift));
+  }
+  // Per pair: neg_weight over the other items' weight sum.
+  std::vector<double> row_w(static_cast<size_t>(np));
+  for (int64_t p = 0; p < np; ++p) {
+    const double others = c_sum - (log_q ? static_cast<double>(c[pb.item[p]]) : 1.0);
+    row_w[p] = others > 0.0 ? static_cast<double>(neg_weight) / others : 0.0;
+  }
   std::vector<double> row_loss(static_cast<size_t>(np), 0.0);
   for (int64_t j0 = 0; j0 < ni; j0 += tile) {
     const int bw = static_cast<int>(std::min(tile, ni - j0));
@@ -434,17 +450,19 @@ void CpuBackend::ccl_loss(const float* U, const float* V, int d, const PairBatch
     for (int64_t p = 0; p < np; ++p) {
       float* z = logits + p * bw;
       const int64_t pos = pb.item[p] - j0;
+      const float g_neg = static_cast<float>(scale * row_w[p]);
       double hinge = 0.0, positive = 0.0;
       for (int j = 0; j < bw; ++j) {
+        const float cj = log_q ? c[j0 + j] : 1.0f;
         if (j == pos) {
           positive = 1.0 - static_cast<double>(z[j]);
           z[j] = -scale;
         } else {
-          hinge += static_cast<double>(math::ccl_hinge(z[j], margin));
-          z[j] = math::ccl_negative_grad(z[j], margin, g_neg);
+          hinge += static_cast<double>(cj) * static_cast<double>(math::ccl_hinge(z[j], margin));
+          z[j] = math::ccl_negative_grad(z[j], margin, g_neg * cj);
         }
       }
-      row_loss[p] += positive + w * hinge;
+      row_loss[p] += positive + row_w[p] * hinge;
     }
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, bw, d, inp, 1.0f, logits, bw, P, d, 0.0f,
                 dV + j0 * d, d);

@@ -139,8 +139,9 @@ SoftmaxRef softmax_loss(const std::vector<double>& U, const std::vector<double>&
 }
 
 // Cosine contrastive loss (SimpleX) over the batch's items: per pair p with
-// scores s_pj = <U[user_p], V[j]>,
-//   l_p = (1 - s_p,item_p) + w / (n_items - 1) sum_{j != item_p} max(0, s_pj - margin)
+// scores s_pj = <U[user_p], V[j]>, item weights c_j = exp(-log_q_j) (1 without
+// log_q) and C_p = sum_{k != item_p} c_k,
+//   l_p = (1 - s_p,item_p) + w / C_p sum_{j != item_p} c_j max(0, s_pj - margin)
 // (no negative term when the batch has one item). magU/magV: the sum of |terms|
 // of each gradient element; smin: the smallest |s_pj - margin| over negatives
 // (finite differences need it larger than their step).
@@ -151,7 +152,7 @@ struct CclRef {
 
 template <typename Pairs>
 CclRef ccl_loss(const std::vector<double>& U, const std::vector<double>& V, int d, const Pairs& h,
-                double margin, double w, double scale) {
+                const std::vector<float>* log_q, double margin, double w, double scale) {
   const int64_t np = static_cast<int64_t>(h.user.size());
   const int32_t ni = h.n_items;
   CclRef r;
@@ -159,10 +160,17 @@ CclRef ccl_loss(const std::vector<double>& U, const std::vector<double>& V, int 
   r.dV.assign(size_t(ni) * d, 0.0);
   r.magU = r.dU;
   r.magV = r.dV;
-  const double wn = ni > 1 ? w / double(ni - 1) : 0.0;
+  std::vector<double> c(size_t(ni), 1.0);
+  if (log_q)
+    for (int32_t j = 0; j < ni; ++j) c[j] = std::exp(-double((*log_q)[j]));
+  double c_all = 0.0;
+  for (double x : c) c_all += x;
   double sum = 0.0;
   for (int64_t p = 0; p < np; ++p) {
     const double* u = &U[size_t(h.user[p]) * d];
+    const double others = c_all - c[h.item[p]];
+    // A lone item (others = 0): no negative term; rounding leaves others tiny.
+    const double wn = ni > 1 ? w / others : 0.0;
     for (int32_t j = 0; j < ni; ++j) {
       double s = 0.0;
       for (int c = 0; c < d; ++c) s += u[c] * V[size_t(j) * d + c];
@@ -172,17 +180,17 @@ CclRef ccl_loss(const std::vector<double>& U, const std::vector<double>& V, int 
         gz = -scale;
       } else {
         r.smin = std::min(r.smin, std::fabs(s - margin));
-        sum += wn * std::max(0.0, s - margin);
-        gz = s > margin ? scale * wn : 0.0;
+        sum += wn * c[j] * std::max(0.0, s - margin);
+        gz = s > margin ? scale * wn * c[j] : 0.0;
       }
-      for (int c = 0; c < d; ++c) {
-        r.dU[size_t(h.user[p]) * d + c] += gz * V[size_t(j) * d + c];
-        r.dV[size_t(j) * d + c] += gz * u[c];
+      for (int col = 0; col < d; ++col) {
+        r.dU[size_t(h.user[p]) * d + col] += gz * V[size_t(j) * d + col];
+        r.dV[size_t(j) * d + col] += gz * u[col];
         // Every term may be rounded, or switched by a score within rounding of
-        // the margin: floor |gz| at scale * wn.
-        const double gm = std::fabs(gz) + scale * wn;
-        r.magU[size_t(h.user[p]) * d + c] += gm * std::fabs(V[size_t(j) * d + c]);
-        r.magV[size_t(j) * d + c] += gm * std::fabs(u[c]);
+        // the margin: floor |gz| at the negative's full weight.
+        const double gm = std::fabs(gz) + scale * wn * c[j];
+        r.magU[size_t(h.user[p]) * d + col] += gm * std::fabs(V[size_t(j) * d + col]);
+        r.magV[size_t(j) * d + col] += gm * std::fabs(u[col]);
       }
     }
   }

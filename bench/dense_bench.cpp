@@ -28,7 +28,7 @@ void register_dense() {
     for (MatmulPrecision prec : {MatmulPrecision::kFP32, MatmulPrecision::kBF16})
     for (int64_t n : rows) {
       for (auto [in, out] : widths) {
-        auto make = [be, n, in = in, out = out] {
+        auto make = [be, n, in = in, out = out, prec] {
           auto f = std::make_shared<DenseFixture>();
           f->X = upload(*be, random_floats(n * in, -1, 1, 1));
           f->W = upload(*be, random_floats(int64_t{in} * out, -0.1f, 0.1f, 2));
@@ -40,7 +40,7 @@ void register_dense() {
           f->db.reset(be, out);
           f->dX.reset(be, n * in);
           be->dense_forward(f->X.data(), n, in, f->W.data(), f->b.data(), out, Activation::kReLU,
-                            f->Y.data());
+                            f->Y.data(), prec);
           return f;
         };
         const double fn = static_cast<double>(n), fi = in, fo = out;
@@ -49,12 +49,11 @@ void register_dense() {
                       {{"n", n}, {"in", in}, {"out", out}, {"bf16", prec == MatmulPrecision::kBF16}}),
             make,
             [be, n, in = in, out = out, fn, fi, fo, prec](benchmark::State& s, DenseFixture& f) {
-              be->set_matmul_precision(prec);
               run_timed(
                   s, *be,
                   [&] {
                     be->dense_forward(f.X.data(), n, in, f.W.data(), f.b.data(), out,
-                                      Activation::kReLU, f.Y.data());
+                                      Activation::kReLU, f.Y.data(), prec);
                   },
                   4 * (fn * fi + fi * fo + fo + fn * fo), 2 * fn * fi * fo + fn * fo);
             });
@@ -65,13 +64,12 @@ void register_dense() {
                       {{"n", n}, {"in", in}, {"out", out}, {"bf16", prec == MatmulPrecision::kBF16}}),
             make,
             [be, n, in = in, out = out, fn, fi, fo, prec](benchmark::State& s, DenseFixture& f) {
-              be->set_matmul_precision(prec);
               run_timed(
                   s, *be,
                   [&] {
                     be->dense_backward(f.X.data(), n, in, f.W.data(), out, Activation::kReLU,
                                        f.Y.data(), f.dY.data(), f.dW.data(), f.db.data(),
-                                       f.dX.data());
+                                       f.dX.data(), prec);
                   },
                   4 * (fn * fi + fi * fo + 3 * fn * fo + fi * fo + fo + fn * fi),
                   4 * fn * fi * fo + 2 * fn * fo);

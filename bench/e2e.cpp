@@ -175,16 +175,19 @@ double flops_per_step(Trainer& tr, TwoTowerModel& model, const TowerConfig& tc) 
   return probe ? total / double(probe) : 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) try {
-  std::string config_name, data_override, work = "out/bench", export_dir, json_path, ceilings_path,
-                                          device = "cpu";
-  int epochs = -1, threads = 0;
-  int64_t seed = -1;
+// The command line; false after --help.
+struct E2EArgs {
+  E2EConfig cfg;
+  std::string data_override, work = "out/bench", export_dir, json_path, ceilings_path,
+                             device = "cpu";
+  int threads = 0;
   bool profile = false;
-  std::string precision;
-  int64_t score_users = -1, eval_users = -1;
+};
+
+bool parse_e2e_args(int argc, char** argv, E2EArgs& out) {
+  std::string config_name, precision;
+  int epochs = -1;
+  int64_t seed = -1, score_users = -1, eval_users = -1;
   for (int a = 1; a < argc; ++a) {
     const std::string arg = argv[a];
     auto value = [&]() -> std::string {
@@ -192,41 +195,104 @@ int main(int argc, char** argv) try {
       return argv[++a];
     };
     if (arg == "--config") config_name = value();
-    else if (arg == "--data") data_override = value();
-    else if (arg == "--work") work = value();
+    else if (arg == "--data") out.data_override = value();
+    else if (arg == "--work") out.work = value();
     else if (arg == "--epochs") epochs = std::stoi(value());
-    else if (arg == "--threads") threads = std::stoi(value());
+    else if (arg == "--threads") out.threads = std::stoi(value());
     else if (arg == "--seed") seed = std::stoll(value());
-    else if (arg == "--device") device = value();
+    else if (arg == "--device") out.device = value();
     else if (arg == "--score-users") score_users = std::stoll(value());
     else if (arg == "--eval-users") eval_users = std::stoll(value());
-    else if (arg == "--export") export_dir = value();
-    else if (arg == "--json") json_path = value();
-    else if (arg == "--ceilings") ceilings_path = value();
-    else if (arg == "--profile") profile = true;
+    else if (arg == "--export") out.export_dir = value();
+    else if (arg == "--json") out.json_path = value();
+    else if (arg == "--ceilings") out.ceilings_path = value();
+    else if (arg == "--profile") out.profile = true;
     else if (arg == "--precision") precision = value();
     else if (arg == "--help" || arg == "-h") {
       std::printf("usage: towerrec_e2e --config ml100k|wide|synth-100k|synth-1m [--data PATH] [--work DIR]\n"
                   "         [--epochs N] [--seed S] [--threads N] [--device cpu|cuda|auto] [--score-users N]\n"
                   "         [--eval-users N] [--export DIR] [--json FILE] [--ceilings FILE] [--profile]\n"
                   "         [--precision fp32|bf16]\n");
-      return 0;
+      return false;
     } else throw Error("unknown option " + arg + " (see --help)");
   }
   if (config_name.empty()) throw Error("--config is required (see --help)");
-  E2EConfig cfg = preset(config_name);
+  E2EConfig& cfg = out.cfg;
+  cfg = preset(config_name);
   if (epochs >= 0) cfg.train.epochs = epochs;
   if (seed >= 0) cfg.train.seed = static_cast<uint64_t>(seed);
   if (score_users >= 0) cfg.score_users = score_users;
   if (eval_users >= 0) cfg.eval_users = eval_users;
-  if (!data_override.empty()) cfg.data = data_override;
-  if (!precision.empty()) {
-    cfg.train.matmul_precision = parse_matmul_precision(precision);
-  }
+  if (!out.data_override.empty()) cfg.data = out.data_override;
+  if (!precision.empty()) cfg.train.matmul_precision = parse_matmul_precision(precision);
+  return true;
+}
 
-  // ---- data
+// The training time per op from the profiling wrapper, printed and as JSON.
+json report_profile(bench::ProfilingBackend& prof, double train_s, int64_t steps) {
+  json out;
+  double ops = 0;
+  std::printf("training time by op (%.2f s in %lld steps):\n", train_s, static_cast<long long>(steps));
+  for (const auto& [name, e] : prof.table()) ops += e.seconds;
+  for (const auto& [name, e] : prof.table()) {
+    std::printf("  %-24s %8.3f s %5.1f%%  %8lld calls\n", name.c_str(), e.seconds,
+                100.0 * e.seconds / train_s, static_cast<long long>(e.calls));
+    out[name] = {{"seconds", e.seconds}, {"calls", e.calls}};
+  }
+  std::printf("  %-24s %8.3f s %5.1f%%\n", "host (planning, other)", train_s - ops,
+              100.0 * (train_s - ops) / train_s);
+  out["host"] = {{"seconds", train_s - ops}};
+  prof.reset();
+  return out;
+}
+
+// The ceilings from towerrec_ceilings --json (when given and present): scoring
+// against sgemm, training against the GEMM of its tower products' precision.
+void add_ceilings(json& r, MatmulPrecision precision, const std::string& path) {
+  if (path.empty() || !file_exists(path)) return;
+  const json c = json::parse(read_file(path));
+  const double g = c["cpu"]["sgemm_gflops"].get<double>();
+  r["sgemm_ceiling_gflops"] = g;
+  r["score_pct_of_sgemm"] = 100.0 * r["score_gflops_per_s"].get<double>() / g;
+  // Training against the ceiling of its tower GEMMs' precision.
+  const bool bf16 = precision == MatmulPrecision::kBF16 && c["cpu"].contains("bf16_gemm_gflops");
+  const double f32 = c["cpu"].contains("dnnl_f32_gemm_gflops")
+                         ? std::max(g, c["cpu"]["dnnl_f32_gemm_gflops"].get<double>())
+                         : g;  // the faster of the two float32 GEMMs
+  const double tg = bf16 ? c["cpu"]["bf16_gemm_gflops"].get<double>() : f32;
+  r["train_ceiling"] = bf16 ? "bf16 gemm" : "f32 gemm";
+  r["train_ceiling_gflops"] = tg;
+  r["train_pct_of_ceiling"] = 100.0 * r["train_gflops_per_s"].get<double>() / tg;
+}
+
+// The summary lines of a result.
+void print_result(const json& r) {
+  std::printf("towerrec %s on %s\n", r["config"].get<std::string>().c_str(),
+              r["backend"].get<std::string>().c_str());
+  std::printf("  train   %10.0f samples/s  (%lld samples, %.1f s, %.1f GFLOP/s)\n",
+              r["train_samples_per_s"].get<double>(), r["train_samples"].get<long long>(),
+              r["train_seconds"].get<double>(),
+              r["train_gflops_per_s"].get<double>());
+  std::printf("  score   %10.0f users/s    (%lld users x %d items, top-10, %.2f s, %.1f GFLOP/s)\n",
+              r["score_users_per_s"].get<double>(), r["score_users"].get<long long>(),
+              r["data"]["items"].get<int>(), r["score_seconds"].get<double>(),
+              r["score_gflops_per_s"].get<double>());
+  if (r.contains("sgemm_ceiling_gflops"))
+    std::printf("  ceilings: training at %.1f%% of %s (%.1f GFLOP/s), scoring at %.1f%% of sgemm\n",
+                r["train_pct_of_ceiling"].get<double>(),
+                r["train_ceiling"].get<std::string>().c_str(),
+                r["train_ceiling_gflops"].get<double>(), r["score_pct_of_sgemm"].get<double>());
+  std::printf("  quality nDCG@10 %.4f  Recall@10 %.4f  (%lld users; popularity %.4f / %.4f)\n",
+              r["ndcg10"].get<double>(), r["recall10"].get<double>(),
+              r["eval_users"].get<long long>(), r["popularity_ndcg10"].get<double>(),
+              r["popularity_recall10"].get<double>());
+}
+
+// The data set's folder: the preset's, or (synthetic presets) one under
+// `work`, generated on first use.
+std::string prepare_data(const E2EConfig& cfg, const std::string& work, bool data_overridden) {
   std::string data = cfg.data;
-  if (cfg.synth_users > 0 && data_override.empty()) {
+  if (cfg.synth_users > 0 && !data_overridden) {
     data = work + "/synth-" + std::to_string(cfg.synth_users) + "x" + std::to_string(cfg.synth_items);
     if (!file_exists(data + "/interactions.csv")) {
       make_directories(data);
@@ -240,6 +306,45 @@ int main(int argc, char** argv) try {
                    static_cast<long long>(sum.interactions), data.c_str(), since(t));
     }
   }
+  return data;
+}
+
+// What the run used, for --export's meta.json and the result.
+json make_meta(const E2EConfig& cfg, const std::string& data, int32_t nu, int32_t ni) {
+  json meta;
+  meta["config"] = cfg.name;
+  meta["source"] = data;
+  meta["n_users"] = nu;
+  meta["n_items"] = ni;
+  meta["model"] = {{"id_dim", cfg.tower.id_dim}, {"hidden", cfg.tower.hidden},
+                   {"out_dim", cfg.tower.out_dim}, {"cat_dim", cfg.tower.cat_dim},
+                   {"init_std", cfg.tower.init_std}};
+  meta["train"] = {{"epochs", cfg.train.epochs}, {"batch_size", cfg.train.batch_size},
+                   {"negatives", cfg.train.negatives}, {"lr", cfg.train.optimizer.lr},
+                   {"beta1", cfg.train.optimizer.beta1}, {"beta2", cfg.train.optimizer.beta2},
+                   {"eps", cfg.train.optimizer.eps}, {"seed", cfg.train.seed},
+                   {"matmul_precision", matmul_precision_name(cfg.train.matmul_precision)}};
+  meta["eval"] = {{"k", 10}, {"score_users", cfg.score_users}, {"eval_users", cfg.eval_users}};
+  return meta;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  E2EArgs args;
+  if (!parse_e2e_args(argc, argv, args)) return 0;
+  const std::string& work = args.work;
+  const std::string& data_override = args.data_override;
+  const std::string& export_dir = args.export_dir;
+  const std::string& json_path = args.json_path;
+  const std::string& ceilings_path = args.ceilings_path;
+  const std::string& device = args.device;
+  const int threads = args.threads;
+  const bool profile = args.profile;
+  E2EConfig cfg = args.cfg;
+
+  // ---- data
+  const std::string data = prepare_data(cfg, work, !data_override.empty());
   const auto t_load = std::chrono::steady_clock::now();
   Dataset ds = load_auto(data);
   const double load_s = since(t_load);
@@ -264,20 +369,7 @@ int main(int argc, char** argv) try {
   const TowerInputSpec us = make_input_spec(ds.user_features, nu, true);
   const TowerInputSpec is = make_input_spec(ds.item_features, ni, true);
 
-  json meta;
-  meta["config"] = cfg.name;
-  meta["source"] = data;
-  meta["n_users"] = nu;
-  meta["n_items"] = ni;
-  meta["model"] = {{"id_dim", cfg.tower.id_dim}, {"hidden", cfg.tower.hidden},
-                   {"out_dim", cfg.tower.out_dim}, {"cat_dim", cfg.tower.cat_dim},
-                   {"init_std", cfg.tower.init_std}};
-  meta["train"] = {{"epochs", cfg.train.epochs}, {"batch_size", cfg.train.batch_size},
-                   {"negatives", cfg.train.negatives}, {"lr", cfg.train.optimizer.lr},
-                   {"beta1", cfg.train.optimizer.beta1}, {"beta2", cfg.train.optimizer.beta2},
-                   {"eps", cfg.train.optimizer.eps}, {"seed", cfg.train.seed},
-                   {"matmul_precision", matmul_precision_name(cfg.train.matmul_precision)}};
-  meta["eval"] = {{"k", 10}, {"score_users", cfg.score_users}, {"eval_users", cfg.eval_users}};
+  json meta = make_meta(cfg, data, nu, ni);
   if (!export_dir.empty()) {
     make_directories(export_dir);
     write_pairs_csv(export_dir + "/train.csv", sp.train);
@@ -307,20 +399,7 @@ int main(int argc, char** argv) try {
   }
 
   json prof_out;
-  if (prof) {
-    double ops = 0;
-    std::printf("training time by op (%.2f s in %lld steps):\n", train_s, static_cast<long long>(steps));
-    for (const auto& [name, e] : prof->table()) ops += e.seconds;
-    for (const auto& [name, e] : prof->table()) {
-      std::printf("  %-24s %8.3f s %5.1f%%  %8lld calls\n", name.c_str(), e.seconds,
-                  100.0 * e.seconds / train_s, static_cast<long long>(e.calls));
-      prof_out[name] = {{"seconds", e.seconds}, {"calls", e.calls}};
-    }
-    std::printf("  %-24s %8.3f s %5.1f%%\n", "host (planning, other)", train_s - ops,
-                100.0 * (train_s - ops) / train_s);
-    prof_out["host"] = {{"seconds", train_s - ops}};
-    prof->reset();
-  }
+  if (prof) prof_out = report_profile(*prof, train_s, steps);
 
   // ---- embeddings and scoring
   DeviceArray<float> U, V;
@@ -376,37 +455,8 @@ int main(int argc, char** argv) try {
   const RankingMetrics pop = evaluate_popularity(seen, held, ni, {10});
   r["popularity_ndcg10"] = pop.ndcg[0];
   r["popularity_recall10"] = pop.recall[0];
-  if (!ceilings_path.empty() && file_exists(ceilings_path)) {
-    const json c = json::parse(read_file(ceilings_path));
-    const double g = c["cpu"]["sgemm_gflops"].get<double>();
-    r["sgemm_ceiling_gflops"] = g;
-    r["score_pct_of_sgemm"] = 100.0 * r["score_gflops_per_s"].get<double>() / g;
-    // Training against the ceiling of its tower GEMMs' precision.
-    const bool bf16 = cfg.train.matmul_precision == MatmulPrecision::kBF16 && c["cpu"].contains("bf16_gemm_gflops");
-    const double f32 = c["cpu"].contains("dnnl_f32_gemm_gflops")
-                           ? std::max(g, c["cpu"]["dnnl_f32_gemm_gflops"].get<double>())
-                           : g;  // the faster of the two float32 GEMMs
-    const double tg = bf16 ? c["cpu"]["bf16_gemm_gflops"].get<double>() : f32;
-    r["train_ceiling"] = bf16 ? "bf16 gemm" : "f32 gemm";
-    r["train_ceiling_gflops"] = tg;
-    r["train_pct_of_ceiling"] = 100.0 * r["train_gflops_per_s"].get<double>() / tg;
-  }
-
-  std::printf("towerrec %s on %s\n", cfg.name.c_str(), be->describe().c_str());
-  std::printf("  train   %10.0f samples/s  (%lld samples, %.1f s, %.1f GFLOP/s)\n",
-              r["train_samples_per_s"].get<double>(), static_cast<long long>(samples), train_s,
-              r["train_gflops_per_s"].get<double>());
-  std::printf("  score   %10.0f users/s    (%lld users x %d items, top-10, %.2f s, %.1f GFLOP/s)\n",
-              r["score_users_per_s"].get<double>(), static_cast<long long>(scored), ni, score_s,
-              r["score_gflops_per_s"].get<double>());
-  if (r.contains("sgemm_ceiling_gflops"))
-    std::printf("  ceilings: training at %.1f%% of %s (%.1f GFLOP/s), scoring at %.1f%% of sgemm\n",
-                r["train_pct_of_ceiling"].get<double>(),
-                r["train_ceiling"].get<std::string>().c_str(),
-                r["train_ceiling_gflops"].get<double>(), r["score_pct_of_sgemm"].get<double>());
-  std::printf("  quality nDCG@10 %.4f  Recall@10 %.4f  (%lld users; popularity %.4f / %.4f)\n",
-              m.ndcg[0], m.recall[0], static_cast<long long>(m.users_evaluated), pop.ndcg[0],
-              pop.recall[0]);
+  add_ceilings(r, cfg.train.matmul_precision, ceilings_path);
+  print_result(r);
   if (!json_path.empty()) write_file_atomic(json_path, r.dump(2) + "\n");
   return 0;
 } catch (const std::exception& e) {

@@ -3,8 +3,9 @@
 // queued work is attributed to the op that queued it). Used by
 // `towerrec_e2e --profile` to show where a training epoch's time goes.
 //
-// It overrides every op of Backend (all of them pure virtual), so an op added to
-// the contract and not forwarded here is a compile error, not a silent default.
+// It overrides every op's _impl (all of them pure virtual in Backend), so an op
+// added to the contract and not forwarded here is a compile error, not a silent
+// default: the static_assert at the end says so by name.
 // Staged copies go to the inner backend's staged copies from its own staging
 // memory, as without the wrapper.
 #pragma once
@@ -34,6 +35,7 @@ class ProfilingBackend final : public Backend {
 
   DeviceKind kind() const override { return in_.kind(); }
   std::string describe() const override { return in_.describe(); }
+  BackendCapabilities capabilities() const override { return in_.capabilities(); }
   void* allocate(size_t b) override { return in_.allocate(b); }
   void deallocate(void* p) noexcept override { in_.deallocate(p); }
   void to_device(void* d, const void* s, size_t b) override { T t(*this, "copy (host<->backend)"); in_.to_device(d, s, b); }
@@ -63,93 +65,98 @@ class ProfilingBackend final : public Backend {
     T t(*this, "wait_fence");
     in_.wait_fence(f);
   }
-  void dense_forward(const float* X, int64_t n, int i, const float* W, const float* b, int o,
-                     Activation a, float* Y) override {
+  int64_t preferred_topk_users(int32_t n_items, int d, int k) const override {
+    return in_.preferred_topk_users(n_items, d, k);
+  }
+
+ protected:
+  // The ops: timed, then through the inner backend's entry points (which check
+  // the arguments again: cheap next to any op).
+  void dense_forward_impl(const float* X, int64_t n, int i, const float* W, const float* b, int o,
+                          Activation a, float* Y, MatmulPrecision pr) override {
     T t(*this, "dense_forward");
-    in_.set_matmul_precision(matmul_precision());
-    in_.dense_forward(X, n, i, W, b, o, a, Y);
+    in_.dense_forward(X, n, i, W, b, o, a, Y, pr);
   }
-  void dense_backward(const float* X, int64_t n, int i, const float* W, int o, Activation a,
-                      const float* Y, float* dY, float* dW, float* db, float* dX) override {
+  void dense_backward_impl(const float* X, int64_t n, int i, const float* W, int o, Activation a,
+                           const float* Y, float* dY, float* dW, float* db, float* dX,
+                           MatmulPrecision pr) override {
     T t(*this, "dense_backward");
-    in_.set_matmul_precision(matmul_precision());
-    in_.dense_backward(X, n, i, W, o, a, Y, dY, dW, db, dX);
+    in_.dense_backward(X, n, i, W, o, a, Y, dY, dW, db, dX, pr);
   }
-  void gather_rows(const float* s, int d, const int32_t* idx, int64_t n, float* o, int ld,
-                   int c) override {
+  void gather_rows_impl(const float* s, int d, const int32_t* idx, int64_t n, float* o, int ld,
+                        int c) override {
     T t(*this, "gather_rows");
     in_.gather_rows(s, d, idx, n, o, ld, c);
   }
-  void bag_forward(const float* tb, int d, const int32_t* off, const int32_t* v,
-                   const int32_t* idx, int64_t n, float* o, int ld, int c) override {
+  void bag_forward_impl(const float* tb, int d, const int32_t* off, const int32_t* v,
+                        const int32_t* idx, int64_t n, float* o, int ld, int c) override {
     T t(*this, "bag_forward");
     in_.bag_forward(tb, d, off, v, idx, n, o, ld, c);
   }
-  void bag_backward(const float* g, int ld, int c, const int32_t* off, const int32_t* v,
-                    const int32_t* idx, int64_t n, int d, float* dt) override {
+  void bag_backward_impl(const float* g, int ld, int c, const int32_t* off, const int32_t* v,
+                         const int32_t* idx, int64_t n, int d, float* dt) override {
     T t(*this, "bag_backward");
     in_.bag_backward(g, ld, c, off, v, idx, n, d, dt);
   }
-  void logistic_loss(const float* U, const float* V, int d, const PairBatch& pb, float s,
-                     float* dU, float* dV, float* pg, float* lo) override {
+  void logistic_loss_impl(const float* U, const float* V, int d, const PairBatch& pb, float s,
+                          float* dU, float* dV, float* pg, float* lo) override {
     T t(*this, "logistic_loss");
     in_.logistic_loss(U, V, d, pb, s, dU, dV, pg, lo);
   }
-  void bpr_loss(const float* U, const float* V, int d, const PairBatch& pb, int g, float s,
-                float* dU, float* dV, float* pg, float* lo) override {
+  void bpr_loss_impl(const float* U, const float* V, int d, const PairBatch& pb, int g, float s,
+                     float* dU, float* dV, float* pg, float* lo) override {
     T t(*this, "bpr_loss");
     in_.bpr_loss(U, V, d, pb, g, s, dU, dV, pg, lo);
   }
-  void softmax_loss(const float* U, const float* V, int d, const PairBatch& pb, const float* lq,
-                    float temp, float s, float* dU, float* dV, float* lg, float* pr,
-                    float* lo, int64_t tile) override {
+  void softmax_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
+                         const float* lq, float temp, float s, float* dU, float* dV, float* lg,
+                         float* pr, float* lo, int64_t tile) override {
     T t(*this, "softmax_loss");
     in_.softmax_loss(U, V, d, pb, lq, temp, s, dU, dV, lg, pr, lo, tile);
   }
-  void ccl_loss(const float* U, const float* V, int d, const PairBatch& pb, const float* lq,
-                float m, float w, float s, float* dU, float* dV, float* lg, float* pr, float* lo,
-                int64_t tile) override {
+  void ccl_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
+                     const float* lq, float m, float w, float s, float* dU, float* dV, float* lg,
+                     float* pr, float* lo, int64_t tile) override {
     T t(*this, "ccl_loss");
     in_.ccl_loss(U, V, d, pb, lq, m, w, s, dU, dV, lg, pr, lo, tile);
   }
-  void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv) override {
+  void l2_normalize_impl(const float* X, int64_t n, int d, float* Y, float* inv) override {
     T t(*this, "l2_normalize");
     in_.l2_normalize(X, n, d, Y, inv);
   }
-  void l2_normalize_backward(const float* Y, const float* inv, const float* dY, int64_t n, int d,
-                             float* dX) override {
+  void l2_normalize_backward_impl(const float* Y, const float* inv, const float* dY, int64_t n,
+                                  int d, float* dX) override {
     T t(*this, "l2_normalize_backward");
     in_.l2_normalize_backward(Y, inv, dY, n, d, dX);
   }
-  void dropout(float* x, int64_t n, float p, uint64_t seed, uint64_t off) override {
+  void dropout_impl(float* x, int64_t n, float p, uint64_t seed, uint64_t off) override {
     T t(*this, "dropout");
     in_.dropout(x, n, p, seed, off);
   }
-  void adam(float* p, const float* g, float* m, float* v, int64_t n, const AdamParams& a) override {
+  void adam_impl(float* p, const float* g, float* m, float* v, int64_t n,
+                 const AdamParams& a) override {
     T t(*this, "adam");
     in_.adam(p, g, m, v, n, a);
   }
-  void sparse_adam(float* tb, float* m, float* v, int d, const int32_t* rows, int64_t n,
-                   const float* g, int ld, int c, const AdamParams& a) override {
+  void sparse_adam_impl(float* tb, float* m, float* v, int d, const int32_t* rows, int64_t n,
+                        const float* g, int ld, int c, const AdamParams& a) override {
     T t(*this, "sparse_adam");
     in_.sparse_adam(tb, m, v, d, rows, n, g, ld, c, a);
   }
-  void sgd(float* p, const float* g, int64_t n, float lr, float wd) override {
+  void sgd_impl(float* p, const float* g, int64_t n, float lr, float wd) override {
     T t(*this, "sgd");
     in_.sgd(p, g, n, lr, wd);
   }
-  void sparse_sgd(float* tb, int d, const int32_t* rows, int64_t n, const float* g, int ld, int c,
-                  float lr, float wd) override {
+  void sparse_sgd_impl(float* tb, int d, const int32_t* rows, int64_t n, const float* g, int ld,
+                       int c, float lr, float wd) override {
     T t(*this, "sparse_sgd");
     in_.sparse_sgd(tb, d, rows, n, g, ld, c, lr, wd);
   }
-  void topk(const float* U, int64_t nu, const float* V, int64_t ni, int d, int k,
-            const int64_t* eo, const int32_t* ei, int32_t* oi, float* os) override {
+  void topk_impl(const float* U, int64_t nu, const float* V, int64_t ni, int d, int k,
+                 const int64_t* eo, const int32_t* ei, int32_t* oi, float* os,
+                 const TopkPolicy& policy) override {
     T t(*this, "topk");
-    in_.topk(U, nu, V, ni, d, k, eo, ei, oi, os);
-  }
-  int64_t preferred_topk_users(int32_t n_items, int d, int k) const override {
-    return in_.preferred_topk_users(n_items, d, k);
+    in_.topk(U, nu, V, ni, d, k, eo, ei, oi, os, policy);
   }
 
  private:

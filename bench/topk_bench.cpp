@@ -61,13 +61,15 @@ void register_topk() {
             return f;
           },
           [be, sh](benchmark::State& s, TopkFixture& f) {
+            // The default policy, or $TOWERREC_TOPK_PATH / _PRECISION (options.h).
+            const TopkPolicy policy = topk_policy_with_env({});
             const double u = static_cast<double>(sh.users), it = static_cast<double>(sh.items);
             run_timed(
                 s, *be,
                 [&] {
                   be->topk(f.U.data(), sh.users, f.V.data(), sh.items, kDim, sh.k,
                            sh.excl ? f.excl_off.data() : nullptr, sh.excl ? f.excl.data() : nullptr,
-                           f.items.data(), f.scores.data());
+                           f.items.data(), f.scores.data(), policy);
                 },
                 4 * (u * kDim + it * kDim + 2 * u * sh.k + 1.5 * static_cast<double>(f.n_excl)),
                 2 * u * it * kDim);

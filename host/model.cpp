@@ -135,7 +135,7 @@ void Tower::upload_features(const EntityFeatures& f) {
 }
 
 const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id,
-                            const HistoryBags* history) {
+                            const HistoryBags* history, MatmulPrecision precision) {
   Backend* be = model_->be_;
   const TowerConfig& cfg = model_->cfg_;
   TOWERREC_CHECK(n > 0, name_ + " tower: empty batch");
@@ -192,7 +192,7 @@ const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id,
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
     be->dense_forward(act_[l].data(), n, L.in, arena + L.w_off, arena + L.b_off, L.out, L.act,
-                      act_[l + 1].data());
+                      act_[l + 1].data(), precision);
     // Dropout in place after hidden layers: a dropped unit reads as inactive to
     // the next ReLU mask, so backward only needs the same mask on the gradient.
     if (drop && L.act == Activation::kReLU)
@@ -201,6 +201,7 @@ const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id,
   last_idx_ = idx;
   last_n_ = n;
   last_training_ = model_->training_;
+  last_precision_ = precision;
   if (cfg.normalize) {
     norm_out_.ensure(be, n * cfg.out_dim);
     norm_inv_.ensure(be, n);
@@ -235,7 +236,7 @@ void Tower::backward() {
     float* dX = (l > 0 || need_input_grad) ? grad_act_[l].data() : nullptr;
     be->dense_backward(act_[l].data(), n, L.in, arena + L.w_off, L.out, L.act,
                        act_[l + 1].data(), grad_act_[l + 1].data(), grads + L.w_off,
-                       grads + L.b_off, dX);
+                       grads + L.b_off, dX, last_precision_);
   }
   if (!need_input_grad) return;
   int col = cfg.id_dim + spec_.dense_dim;

@@ -64,8 +64,10 @@ UserItems select_users(const UserItems& x, const std::vector<char>& mask, char k
 void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceArray<float>& V_all,
                     int32_t n_users, int32_t n_items, int d, const std::vector<int32_t>& users_in,
                     int k, const UserItems* exclude,
-                    const std::function<void(const TopKBlock&)>& sink, int64_t block_users) {
+                    const std::function<void(const TopKBlock&)>& sink, int64_t block_users,
+                    const TopkPolicy& requested) {
   TOWERREC_CHECK(k > 0, "k must be positive");
+  const TopkPolicy policy = topk_policy_with_env(requested);
   TOWERREC_CHECK(n_items > 0 && n_users > 0, "empty model");
   std::vector<int32_t> all;
   const std::vector<int32_t>* users = &users_in;
@@ -166,7 +168,7 @@ void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceAr
       excl_items = sl.d_excl.data();
     }
     be.topk(sl.Ub.data(), m, V_all.data(), n_items, d, k, excl_off, excl_items, sl.d_items.data(),
-            sl.d_scores.data());
+            sl.d_scores.data(), policy);
     be.to_host_async(sl.items.data(), sl.d_items.data(), sizeof(int32_t) * static_cast<size_t>(m * k));
     be.to_host_async(sl.scores.data(), sl.d_scores.data(), sizeof(float) * static_cast<size_t>(m * k));
     sl.fence = be.fence();
@@ -252,7 +254,7 @@ struct Accumulator {
 RankingMetrics evaluate_ranking(Backend& be, const DeviceArray<float>& U_all,
                                 const DeviceArray<float>& V_all, int32_t n_users, int32_t n_items,
                                 int d, const UserItems& train, const UserItems& test,
-                                std::vector<int> ks) {
+                                std::vector<int> ks, const TopkPolicy& policy) {
   Accumulator acc(std::move(ks), n_items);
   std::vector<int32_t> users;
   for (int32_t u = 0; u < std::min(n_users, test.n_users()); ++u) {
@@ -264,18 +266,20 @@ RankingMetrics evaluate_ranking(Backend& be, const DeviceArray<float>& U_all,
                  [&](const TopKBlock& b) {
                    for (size_t r = 0; r < b.users.size(); ++r)
                      acc.add(b.items.data() + r * static_cast<size_t>(b.k), test, b.users[r]);
-                 });
+                 },
+                 0, policy);
   return acc.finish();
 }
 
 RankingMetrics evaluate_ranking(TwoTowerModel& model, const UserItems& train,
-                                const UserItems& test, std::vector<int> ks) {
+                                const UserItems& test, std::vector<int> ks,
+                                const TopkPolicy& policy) {
   DeviceArray<float> U, V;
   model.embed_all_users(U);
   model.embed_all_items(V);
   return evaluate_ranking(model.backend(), U, V, model.user_tower().spec().n_entities,
                           model.item_tower().spec().n_entities, model.out_dim(), train, test,
-                          std::move(ks));
+                          std::move(ks), policy);
 }
 
 RankingMetrics evaluate_popularity(const UserItems& train, const UserItems& test, int32_t n_items,

@@ -16,16 +16,6 @@
 
 namespace towerrec {
 
-bool in_batch_loss(Loss loss) { return loss == Loss::kSoftmax || loss == Loss::kCcl; }
-
-int64_t softmax_item_tile(int64_t n_pairs, int64_t n_items, int64_t scratch_mb) {
-  if (scratch_mb <= 0 || n_pairs <= 0) return n_items;
-  const int64_t cols = (scratch_mb << 20) / (n_pairs * static_cast<int64_t>(sizeof(float)));
-  if (cols >= n_items) return n_items;
-  // Whole 64-column blocks keep the GEMMs' shapes regular; at least one block.
-  return std::max<int64_t>(64, cols / 64 * 64);
-}
-
 Trainer::Trainer(TwoTowerModel& model, const Interactions& train, const TrainConfig& cfg)
     : model_(model),
       be_(model.backend()),
@@ -355,17 +345,10 @@ void Trainer::plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const
     }
   }
   // CSR of pairs per local row (counting sort keeps pair order within a row).
-  auto csr = [&](const std::vector<int32_t>& key, size_t rows, std::vector<int32_t>& offsets,
-                 std::vector<int32_t>& pairs) {
-    offsets.assign(rows + 1, 0);
-    for (int32_t r : key) ++offsets[static_cast<size_t>(r) + 1];
-    for (size_t r = 0; r < rows; ++r) offsets[r + 1] += offsets[r];
-    pairs.resize(key.size());
-    std::vector<int32_t> fill(offsets.begin(), offsets.end() - 1);
-    for (size_t q = 0; q < key.size(); ++q) pairs[static_cast<size_t>(fill[key[q]]++)] = static_cast<int32_t>(q);
-  };
-  csr(out.pair_user, out.users.size(), out.user_offsets, out.user_pairs);
-  csr(out.pair_item, out.items.size(), out.item_offsets, out.item_pairs);
+  build_pair_csr(out.pair_user, static_cast<int32_t>(out.users.size()), out.user_offsets,
+                 out.user_pairs);
+  build_pair_csr(out.pair_item, static_cast<int32_t>(out.items.size()), out.item_offsets,
+                 out.item_pairs);
   if (history_cap_ > 0) plan_history(epoch, b, out, sc);
 }
 
@@ -447,16 +430,6 @@ void Trainer::stage(const Batch& b, Staged& st) {
 }
 
 void Trainer::forward_backward(Staged& st, float* loss_slot) {
-  // The training precision for this step's tower products; the backend's own
-  // setting (used by evaluation and scoring) comes back afterwards.
-  struct PrecisionScope {
-    Backend& be;
-    MatmulPrecision saved;
-    PrecisionScope(Backend& b, MatmulPrecision p) : be(b), saved(b.matmul_precision()) {
-      be.set_matmul_precision(p);
-    }
-    ~PrecisionScope() { be.set_matmul_precision(saved); }
-  } precision(be_, cfg_.matmul_precision);
   // One queued upload of every index array and one of the floats; the fence
   // tells stage() when the staging buffers may be refilled.
   const size_t nu = st.nu, ni = st.ni, np = st.np;
@@ -471,9 +444,12 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
   Tower& ut = model_.user_tower();
   Tower& it = model_.item_tower();
   const HistoryBags hist{base + st.o_ho, base + st.o_hv, base + st.o_hr};
+  // The tower products in the training precision (evaluation and scoring
+  // forwards run float32).
+  const MatmulPrecision mp = cfg_.matmul_precision;
   const float* U = ut.forward(base + st.o_users, static_cast<int64_t>(nu), false,
-                              history_cap_ > 0 ? &hist : nullptr);
-  const float* V = it.forward(base + st.o_items, static_cast<int64_t>(ni));
+                              history_cap_ > 0 ? &hist : nullptr, mp);
+  const float* V = it.forward(base + st.o_items, static_cast<int64_t>(ni), false, nullptr, mp);
   model_.zero_grad();
   PairBatch pb;
   pb.n_pairs = static_cast<int64_t>(np);

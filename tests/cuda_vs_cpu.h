@@ -7,9 +7,21 @@
 #include <random>
 #include <vector>
 
+#include "tests/compare.h"
 #include "tests/test_util.h"
 
 namespace towerrec::testing::cuda_vs_cpu {
+
+// The helpers the CUDA-against-CPU sections use.
+using testing::all_close;
+using testing::download;
+using testing::near;
+using testing::poisoned;
+using testing::random_floats;
+using testing::random_ints;
+using testing::ranks_after;
+using testing::test_seed;
+using testing::upload;
 
 inline std::vector<double> as_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 

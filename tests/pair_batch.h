@@ -11,17 +11,8 @@
 
 namespace towerrec::testing {
 
-// CSR of `key` (values in [0, n_keys)): offsets [n_keys + 1] and the pair
-// indices of each key in increasing order.
-inline void build_csr(const std::vector<int32_t>& key, int32_t n_keys, std::vector<int32_t>& off,
-                      std::vector<int32_t>& pairs) {
-  off.assign(static_cast<size_t>(n_keys) + 1, 0);
-  for (int32_t k : key) ++off[static_cast<size_t>(k) + 1];
-  for (int32_t i = 0; i < n_keys; ++i) off[i + 1] += off[i];
-  pairs.assign(key.size(), -1);
-  std::vector<int32_t> pos(off.begin(), off.end() - 1);
-  for (size_t p = 0; p < key.size(); ++p) pairs[pos[key[p]]++] = static_cast<int32_t>(p);
-}
+// The CSR the PairBatch contract asks for: the library's own (backend.h).
+using towerrec::build_pair_csr;
 
 struct HostPairs {
   int32_t n_users = 0, n_items = 0;

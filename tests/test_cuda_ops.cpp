@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "tests/compare.h"
+#include "tests/cuda_vs_cpu.h"
 #include "tests/test_util.h"
 #include "towerrec/backend.h"
 #include "towerrec/error.h"
@@ -21,17 +22,7 @@
 namespace towerrec {
 namespace {
 
-using testing::all_close;
-using testing::download;
-using testing::near;
-using testing::ranks_after;
-using testing::poisoned;
-using testing::random_floats;
-using testing::random_ints;
-using testing::test_seed;
-using testing::upload;
-
-std::vector<double> as_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+using namespace testing::cuda_vs_cpu;  // upload, download, test_seed, as_double, ...
 
 // ---- context and memory ------------------------------------------------------------
 
@@ -77,7 +68,8 @@ TEST(CudaBackend, PendingFenceIsNotTheNextLaunchsError) {
   gpu->fill(W.data(), int64_t{in} * out, 1e-2f);
   gpu->fill(b.data(), out, 0.0f);
   for (int i = 0; i < 20; ++i)
-    gpu->dense_forward(X.data(), n, in, W.data(), b.data(), out, Activation::kNone, Y.data());
+    gpu->dense_forward(X.data(), n, in, W.data(), b.data(), out, Activation::kNone, Y.data(),
+                       MatmulPrecision::kFP32);
   uint64_t last = 0;
   for (int i = 0; i < 24; ++i) last = gpu->fence();
   // The recycle loop queried the oldest fence and found it pending (else it
@@ -116,12 +108,14 @@ TEST(CudaBackend, SteadyStateDoesNotMalloc) {
     auto b = upload(*gpu, random_floats(g, static_cast<size_t>(out)));
     DeviceArray<float> Y(gpu.get(), n * out), dW(gpu.get(), int64_t{in} * out),
         db(gpu.get(), out), dX(gpu.get(), n * in);
-    gpu->dense_forward(X.data(), n, in, W.data(), b.data(), out, Activation::kReLU, Y.data());
+    gpu->dense_forward(X.data(), n, in, W.data(), b.data(), out, Activation::kReLU, Y.data(),
+                       MatmulPrecision::kFP32);
     gpu->dense_backward(X.data(), n, in, W.data(), out, Activation::kReLU, Y.data(), Y.data(),
-                        dW.data(), db.data(), dX.data());
+                        dW.data(), db.data(), dX.data(), MatmulPrecision::kFP32);
     DeviceArray<int32_t> items(gpu.get(), n * 10);
     DeviceArray<float> scores(gpu.get(), n * 10);
-    gpu->topk(X.data(), n, X.data(), n, in, 10, nullptr, nullptr, items.data(), scores.data());
+    gpu->topk(X.data(), n, X.data(), n, in, 10, nullptr, nullptr, items.data(), scores.data(),
+              TopkPolicy{});
     gpu->synchronize();
   };
   step();

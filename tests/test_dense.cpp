@@ -35,6 +35,7 @@
 #include "tests/backend_fixture.h"
 #include "tests/compare.h"
 #include "tests/cuda_vs_cpu.h"
+#include "tests/op_suite.h"
 #include "tests/test_util.h"
 #include "tests/topk_special.h"
 #include "towerrec/backend.h"
@@ -47,22 +48,7 @@
 namespace towerrec {
 namespace {
 
-using testing::all_close;
-using testing::bit_identical;
-using testing::central_diff;
-using testing::check_fd;
-using testing::download;
-using testing::poisoned;
-using testing::random_floats;
-using testing::random_ints;
-using testing::sample_indices;
-using testing::to_double;
-using testing::upload;
-
-[[maybe_unused]] constexpr double kInf = std::numeric_limits<double>::infinity();
-[[maybe_unused]] constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-[[maybe_unused]] bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
-[[maybe_unused]] double matmul_abs_tol(int64_t k) { return 2e-6 * static_cast<double>(k) + 1e-6; }
+using namespace testing::op_suite;  // all_close, upload, kNaN, same_bits, ...
 
 class DenseOps : public testing::OpsTest {};
 TOWERREC_INSTANTIATE_BACKENDS(DenseOps);
@@ -86,7 +72,8 @@ TEST_P(DenseOps, DenseForwardMatchesFloat64) {
                      b = random_floats(rng_, out);
           auto dX = upload(be(), X), dW = upload(be(), W), db = upload(be(), b);
           auto dY = poisoned(be(), n * out);
-          be().dense_forward(dX.data(), n, in, dW.data(), db.data(), out, act, dY.data());
+          be().dense_forward(dX.data(), n, in, dW.data(), db.data(), out, act, dY.data(),
+                             MatmulPrecision::kFP32);
           const auto want = ref::dense_forward(to_double(X), n, in, to_double(W), to_double(b), out, act);
           const auto got = download(be(), dY);
           ASSERT_TRUE(all_close(got, want, matmul_abs_tol(in), 1e-5));
@@ -125,14 +112,16 @@ TEST_P(DenseOps, DenseBackwardMatchesFloat64AndFiniteDifferences) {
             }
             auto dX = upload(be(), X), dW = upload(be(), W), db = upload(be(), b);
             auto dY = poisoned(be(), n * out);
-            be().dense_forward(dX.data(), n, in, dW.data(), db.data(), out, act, dY.data());
+            be().dense_forward(dX.data(), n, in, dW.data(), db.data(), out, act, dY.data(),
+                               MatmulPrecision::kFP32);
             const auto Y = download(be(), dY);
 
             auto gY = upload(be(), G);
             auto gW = poisoned(be(), int64_t{in} * out), gb = poisoned(be(), out);
             auto gX = poisoned(be(), n * in);
             be().dense_backward(dX.data(), n, in, dW.data(), out, act, dY.data(), gY.data(),
-                                gW.data(), gb.data(), with_dx ? gX.data() : nullptr);
+                                gW.data(), gb.data(), with_dx ? gX.data() : nullptr,
+                                    MatmulPrecision::kFP32);
             const auto gZ = download(be(), gY), gWh = download(be(), gW), gbh = download(be(), gb),
                        gXh = download(be(), gX);
 
@@ -180,9 +169,10 @@ TEST_P(DenseOps, DenseBackwardMatchesFloat64AndFiniteDifferences) {
 TEST_P(DenseOps, DenseEmptyBatchZeroesGradients) {
   auto W = upload(be(), random_floats(rng_, 15)), b = upload(be(), random_floats(rng_, 5));
   auto gW = poisoned(be(), 15), gb = poisoned(be(), 5);
-  be().dense_forward(nullptr, 0, 3, W.data(), b.data(), 5, Activation::kReLU, nullptr);
+  be().dense_forward(nullptr, 0, 3, W.data(), b.data(), 5, Activation::kReLU, nullptr,
+                     MatmulPrecision::kFP32);
   be().dense_backward(nullptr, 0, 3, W.data(), 5, Activation::kReLU, nullptr, nullptr, gW.data(),
-                      gb.data(), nullptr);
+                      gb.data(), nullptr, MatmulPrecision::kFP32);
   for (float x : download(be(), gW)) EXPECT_EQ(x, 0.0f);
   for (float x : download(be(), gb)) EXPECT_EQ(x, 0.0f);
 }
@@ -197,9 +187,10 @@ TEST_F(CpuOps, DenseRepeatedRunsAreBitIdentical) {
     auto dX = upload(be(), X), dW = upload(be(), W), db = upload(be(), b), gY = upload(be(), G);
     auto Y = poisoned(be(), n * out), gW = poisoned(be(), int64_t{in} * out),
          gb = poisoned(be(), out), gX = poisoned(be(), n * in);
-    be().dense_forward(dX.data(), n, in, dW.data(), db.data(), out, Activation::kReLU, Y.data());
+    be().dense_forward(dX.data(), n, in, dW.data(), db.data(), out, Activation::kReLU, Y.data(),
+                       MatmulPrecision::kFP32);
     be().dense_backward(dX.data(), n, in, dW.data(), out, Activation::kReLU, Y.data(), gY.data(),
-                        gW.data(), gb.data(), gX.data());
+                        gW.data(), gb.data(), gX.data(), MatmulPrecision::kFP32);
     std::vector<float> all = download(be(), Y);
     for (auto* a : {&gY, &gW, &gb, &gX}) {
       const auto v = download(be(), *a);
@@ -212,9 +203,11 @@ TEST_F(CpuOps, DenseRepeatedRunsAreBitIdentical) {
 
 TEST_F(CpuOps, DenseBadArgumentsThrow) {
   auto a = poisoned(be(), 64);
-  EXPECT_THROW(be().dense_forward(a.data(), 2, 0, a.data(), a.data(), 3, Activation::kNone, a.data()),
+  EXPECT_THROW(be().dense_forward(a.data(), 2, 0, a.data(), a.data(), 3, Activation::kNone, a.data(),
+                                  MatmulPrecision::kFP32),
                Error);
-  EXPECT_THROW(be().dense_forward(nullptr, 2, 3, a.data(), a.data(), 3, Activation::kNone, a.data()),
+  EXPECT_THROW(be().dense_forward(nullptr, 2, 3, a.data(), a.data(), 3, Activation::kNone, a.data(),
+                                  MatmulPrecision::kFP32),
                Error);
 }
 
@@ -225,17 +218,6 @@ TEST_F(CpuOps, DenseBadArgumentsThrow) {
 // Agreement checks on top of the reference suite above: both backends on the
 // same inputs (sizes off the kernels' tiles, several kernel versions).
 namespace cuda_vs_cpu {
-
-using testing::all_close;
-using testing::download;
-using testing::near;
-using testing::ranks_after;
-using testing::poisoned;
-using testing::random_floats;
-using testing::random_ints;
-using testing::test_seed;
-using testing::upload;
-
 
 
 using namespace testing::cuda_vs_cpu;  // kWidths, kRows, strided_poisoned, as_double
@@ -261,7 +243,8 @@ TEST(CudaOps, DenseForward) {
             auto dW = upload(be, W);
             auto db = upload(be, b);
             auto Y = poisoned(be, n * out);
-            be.dense_forward(dX.data(), n, in, dW.data(), db.data(), out, act, Y.data());
+            be.dense_forward(dX.data(), n, in, dW.data(), db.data(), out, act, Y.data(),
+                             MatmulPrecision::kFP32);
             return download(be, Y);
           };
           const auto want = run(*cpu);
@@ -300,7 +283,8 @@ TEST(CudaOps, DenseBackward) {
             auto db = poisoned(be, out);
             auto dX = poisoned(be, with_dx ? n * in : 0);
             be.dense_backward(dX_in.data(), n, in, dW_in.data(), out, act, dY_in.data(),
-                              grad.data(), dW.data(), db.data(), with_dx ? dX.data() : nullptr);
+                              grad.data(), dW.data(), db.data(), with_dx ? dX.data() : nullptr,
+                                  MatmulPrecision::kFP32);
             return Out{download(be, grad), download(be, dW), download(be, db),
                        download(be, dX)};
           };

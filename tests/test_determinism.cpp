@@ -63,7 +63,6 @@ using Outputs = std::vector<std::pair<std::string, std::vector<float>>>;
 // with its CSR arrays; labels alternate +1 / -1.
 using HostBatch = testing::HostPairs;
 using DeviceBatch = testing::DevicePairs;
-using testing::build_csr;
 
 HostBatch make_batch(std::mt19937_64& g, int32_t n_users, int32_t n_items, int64_t n_groups,
                      int group) {
@@ -76,8 +75,8 @@ HostBatch make_batch(std::mt19937_64& g, int32_t n_users, int32_t n_items, int64
       h.label.push_back(h.label.size() % 2 ? -1.0f : 1.0f);
     }
   }
-  build_csr(h.user, n_users, h.uoff, h.upairs);
-  build_csr(h.item, n_items, h.ioff, h.ipairs);
+  build_pair_csr(h.user, n_users, h.uoff, h.upairs);
+  build_pair_csr(h.item, n_items, h.ioff, h.ipairs);
   return h;
 }
 
@@ -171,7 +170,8 @@ TopkRun run_topk(Backend& be, const std::vector<float>& U, int64_t nu, const std
   auto ei = upload(be, eitems);
   auto oi = upload(be, std::vector<int32_t>(static_cast<size_t>(nu * k), -7));
   auto os = poisoned(be, nu * k);
-  be.topk(u.data(), nu, v.data(), ni, d, k, eo.data(), ei.data(), oi.data(), os.data());
+  be.topk(u.data(), nu, v.data(), ni, d, k, eo.data(), ei.data(), oi.data(), os.data(),
+          TopkPolicy{});
   return {download(be, oi), {{"scores", download(be, os)}}};
 }
 

@@ -45,6 +45,7 @@
 #include "tests/backend_fixture.h"
 #include "tests/compare.h"
 #include "tests/cuda_vs_cpu.h"
+#include "tests/op_suite.h"
 #include "tests/pair_batch.h"
 #include "tests/test_util.h"
 #include "tests/topk_special.h"
@@ -58,22 +59,7 @@
 namespace towerrec {
 namespace {
 
-using testing::all_close;
-using testing::bit_identical;
-using testing::central_diff;
-using testing::check_fd;
-using testing::download;
-using testing::poisoned;
-using testing::random_floats;
-using testing::random_ints;
-using testing::sample_indices;
-using testing::to_double;
-using testing::upload;
-
-[[maybe_unused]] constexpr double kInf = std::numeric_limits<double>::infinity();
-[[maybe_unused]] constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-[[maybe_unused]] bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
-[[maybe_unused]] double matmul_abs_tol(int64_t k) { return 2e-6 * static_cast<double>(k) + 1e-6; }
+using namespace testing::op_suite;  // all_close, upload, kNaN, same_bits, ...
 
 class LossOps : public testing::OpsTest {};
 TOWERREC_INSTANTIATE_BACKENDS(LossOps);
@@ -83,7 +69,6 @@ namespace logistic {
 
 // ---- logistic loss -------------------------------------------------------------
 
-using testing::build_csr;
 using testing::DevicePairs;
 using testing::HostPairs;
 
@@ -96,8 +81,8 @@ HostPairs random_pairs(std::mt19937_64& g, int32_t n_users, int32_t n_items, int
   h.user = random_ints(g, n_pairs, 0, std::max(0, n_users - 2));
   h.item = random_ints(g, n_pairs, 0, std::max(0, n_items - 2));
   for (auto y : random_ints(g, n_pairs, 0, 1)) h.label.push_back(y ? 1.0f : -1.0f);
-  build_csr(h.user, n_users, h.uoff, h.upairs);
-  build_csr(h.item, n_items, h.ioff, h.ipairs);
+  build_pair_csr(h.user, n_users, h.uoff, h.upairs);
+  build_pair_csr(h.item, n_items, h.ioff, h.ipairs);
   return h;
 }
 
@@ -170,8 +155,8 @@ TEST_P(LossOps, LogisticLossStableForHugeScores) {
       h.user = {0};
       h.item = {0};
       h.label = {y};
-      build_csr(h.user, 1, h.uoff, h.upairs);
-      build_csr(h.item, 1, h.ioff, h.ipairs);
+      build_pair_csr(h.user, 1, h.uoff, h.upairs);
+      build_pair_csr(h.item, 1, h.ioff, h.ipairs);
       // d = 2 with U = (s/2, s/2), V = (1, 1): the float score is exactly s.
       const std::vector<float> U = {float(s / 2), float(s / 2)}, V = {1.0f, 1.0f};
       const LossOut got = run_loss(be(), U, V, 2, h, 1.0f);
@@ -249,14 +234,13 @@ std::string g9(double x) {
 
 // ---- pair batches -------------------------------------------------------------
 
-using testing::build_csr;
 using testing::DevicePairs;
 using testing::HostPairs;
 
 void finish(HostPairs& h) {
   h.label.assign(h.user.size(), 1.0f);
-  build_csr(h.user, h.n_users, h.uoff, h.upairs);
-  build_csr(h.item, h.n_items, h.ioff, h.ipairs);
+  build_pair_csr(h.user, h.n_users, h.uoff, h.upairs);
+  build_pair_csr(h.item, h.n_items, h.ioff, h.ipairs);
 }
 
 // n_groups groups of `group` pairs sharing a user. The last user and item (when
@@ -737,17 +721,6 @@ TEST_P(LossOps, LossBadArgumentsThrow) {
 // same inputs (sizes off the kernels' tiles, several kernel versions).
 namespace cuda_vs_cpu {
 
-using testing::all_close;
-using testing::download;
-using testing::near;
-using testing::ranks_after;
-using testing::poisoned;
-using testing::random_floats;
-using testing::random_ints;
-using testing::test_seed;
-using testing::upload;
-
-
 
 using namespace testing::cuda_vs_cpu;  // kWidths, kRows, strided_poisoned, as_double
 // ---- loss ---------------------------------------------------------------------------------
@@ -758,17 +731,6 @@ struct HostPairs {
   std::vector<float> label;
 };
 
-// CSR of `key` (values in [0, n)): offsets[n + 1] and pair indices in increasing order.
-void build_csr(const std::vector<int32_t>& key, int32_t n, std::vector<int32_t>& offsets,
-               std::vector<int32_t>& pairs) {
-  offsets.assign(static_cast<size_t>(n) + 1, 0);
-  for (int32_t k : key) ++offsets[static_cast<size_t>(k) + 1];
-  for (int32_t i = 0; i < n; ++i) offsets[i + 1] += offsets[i];
-  std::vector<int32_t> pos(offsets.begin(), offsets.end() - 1);
-  pairs.assign(key.size(), 0);
-  for (size_t p = 0; p < key.size(); ++p) pairs[static_cast<size_t>(pos[key[p]]++)] = int32_t(p);
-}
-
 HostPairs random_pairs(std::mt19937_64& g, int64_t n_pairs, int32_t n_users, int32_t n_items) {
   HostPairs h;
   h.n_users = n_users;
@@ -777,8 +739,8 @@ HostPairs random_pairs(std::mt19937_64& g, int64_t n_pairs, int32_t n_users, int
   h.user = random_ints(g, static_cast<size_t>(n_pairs), 0, std::max(0, n_users - 2));
   h.item = random_ints(g, static_cast<size_t>(n_pairs), 0, std::max(0, n_items - 2));
   for (int64_t p = 0; p < n_pairs; ++p) h.label.push_back(random_ints(g, 1, 0, 1)[0] ? 1.0f : -1.0f);
-  build_csr(h.user, n_users, h.user_offsets, h.user_pairs);
-  build_csr(h.item, n_items, h.item_offsets, h.item_pairs);
+  build_pair_csr(h.user, n_users, h.user_offsets, h.user_pairs);
+  build_pair_csr(h.item, n_items, h.item_offsets, h.item_pairs);
   return h;
 }
 
@@ -892,8 +854,8 @@ HostPairs random_groups(std::mt19937_64& g, int64_t n_groups, int group, int32_t
       h.label.push_back(j == 0 ? 1.0f : -1.0f);
     }
   }
-  build_csr(h.user, n_users, h.user_offsets, h.user_pairs);
-  build_csr(h.item, n_items, h.item_offsets, h.item_pairs);
+  build_pair_csr(h.user, n_users, h.user_offsets, h.user_pairs);
+  build_pair_csr(h.item, n_items, h.item_offsets, h.item_pairs);
   return h;
 }
 

@@ -410,6 +410,7 @@ class TinyBackend final : public Backend {
  public:
   DeviceKind kind() const override { return DeviceKind::kCUDA; }
   std::string describe() const override { return "tiny test device"; }
+  BackendCapabilities capabilities() const override { return {}; }
   int64_t memory_available() const override { return 4096; }
   void* allocate(size_t) override { throw Error("allocate called"); }
   void deallocate(void*) noexcept override {}
@@ -424,24 +425,26 @@ class TinyBackend final : public Backend {
   void to_host_async(void*, const void*, size_t) override { fail(); }
   uint64_t fence() override { fail(); }
   void wait_fence(uint64_t) override { fail(); }
-  void dense_forward(const float*, int64_t, int, const float*, const float*, int, Activation, float*) override { fail(); }
-  void dense_backward(const float*, int64_t, int, const float*, int, Activation, const float*, float*, float*, float*, float*) override { fail(); }
-  void gather_rows(const float*, int, const int32_t*, int64_t, float*, int, int) override { fail(); }
-  void bag_forward(const float*, int, const int32_t*, const int32_t*, const int32_t*, int64_t, float*, int, int) override { fail(); }
-  void bag_backward(const float*, int, int, const int32_t*, const int32_t*, const int32_t*, int64_t, int, float*) override { fail(); }
-  void logistic_loss(const float*, const float*, int, const PairBatch&, float, float*, float*, float*, float*) override { fail(); }
-  void bpr_loss(const float*, const float*, int, const PairBatch&, int, float, float*, float*, float*, float*) override { fail(); }
-  void softmax_loss(const float*, const float*, int, const PairBatch&, const float*, float, float, float*, float*, float*, float*, float*, int64_t) override { fail(); }
-  void ccl_loss(const float*, const float*, int, const PairBatch&, const float*, float, float, float, float*, float*, float*, float*, float*, int64_t) override { fail(); }
-  void l2_normalize(const float*, int64_t, int, float*, float*) override { fail(); }
-  void l2_normalize_backward(const float*, const float*, const float*, int64_t, int, float*) override { fail(); }
-  void dropout(float*, int64_t, float, uint64_t, uint64_t) override { fail(); }
-  void adam(float*, const float*, float*, float*, int64_t, const AdamParams&) override { fail(); }
-  void sparse_adam(float*, float*, float*, int, const int32_t*, int64_t, const float*, int, int, const AdamParams&) override { fail(); }
-  void sgd(float*, const float*, int64_t, float, float) override { fail(); }
-  void sparse_sgd(float*, int, const int32_t*, int64_t, const float*, int, int, float, float) override { fail(); }
-  void topk(const float*, int64_t, const float*, int64_t, int, int, const int64_t*, const int32_t*, int32_t*, float*) override { fail(); }
   int64_t preferred_topk_users(int32_t, int, int) const override { return 1; }
+
+ protected:
+  void dense_forward_impl(const float*, int64_t, int, const float*, const float*, int, Activation, float*, MatmulPrecision) override { fail(); }
+  void dense_backward_impl(const float*, int64_t, int, const float*, int, Activation, const float*, float*, float*, float*, float*, MatmulPrecision) override { fail(); }
+  void gather_rows_impl(const float*, int, const int32_t*, int64_t, float*, int, int) override { fail(); }
+  void bag_forward_impl(const float*, int, const int32_t*, const int32_t*, const int32_t*, int64_t, float*, int, int) override { fail(); }
+  void bag_backward_impl(const float*, int, int, const int32_t*, const int32_t*, const int32_t*, int64_t, int, float*) override { fail(); }
+  void logistic_loss_impl(const float*, const float*, int, const PairBatch&, float, float*, float*, float*, float*) override { fail(); }
+  void bpr_loss_impl(const float*, const float*, int, const PairBatch&, int, float, float*, float*, float*, float*) override { fail(); }
+  void softmax_loss_impl(const float*, const float*, int, const PairBatch&, const float*, float, float, float*, float*, float*, float*, float*, int64_t) override { fail(); }
+  void ccl_loss_impl(const float*, const float*, int, const PairBatch&, const float*, float, float, float, float*, float*, float*, float*, float*, int64_t) override { fail(); }
+  void l2_normalize_impl(const float*, int64_t, int, float*, float*) override { fail(); }
+  void l2_normalize_backward_impl(const float*, const float*, const float*, int64_t, int, float*) override { fail(); }
+  void dropout_impl(float*, int64_t, float, uint64_t, uint64_t) override { fail(); }
+  void adam_impl(float*, const float*, float*, float*, int64_t, const AdamParams&) override { fail(); }
+  void sparse_adam_impl(float*, float*, float*, int, const int32_t*, int64_t, const float*, int, int, const AdamParams&) override { fail(); }
+  void sgd_impl(float*, const float*, int64_t, float, float) override { fail(); }
+  void sparse_sgd_impl(float*, int, const int32_t*, int64_t, const float*, int, int, float, float) override { fail(); }
+  void topk_impl(const float*, int64_t, const float*, int64_t, int, int, const int64_t*, const int32_t*, int32_t*, float*, const TopkPolicy&) override { fail(); }
 
  private:
   [[noreturn]] static void fail() { throw Error("op called"); }

@@ -23,6 +23,7 @@
 #include "tests/backend_fixture.h"
 #include "tests/compare.h"
 #include "tests/cuda_vs_cpu.h"
+#include "tests/op_suite.h"
 #include "tests/test_util.h"
 #include "tests/topk_special.h"
 #include "towerrec/backend.h"
@@ -35,22 +36,7 @@
 namespace towerrec {
 namespace {
 
-using testing::all_close;
-using testing::bit_identical;
-using testing::central_diff;
-using testing::check_fd;
-using testing::download;
-using testing::poisoned;
-using testing::random_floats;
-using testing::random_ints;
-using testing::sample_indices;
-using testing::to_double;
-using testing::upload;
-
-[[maybe_unused]] constexpr double kInf = std::numeric_limits<double>::infinity();
-[[maybe_unused]] constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-[[maybe_unused]] bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
-[[maybe_unused]] double matmul_abs_tol(int64_t k) { return 2e-6 * static_cast<double>(k) + 1e-6; }
+using namespace testing::op_suite;  // all_close, upload, kNaN, same_bits, ...
 
 class OptimOps : public testing::OpsTest {};
 TOWERREC_INSTANTIATE_BACKENDS(OptimOps);
@@ -189,17 +175,6 @@ TEST_P(OptimOps, SparseSgdTouchesOnlyListedRows) {
 // Agreement checks on top of the reference suite above: both backends on the
 // same inputs (sizes off the kernels' tiles, several kernel versions).
 namespace cuda_vs_cpu {
-
-using testing::all_close;
-using testing::download;
-using testing::near;
-using testing::ranks_after;
-using testing::poisoned;
-using testing::random_floats;
-using testing::random_ints;
-using testing::test_seed;
-using testing::upload;
-
 
 
 using namespace testing::cuda_vs_cpu;  // kWidths, kRows, strided_poisoned, as_double

@@ -13,6 +13,7 @@
 //           version runs: GEMM path (two tile sizes) and fused path. TF32/BF16
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -29,6 +30,7 @@
 #include "tests/backend_fixture.h"
 #include "tests/compare.h"
 #include "tests/cuda_vs_cpu.h"
+#include "tests/op_suite.h"
 #include "tests/test_util.h"
 #include "tests/topk_special.h"
 #include "towerrec/backend.h"
@@ -41,22 +43,7 @@
 namespace towerrec {
 namespace {
 
-using testing::all_close;
-using testing::bit_identical;
-using testing::central_diff;
-using testing::check_fd;
-using testing::download;
-using testing::poisoned;
-using testing::random_floats;
-using testing::random_ints;
-using testing::sample_indices;
-using testing::to_double;
-using testing::upload;
-
-[[maybe_unused]] constexpr double kInf = std::numeric_limits<double>::infinity();
-[[maybe_unused]] constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-[[maybe_unused]] bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; }
-[[maybe_unused]] double matmul_abs_tol(int64_t k) { return 2e-6 * static_cast<double>(k) + 1e-6; }
+using namespace testing::op_suite;  // all_close, upload, kNaN, same_bits, ...
 
 class TopkOps : public testing::OpsTest {};
 TOWERREC_INSTANTIATE_BACKENDS(TopkOps);
@@ -73,7 +60,7 @@ struct TopkOut {
 
 TopkOut run_topk(Backend& be, const std::vector<float>& U, int64_t nu, const std::vector<float>& V,
                  int64_t ni, int d, int k, const std::vector<int64_t>* excl_off,
-                 const std::vector<int32_t>* excl) {
+                 const std::vector<int32_t>* excl, const TopkPolicy& policy = {}) {
   auto dU = upload(be, U), dV = upload(be, V);
   DeviceArray<int64_t> doff;
   DeviceArray<int32_t> dex;
@@ -86,7 +73,7 @@ TopkOut run_topk(Backend& be, const std::vector<float>& U, int64_t nu, const std
   be.to_device(oi.data(), junk.data(), junk.size() * sizeof(int32_t));
   auto os = poisoned(be, nu * k);
   be.topk(dU.data(), nu, dV.data(), ni, d, k, excl_off ? doff.data() : nullptr,
-          excl_off ? dex.data() : nullptr, oi.data(), os.data());
+          excl_off ? dex.data() : nullptr, oi.data(), os.data(), policy);
   return {download(be, oi), download(be, os)};
 }
 
@@ -231,7 +218,8 @@ TEST_F(CpuOps, TopkBadArgumentsThrow) {
   auto a = poisoned(be(), 64);
   std::vector<int32_t> idx = {0};
   auto di = upload(be(), idx);
-  EXPECT_THROW(be().topk(a.data(), 1, a.data(), 4, 2, 0, nullptr, nullptr, di.data(), a.data()),
+  EXPECT_THROW(be().topk(a.data(), 1, a.data(), 4, 2, 0, nullptr, nullptr, di.data(), a.data(),
+                         TopkPolicy{}),
                Error);
   const std::vector<int64_t> off = {0, 1};
   const std::vector<int32_t> bad = {7};
@@ -239,7 +227,7 @@ TEST_F(CpuOps, TopkBadArgumentsThrow) {
   auto dbad = upload(be(), bad);
   DeviceArray<int32_t> oi(&be(), 2);
   EXPECT_THROW(be().topk(a.data(), 1, a.data(), 4, 2, 2, doff.data(), dbad.data(), oi.data(),
-                         a.data()),
+                         a.data(), TopkPolicy{}),
                Error);
 }
 
@@ -249,17 +237,6 @@ TEST_F(CpuOps, TopkBadArgumentsThrow) {
 // Agreement checks on top of the reference suite above: both backends on the
 // same inputs (sizes off the kernels' tiles, several kernel versions).
 namespace cuda_vs_cpu {
-
-using testing::all_close;
-using testing::download;
-using testing::near;
-using testing::ranks_after;
-using testing::poisoned;
-using testing::random_floats;
-using testing::random_ints;
-using testing::test_seed;
-using testing::upload;
-
 
 
 using namespace testing::cuda_vs_cpu;  // kWidths, kRows, strided_poisoned, as_double
@@ -279,7 +256,7 @@ struct TopkOut {
 
 TopkOut run_topk(Backend& be, const std::vector<float>& U, const std::vector<float>& V,
                  const TopkCase& c, const std::vector<int64_t>& eoff,
-                 const std::vector<int32_t>& eitems) {
+                 const std::vector<int32_t>& eitems, const TopkPolicy& policy = {}) {
   auto u = upload(be, U);
   auto v = upload(be, V);
   auto eo = upload(be, eoff);
@@ -288,7 +265,7 @@ TopkOut run_topk(Backend& be, const std::vector<float>& U, const std::vector<flo
   auto os = poisoned(be, c.users * c.k);
   be.topk(u.data(), c.users, c.items > 0 ? v.data() : nullptr, c.items, c.d, c.k,
           c.exclude ? eo.data() : nullptr, c.exclude && !eitems.empty() ? ei.data() : nullptr,
-          oi.data(), os.data());
+          oi.data(), os.data(), policy);
   return TopkOut{download(be, oi), download(be, os)};
 }
 
@@ -380,21 +357,20 @@ TEST(CudaOps, TopkCheckerRejectsUnwrittenScores) {
 void check_topk_versions(Backend& gpu, const std::vector<float>& U, const std::vector<float>& V,
                          const TopkCase& c, const std::vector<int64_t>& eoff,
                          const std::vector<int32_t>& eitems, const TopkOut& want) {
-  cuda::set_topk_path(gpu, cuda::TopkPath::kGemm);
-  EXPECT_TRUE(topk_agrees(run_topk(gpu, U, V, c, eoff, eitems), want, U, V, c, eoff, eitems))
+  const TopkPolicy gemm{TopkPath::kGemm}, fused{TopkPath::kFused};
+  EXPECT_TRUE(topk_agrees(run_topk(gpu, U, V, c, eoff, eitems, gemm), want, U, V, c, eoff, eitems))
       << "gemm path, default tiles";
   cuda::set_topk_tiles(gpu, 5, 37);
-  EXPECT_TRUE(topk_agrees(run_topk(gpu, U, V, c, eoff, eitems), want, U, V, c, eoff, eitems))
+  EXPECT_TRUE(topk_agrees(run_topk(gpu, U, V, c, eoff, eitems, gemm), want, U, V, c, eoff, eitems))
       << "gemm path, tiles 5 x 37";
   cuda::set_topk_tiles(gpu, 512, 16384);
-  cuda::set_topk_path(gpu, cuda::TopkPath::kFused);
   if (c.d <= 64 && c.k <= 128) {
-    EXPECT_TRUE(topk_agrees(run_topk(gpu, U, V, c, eoff, eitems), want, U, V, c, eoff, eitems))
+    EXPECT_TRUE(
+        topk_agrees(run_topk(gpu, U, V, c, eoff, eitems, fused), want, U, V, c, eoff, eitems))
         << "fused path";
   } else {
-    EXPECT_THROW(run_topk(gpu, U, V, c, eoff, eitems), Error) << "fused path out of range";
+    EXPECT_THROW(run_topk(gpu, U, V, c, eoff, eitems, fused), Error) << "fused path out of range";
   }
-  cuda::set_topk_path(gpu, cuda::TopkPath::kAuto);
 }
 #endif
 
@@ -511,20 +487,17 @@ TEST(CudaOps, TopkSpecialScores) {
                      sc.k, false, false};
     SCOPED_TRACE("users=" + std::to_string(c.users) + " items=" + std::to_string(c.items) +
                  " k=" + std::to_string(c.k));
-    auto check = [&](Backend& be, const char* what) {
-      const TopkOut got = run_topk(be, sc.U, sc.V, c, {}, {});
+    auto check = [&](Backend& be, const char* what, TopkPath path = TopkPath::kAuto) {
+      const TopkOut got = run_topk(be, sc.U, sc.V, c, {}, {}, TopkPolicy{path});
       EXPECT_TRUE(testing::topk_special_matches(sc, got.items, got.scores)) << what;
     };
     check(*cpu, "cpu");
     check(*gpu, "default path");
-    cuda::set_topk_path(*gpu, cuda::TopkPath::kGemm);
-    check(*gpu, "gemm path");
+    check(*gpu, "gemm path", TopkPath::kGemm);
     cuda::set_topk_tiles(*gpu, 1, 3);
-    check(*gpu, "gemm path, tiles 1 x 3");
+    check(*gpu, "gemm path, tiles 1 x 3", TopkPath::kGemm);
     cuda::set_topk_tiles(*gpu, 512, 16384);
-    cuda::set_topk_path(*gpu, cuda::TopkPath::kFused);
-    check(*gpu, "fused path");
-    cuda::set_topk_path(*gpu, cuda::TopkPath::kAuto);
+    check(*gpu, "fused path", TopkPath::kFused);
   }
 }
 
@@ -547,8 +520,8 @@ TEST(CudaOps, TopkReducedPrecision) {
     int d, k;
   };
   for (const auto& [precision, name, mant] :
-       {std::tuple{cuda::TopkPrecision::kTF32, "tf32", 10},
-        std::tuple{cuda::TopkPrecision::kBF16, "bf16", 8}})  // e = 2^-mant
+       {std::tuple{TopkPrecision::kTF32, "tf32", 10},
+        std::tuple{TopkPrecision::kBF16, "bf16", 8}})  // e = 2^-mant
     for (const Case c : {Case{7, 300, 64, 10}, Case{33, 5000, 17, 100}, Case{600, 2000, 128, 50},
                          Case{5, 40, 8, 60}}) {
       SCOPED_TRACE(std::string(name) + " users=" + std::to_string(c.users) +
@@ -564,16 +537,11 @@ TEST(CudaOps, TopkReducedPrecision) {
         eoff.push_back(static_cast<int64_t>(eitems.size()));
       }
       const TopkCase tc{c.users, c.items, c.d, c.k, true, false};
-      cuda::set_topk_precision(*gpu, precision);
-      EXPECT_NE(gpu->describe().find(name), std::string::npos) << gpu->describe();
       cuda::set_topk_tiles(*gpu, 256, 1000);  // several chunks and user blocks
-      const TopkOut got = run_topk(*gpu, U, V, tc, eoff, eitems);
+      const TopkOut got = run_topk(*gpu, U, V, tc, eoff, eitems, {TopkPath::kAuto, precision});
       cuda::set_topk_tiles(*gpu, 512, 16384);
       // The fused path is FP32 only.
-      cuda::set_topk_path(*gpu, cuda::TopkPath::kFused);
-      EXPECT_THROW(run_topk(*gpu, U, V, tc, eoff, eitems), Error);
-      cuda::set_topk_path(*gpu, cuda::TopkPath::kAuto);
-      cuda::set_topk_precision(*gpu, cuda::TopkPrecision::kFP32);
+      EXPECT_THROW(run_topk(*gpu, U, V, tc, eoff, eitems, {TopkPath::kFused, precision}), Error);
 
       const double e = std::ldexp(1.0, -mant);
       const double unit = 2 * e + e * e;
@@ -630,16 +598,38 @@ TEST(CudaOps, TopkReducedPrecision) {
       EXPECT_EQ(bad, 0) << msg;
     }
 }
-
-TEST(CudaBackend, TopkSettings) {
-  EXPECT_EQ(cuda::parse_topk_precision("bf16"), cuda::TopkPrecision::kBF16);
-  EXPECT_EQ(cuda::parse_topk_path("fused"), cuda::TopkPath::kFused);
-  EXPECT_THROW(cuda::parse_topk_precision("fp16"), Error);
-  EXPECT_THROW(cuda::parse_topk_path("fast"), Error);
-  auto cpu = make_cpu_backend();
-  EXPECT_THROW(cuda::set_topk_path(*cpu, cuda::TopkPath::kGemm), Error);
-}
 #endif
+
+// The policy's names, the environment's override (the one place it is read),
+// and the CPU backend's one version whatever the policy.
+TEST(TopkPolicy, NamesEnvironmentAndCpu) {
+  EXPECT_EQ(parse_enum<TopkPrecision>("bf16"), TopkPrecision::kBF16);
+  EXPECT_EQ(parse_enum<TopkPath>("fused"), TopkPath::kFused);
+  EXPECT_STREQ(to_string(TopkPrecision::kTF32), "tf32");
+  EXPECT_THROW(parse_enum<TopkPrecision>("fp16"), Error);
+  EXPECT_THROW(parse_enum<TopkPath>("fast"), Error);
+
+  ASSERT_EQ(setenv("TOWERREC_TOPK_PATH", "gemm", 1), 0);
+  ASSERT_EQ(setenv("TOWERREC_TOPK_PRECISION", "", 1), 0);  // empty: not set
+  TopkPolicy p = topk_policy_with_env({TopkPath::kFused, TopkPrecision::kBF16});
+  EXPECT_EQ(p.path, TopkPath::kGemm);
+  EXPECT_EQ(p.precision, TopkPrecision::kBF16);
+  ASSERT_EQ(setenv("TOWERREC_TOPK_PRECISION", "fp16", 1), 0);
+  EXPECT_THROW(topk_policy_with_env({}), Error);
+  unsetenv("TOWERREC_TOPK_PATH");
+  unsetenv("TOWERREC_TOPK_PRECISION");
+  p = topk_policy_with_env({TopkPath::kFused, TopkPrecision::kTF32});
+  EXPECT_EQ(p.path, TopkPath::kFused);
+  EXPECT_EQ(p.precision, TopkPrecision::kTF32);
+
+  auto cpu = make_cpu_backend(1);
+  const std::vector<float> U = {1, 0, 0.5f, 2}, V = {0, 1, 1, 1, 2, 0, -1, 3};
+  const TopkCase c{2, 4, 2, 3, false, false};
+  const TopkOut a = run_topk(*cpu, U, V, c, {}, {});
+  const TopkOut b = run_topk(*cpu, U, V, c, {}, {}, {TopkPath::kFused, TopkPrecision::kBF16});
+  EXPECT_EQ(a.items, b.items);
+  EXPECT_TRUE(testing::bit_identical(a.scores, b.scores));
+}
 
 }  // namespace cuda_vs_cpu
 }  // namespace

@@ -1,7 +1,6 @@
 #include <cstdio>
 
 #include "host/cli/cli.h"
-#include "kernels/cpu/cpu_gemm.h"
 #include "towerrec/error.h"
 
 namespace towerrec::cli {
@@ -16,15 +15,16 @@ int cmd_info(const Args& args) {
 #else
   std::printf("build: CPU backend only (configured without CUDA)\n");
 #endif
-  std::printf("cpu: %s\n", make_cpu_backend(0)->describe().c_str());
   {
+    const auto cpu = make_cpu_backend(0);
+    std::printf("cpu: %s\n", cpu->describe().c_str());
     // How --matmul-precision bf16 runs here: oneDNN's bf16 GEMM, or its
     // reference code, for which the operands are widened to float32 instead.
-    const std::string impl = CpuGemm(1).bf16_impl();
-    const bool native = impl.rfind("ref", 0) != 0;
+    const BackendCapabilities c = cpu->capabilities();
     std::printf("cpu bf16 products: %s (%s)\n",
-                native ? "oneDNN bf16 GEMM" : "widened to float32 (no fast bf16 GEMM on this CPU)",
-                impl.c_str());
+                c.native_bf16_matmul ? "oneDNN bf16 GEMM"
+                                     : "widened to float32 (no fast bf16 GEMM on this CPU)",
+                c.bf16_matmul_impl.c_str());
   }
   if (cuda_available()) {
     std::printf("cuda: %s\n", make_cuda_backend(0)->describe().c_str());

@@ -160,9 +160,12 @@ class Tower {
   // With zero_id, the ID-embedding columns are zero (the unknown-ID bucket).
   // A tower with a history input pools `history` when given (training: per
   // batch, the targets left out), else the entities' histories from
-  // set_history().
+  // set_history(). The layers' products run in `precision` (training passes
+  // its configured one; inference runs float32), and so does the backward of
+  // this forward.
   const float* forward(const int32_t* idx, int64_t n, bool zero_id = false,
-                       const HistoryBags* history = nullptr);
+                       const HistoryBags* history = nullptr,
+                       MatmulPrecision precision = MatmulPrecision::kFP32);
   // Gradient buffer for the last forward's output [n x out_dim]; fill it, then
   // call backward(). The idx array passed to forward() must stay valid until the
   // model's step().
@@ -208,6 +211,7 @@ class Tower {
   const int32_t* last_idx_ = nullptr;
   int64_t last_n_ = 0;
   bool last_training_ = false;
+  MatmulPrecision last_precision_ = MatmulPrecision::kFP32;  // of the last forward
   uint64_t dropout_seed(size_t layer) const;
   bool pending_rows_ = false;
 };

@@ -1,8 +1,9 @@
-// The closed choices of a training configuration, as enums. They are parsed
-// once where text comes in (flags, JSON files, checkpoints) and written back
+// The closed choices of a training configuration, and the per-call policies of
+// the backend's ops (backend.h), as enums. They are parsed once where text
+// comes in (flags, JSON files, checkpoints, the environment) and written back
 // under the same names, so config.json and the configuration section of a
-// checkpoint read as they always have; the trainer and model switch on the
-// enums.
+// checkpoint read as they always have; the trainer, model and backends switch
+// on the enums.
 #pragma once
 
 #include <array>
@@ -10,10 +11,44 @@
 #include <string_view>
 #include <vector>
 
-#include "towerrec/backend.h"
 #include "towerrec/error.h"
 
 namespace towerrec {
+
+// Precision of the tower layers' matrix products, passed to every
+// dense_forward/dense_backward call (their three GEMMs; every other op, and
+// everything those two ops add, compare or store, stays float32):
+//   kFP32  float32 operands (on CUDA: cuBLAS's default FP32 math, no TF32).
+//   kBF16  X, W and dZ rounded to bfloat16 (nearest even), products summed in
+//          float32: twice the float32 rate on CPUs with AVX512-BF16 or AMX and
+//          on tensor-core GPUs. Parameters, optimizer state and gradients
+//          outside the products stay float32.
+// Training takes it from TrainConfig::matmul_precision; inference runs fp32.
+enum class MatmulPrecision { kFP32, kBF16 };
+// "fp32", "bf16"; parse_matmul_precision throws towerrec::Error naming the text.
+const char* matmul_precision_name(MatmulPrecision p);
+MatmulPrecision parse_matmul_precision(const std::string& text);
+
+// How topk scores and selects (the CUDA backend's versions, kernels/topk/cuda.cu;
+// the CPU backend has one version, float32, and ignores the policy).
+//   path       kAuto: the fused kernel where it applies (fp32, d <= 64,
+//              k <= 128), else the GEMM + select kernels; kFused: the fused
+//              kernel, an Error where it does not apply; kGemm: always the
+//              GEMM + select kernels.
+//   precision  arithmetic of the score GEMM: kFP32 agrees with the CPU
+//              reference; kTF32 and kBF16 use tensor cores and rank
+//              approximately (about 2^-10 / 2^-8 relative error per product).
+enum class TopkPath { kAuto, kFused, kGemm };
+enum class TopkPrecision { kFP32, kTF32, kBF16 };
+struct TopkPolicy {
+  TopkPath path = TopkPath::kAuto;
+  TopkPrecision precision = TopkPrecision::kFP32;
+};
+// `policy` with $TOWERREC_TOPK_PATH and $TOWERREC_TOPK_PRECISION, where set and
+// not empty, in place of its fields (an Error naming the variable for any other
+// text). The one place towerrec reads them: recommend_topk (and through it
+// evaluate_ranking) and the top-K benchmarks apply it to the policy they are given.
+TopkPolicy topk_policy_with_env(TopkPolicy policy);
 
 // logistic: pointwise, each positive and negative pair
 // bpr:      pairwise, each positive against each of its negatives
@@ -53,12 +88,22 @@ struct EnumNames<OptimizerKind> {
   static constexpr const char* what = "optimizer";
   static constexpr std::array<const char*, 2> names = {"adam", "sgd"};
 };
-// MatmulPrecision (backend.h) has its own parse_matmul_precision and
+// MatmulPrecision has its own parse_matmul_precision and
 // matmul_precision_name; these are the same names.
 template <>
 struct EnumNames<MatmulPrecision> {
   static constexpr const char* what = "matmul precision";
   static constexpr std::array<const char*, 2> names = {"fp32", "bf16"};
+};
+template <>
+struct EnumNames<TopkPath> {
+  static constexpr const char* what = "top-K path";
+  static constexpr std::array<const char*, 3> names = {"auto", "fused", "gemm"};
+};
+template <>
+struct EnumNames<TopkPrecision> {
+  static constexpr const char* what = "top-K precision";
+  static constexpr std::array<const char*, 3> names = {"fp32", "tf32", "bf16"};
 };
 
 // The valid names joined with ", " (for help and errors).

@@ -40,10 +40,12 @@ struct TopKBlock {
 // Top-k items for `users` (all users when empty) from precomputed embeddings
 // U_all [n_users x d], V_all [n_items x d] in backend memory, excluding each
 // user's `exclude` items when given. `sink` receives blocks in user order.
+// The backend's topk runs under topk_policy_with_env(policy) (options.h).
 void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceArray<float>& V_all,
                     int32_t n_users, int32_t n_items, int d, const std::vector<int32_t>& users,
                     int k, const UserItems* exclude,
-                    const std::function<void(const TopKBlock&)>& sink, int64_t block_users = 0);
+                    const std::function<void(const TopKBlock&)>& sink, int64_t block_users = 0,
+                    const TopkPolicy& policy = {});
 
 // Full-ranking metrics over all items, excluding each user's training items.
 // Users with no test items are skipped (and counted).
@@ -58,10 +60,11 @@ struct RankingMetrics {
 RankingMetrics evaluate_ranking(Backend& be, const DeviceArray<float>& U_all,
                                 const DeviceArray<float>& V_all, int32_t n_users, int32_t n_items,
                                 int d, const UserItems& train, const UserItems& test,
-                                std::vector<int> ks);
+                                std::vector<int> ks, const TopkPolicy& policy = {});
 // Convenience: embeds all entities with the model first.
 RankingMetrics evaluate_ranking(TwoTowerModel& model, const UserItems& train,
-                                const UserItems& test, std::vector<int> ks);
+                                const UserItems& test, std::vector<int> ks,
+                                const TopkPolicy& policy = {});
 
 // The metrics of one user's ranked list against its relevant set (sorted).
 // Exposed for tests; evaluate_ranking averages these.

@@ -49,6 +49,15 @@ std::string CpuBackend::describe() const {
          (threads_ == 1 ? " thread)" : " threads)");
 }
 
+BackendCapabilities CpuBackend::capabilities() const {
+  // The implementation oneDNN picks for a bf16 product on this CPU; "ref..." is
+  // its reference code, for which CpuGemm widens the operands to float32.
+  BackendCapabilities c;
+  c.bf16_matmul_impl = CpuGemm(1).bf16_impl();
+  c.native_bf16_matmul = c.bf16_matmul_impl.rfind("ref", 0) != 0;
+  return c;
+}
+
 // ---- memory -------------------------------------------------------------------
 
 void* CpuBackend::allocate(size_t bytes) {

@@ -32,6 +32,7 @@ class CpuBackend final : public Backend {
 
   DeviceKind kind() const override { return DeviceKind::kCPU; }
   std::string describe() const override;
+  BackendCapabilities capabilities() const override;
 
   void* allocate(size_t bytes) override;
   void deallocate(void* p) noexcept override;
@@ -55,48 +56,6 @@ class CpuBackend final : public Backend {
   uint64_t fence() override { return 0; }
   void wait_fence(uint64_t) override {}
 
-  void dense_forward(const float* X, int64_t n, int in, const float* W, const float* b, int out,
-                     Activation act, float* Y) override;
-  void dense_backward(const float* X, int64_t n, int in, const float* W, int out, Activation act,
-                      const float* Y, float* dY, float* dW, float* db, float* dX) override;
-
-  void gather_rows(const float* src, int dim, const int32_t* idx, int64_t n, float* out,
-                   int ld_out, int col_off) override;
-  void bag_forward(const float* table, int dim, const int32_t* offsets, const int32_t* values,
-                   const int32_t* idx, int64_t n, float* out, int ld_out, int col_off) override;
-  void bag_backward(const float* dout, int ld_dout, int col_off, const int32_t* offsets,
-                    const int32_t* values, const int32_t* idx, int64_t n, int dim,
-                    float* dtable) override;
-
-  void logistic_loss(const float* U, const float* V, int d, const PairBatch& pb, float scale,
-                     float* dU, float* dV, float* pair_grad, float* loss_out) override;
-  void bpr_loss(const float* U, const float* V, int d, const PairBatch& pb, int group,
-                float scale, float* dU, float* dV, float* pair_grad, float* loss_out) override;
-  void softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
-                    const float* log_q, float temperature, float scale, float* dU, float* dV,
-                    float* logits, float* pair_rows, float* loss_out,
-                    int64_t item_tile) override;
-
-  void ccl_loss(const float* U, const float* V, int d, const PairBatch& pb, const float* log_q,
-                float margin, float neg_weight, float scale, float* dU, float* dV, float* logits,
-                float* pair_rows, float* loss_out, int64_t item_tile) override;
-
-  void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv_norm) override;
-  void l2_normalize_backward(const float* Y, const float* inv_norm, const float* dY, int64_t n,
-                             int d, float* dX) override;
-  void dropout(float* x, int64_t n, float p, uint64_t seed, uint64_t offset) override;
-
-  void adam(float* param, const float* grad, float* m, float* v, int64_t n,
-            const AdamParams& p) override;
-  void sparse_adam(float* table, float* m, float* v, int dim, const int32_t* rows, int64_t n,
-                   const float* grad, int ld_grad, int col_off, const AdamParams& p) override;
-  void sgd(float* param, const float* grad, int64_t n, float lr, float weight_decay) override;
-  void sparse_sgd(float* table, int dim, const int32_t* rows, int64_t n, const float* grad,
-                  int ld_grad, int col_off, float lr, float weight_decay) override;
-
-  void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d, int k,
-            const int64_t* excl_offsets, const int32_t* excl_items, int32_t* out_items,
-            float* out_scores) override;
   // 64 Mi / n_items users, within [1, 4096].
   int64_t preferred_topk_users(int32_t n_items, int d, int k) const override;
 
@@ -107,6 +66,10 @@ class CpuBackend final : public Backend {
   static constexpr int64_t kTopkItemChunk = 256;
   // For tests and tuning: the item chunk (results do not depend on it).
   void set_topk_item_chunk(int64_t items);
+
+ protected:
+  // The ops (backend.h), checked by Backend's entry points before these run.
+#include "kernels/op_overrides.inc"
 
  private:
   // softmax_loss over item blocks of `tile` columns (kernels/loss/cpu.cpp).

@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
 
 #include "kernels/cuda/cuda_testing.h"
@@ -79,13 +78,7 @@ CudaBackend::CudaBackend(int device) : device_(device) {
                   static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0),
                   prop.multiProcessorCount, cublas_version / 10000,
                   (cublas_version / 100) % 100, cublas_version % 100);
-    base_description_ = buf;
-    // Top-K settings from the environment (kernels/cuda/cuda_testing.h).
-    if (const char* e = std::getenv("TOWERREC_TOPK_PRECISION"); e != nullptr && *e != '\0')
-      topk_precision_ = parse_topk_precision(e);
-    if (const char* e = std::getenv("TOWERREC_TOPK_PATH"); e != nullptr && *e != '\0')
-      topk_path_ = parse_topk_path(e);
-    description_ = base_description_ + topk_settings_note(topk_precision_, topk_path_);
+    description_ = buf;
   } catch (...) {
     if (cublas_) cublasDestroy(cublas_);
     if (cublas_workspace_) cudaFree(cublas_workspace_);
@@ -112,16 +105,6 @@ void CudaBackend::activate() const {
   int cur = -1;
   CUDA_CHECK(cudaGetDevice(&cur));
   if (cur != device_) CUDA_CHECK(cudaSetDevice(device_));
-}
-
-void CudaBackend::set_topk_precision(TopkPrecision p) {
-  topk_precision_ = p;
-  description_ = base_description_ + topk_settings_note(topk_precision_, topk_path_);
-}
-
-void CudaBackend::set_topk_path(TopkPath p) {
-  topk_path_ = p;
-  description_ = base_description_ + topk_settings_note(topk_precision_, topk_path_);
 }
 
 void CudaBackend::set_topk_tiles(int64_t users, int64_t items) {
@@ -286,14 +269,6 @@ CudaBackend& as_cuda(Backend& be) {
 
 void set_topk_tiles(Backend& be, int64_t users, int64_t items) {
   as_cuda(be).set_topk_tiles(users, items);
-}
-
-void set_topk_precision(Backend& be, TopkPrecision precision) {
-  as_cuda(be).set_topk_precision(precision);
-}
-
-void set_topk_path(Backend& be, TopkPath path) {
-  as_cuda(be).set_topk_path(path);
 }
 
 int64_t allocator_mallocs(Backend& be) { return as_cuda(be).allocator_stats().mallocs; }

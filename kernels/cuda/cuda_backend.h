@@ -31,7 +31,6 @@
 
 #include "kernels/cuda/caching_allocator.h"
 #include "kernels/cuda/cuda_check.h"
-#include "kernels/cuda/cuda_testing.h"
 #include "towerrec/backend.h"
 
 namespace towerrec::cuda {
@@ -67,6 +66,8 @@ class CudaBackend final : public Backend {
 
   DeviceKind kind() const override { return DeviceKind::kCUDA; }
   std::string describe() const override { return description_; }
+  // bf16 tower products through cuBLAS (tensor cores).
+  BackendCapabilities capabilities() const override { return {true, "cuBLAS"}; }
 
   void* allocate(size_t bytes) override;
   void deallocate(void* p) noexcept override;
@@ -84,49 +85,6 @@ class CudaBackend final : public Backend {
   uint64_t fence() override;
   void wait_fence(uint64_t f) override;
 
-  void dense_forward(const float* X, int64_t n, int in, const float* W, const float* b, int out,
-                     Activation act, float* Y) override;
-  void dense_backward(const float* X, int64_t n, int in, const float* W, int out,
-                      Activation act, const float* Y, float* dY, float* dW, float* db,
-                      float* dX) override;
-
-  void gather_rows(const float* src, int dim, const int32_t* idx, int64_t n, float* out,
-                   int ld_out, int col_off) override;
-  void bag_forward(const float* table, int dim, const int32_t* offsets, const int32_t* values,
-                   const int32_t* idx, int64_t n, float* out, int ld_out, int col_off) override;
-  void bag_backward(const float* dout, int ld_dout, int col_off, const int32_t* offsets,
-                    const int32_t* values, const int32_t* idx, int64_t n, int dim,
-                    float* dtable) override;
-
-  void logistic_loss(const float* U, const float* V, int d, const PairBatch& pb, float scale,
-                     float* dU, float* dV, float* pair_grad, float* loss_out) override;
-  void bpr_loss(const float* U, const float* V, int d, const PairBatch& pb, int group,
-                float scale, float* dU, float* dV, float* pair_grad, float* loss_out) override;
-  void softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
-                    const float* log_q, float temperature, float scale, float* dU, float* dV,
-                    float* logits, float* pair_rows, float* loss_out,
-                    int64_t item_tile) override;
-
-  void ccl_loss(const float* U, const float* V, int d, const PairBatch& pb, const float* log_q,
-                float margin, float neg_weight, float scale, float* dU, float* dV, float* logits,
-                float* pair_rows, float* loss_out, int64_t item_tile) override;
-
-  void l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv_norm) override;
-  void l2_normalize_backward(const float* Y, const float* inv_norm, const float* dY, int64_t n,
-                             int d, float* dX) override;
-  void dropout(float* x, int64_t n, float p, uint64_t seed, uint64_t offset) override;
-
-  void adam(float* param, const float* grad, float* m, float* v, int64_t n,
-            const AdamParams& p) override;
-  void sparse_adam(float* table, float* m, float* v, int dim, const int32_t* rows, int64_t n,
-                   const float* grad, int ld_grad, int col_off, const AdamParams& p) override;
-  void sgd(float* param, const float* grad, int64_t n, float lr, float weight_decay) override;
-  void sparse_sgd(float* table, int dim, const int32_t* rows, int64_t n, const float* grad,
-                  int ld_grad, int col_off, float lr, float weight_decay) override;
-
-  void topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d, int k,
-            const int64_t* excl_offsets, const int32_t* excl_items, int32_t* out_items,
-            float* out_scores) override;
   int64_t preferred_topk_users(int32_t n_items, int d, int k) const override;
 
   // ---- backend internals, used by the op files -------------------------------
@@ -135,10 +93,11 @@ class CudaBackend final : public Backend {
   int device() const { return device_; }
   // Makes this backend's device current on the calling thread (every op's first line).
   void activate() const;
-  // Column-major cuBLAS product for the tower layers in the current matmul
-  // precision (kernels/dense/cuda.cu).
-  void tower_gemm(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
-                  const float* A, int lda, const float* B, int ldb, float* C, int ldc);
+  // Column-major cuBLAS product for the tower layers in `precision`
+  // (kernels/dense/cuda.cu).
+  void tower_gemm(MatmulPrecision precision, cublasOperation_t op_a, cublasOperation_t op_b,
+                  int m, int n, int k, const float* A, int lda, const float* B, int ldb, float* C,
+                  int ldc);
   CachingAllocator::Stats allocator_stats() const { return alloc_.stats(); }
   // Fences recorded and not yet known to have passed (recycled by fence(),
   // dropped by wait_fence()).
@@ -147,10 +106,13 @@ class CudaBackend final : public Backend {
   // Tile of the top-K score matrix: users per block and items per chunk. The
   // defaults bound the tile to 32 MiB; tests shrink them to cross chunk edges.
   void set_topk_tiles(int64_t users, int64_t items);
-  // Precision of the top-K score GEMM and the choice of version (kernels/topk/cuda.cu).
-  void set_topk_precision(TopkPrecision p);
-  void set_topk_path(TopkPath p);
-  bool topk_fused_supported(int d, int k) const;
+  // Whether the fused top-K kernel applies: fp32 scores, d <= 64, k <= 128
+  // (kernels/topk/cuda.cu).
+  static bool topk_fused_supported(TopkPrecision precision, int d, int k);
+
+ protected:
+  // The ops (backend.h), checked by Backend's entry points before these run.
+#include "kernels/op_overrides.inc"
 
  private:
   // softmax_loss over item blocks of `tile` columns (kernels/loss/cuda.cu).
@@ -166,9 +128,6 @@ class CudaBackend final : public Backend {
   std::string description_;
   int64_t topk_users_per_tile_ = kTopkTileUsers;
   int64_t topk_items_per_tile_ = kTopkTileItems;
-  TopkPrecision topk_precision_ = TopkPrecision::kFP32;
-  TopkPath topk_path_ = TopkPath::kAuto;
-  std::string base_description_;  // description_ without the top-K settings
   // Fences: events recorded on the stream, oldest first, with their numbers;
   // passed ones go back to a free list.
   std::deque<std::pair<uint64_t, cudaEvent_t>> fences_;
@@ -176,9 +135,6 @@ class CudaBackend final : public Backend {
   uint64_t next_fence_ = 1;
   uint64_t passed_fence_ = 0;
 };
-
-// ", top-K tf32" etc. for describe(); empty for the defaults.
-std::string topk_settings_note(TopkPrecision precision, TopkPath path);
 
 // Host-side scratch buffer from the backend's allocator, returned on scope exit.
 // Safe to drop while kernels using it are queued: reuse is stream-ordered.

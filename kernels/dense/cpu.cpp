@@ -13,7 +13,6 @@ namespace towerrec {
 
 using cpu::for_column_ranges;
 using cpu::worth_parallel;
-using cpu::check_blas_dim;
 
 // ---- tower layers -------------------------------------------------------------
 
@@ -23,17 +22,13 @@ const uint16_t* CpuBackend::bf16_copy(const float* x, int64_t count, std::vector
   return buf.data();
 }
 
-void CpuBackend::dense_forward(const float* X, int64_t n, int in, const float* W, const float* b,
-                               int out, Activation act, float* Y) {
-  TOWERREC_CHECK(n >= 0 && in > 0 && out > 0, "dense_forward: bad shape n=" + std::to_string(n) +
-                                                   " in=" + std::to_string(in) +
-                                                   " out=" + std::to_string(out));
+void CpuBackend::dense_forward_impl(const float* X, int64_t n, int in, const float* W,
+                                    const float* b, int out, Activation act, float* Y,
+                                    MatmulPrecision precision) {
   if (n == 0) return;
-  TOWERREC_CHECK(X && W && b && Y, "dense_forward: null pointer");
-  check_blas_dim(n, "dense_forward: n");
   // Y[n x out] = act(X[n x in] . W[in x out] + b), bias and ReLU in the GEMM's epilogue.
   const CpuGemm::Epilogue ep{b, act == Activation::kReLU};
-  if (matmul_precision_ == MatmulPrecision::kBF16) {
+  if (precision == MatmulPrecision::kBF16) {
     gemm_.bf16(CpuGemm::Op::kForward, n, in, out, bf16_copy(X, n * in, bf16_a_),
                bf16_copy(W, int64_t{in} * out, bf16_w_), Y, ep);
   } else {
@@ -41,21 +36,14 @@ void CpuBackend::dense_forward(const float* X, int64_t n, int in, const float* W
   }
 }
 
-void CpuBackend::dense_backward(const float* X, int64_t n, int in, const float* W, int out,
-                                Activation act, const float* Y, float* dY, float* dW, float* db,
-                                float* dX) {
-  TOWERREC_CHECK(n >= 0 && in > 0 && out > 0, "dense_backward: bad shape n=" +
-                                                  std::to_string(n) + " in=" + std::to_string(in) +
-                                                  " out=" + std::to_string(out));
-  TOWERREC_CHECK(dW && db, "dense_backward: null dW or db");
+void CpuBackend::dense_backward_impl(const float* X, int64_t n, int in, const float* W, int out,
+                                     Activation act, const float* Y, float* dY, float* dW,
+                                     float* db, float* dX, MatmulPrecision precision) {
   if (n == 0) {
     fill(dW, int64_t{in} * out, 0.0f);
     fill(db, out, 0.0f);
     return;
   }
-  TOWERREC_CHECK(X && W && dY, "dense_backward: null pointer");
-  TOWERREC_CHECK(act != Activation::kReLU || Y, "dense_backward: ReLU needs Y");
-  check_blas_dim(n, "dense_backward: n");
 
   // One pass over dY: dZ = dY * relu'(Z) in place (Y > 0 exactly where Z > 0) and
   // the bias gradient db[c] = sum_r dZ[r, c]. Rows go in fixed blocks of
@@ -97,7 +85,7 @@ void CpuBackend::dense_backward(const float* X, int64_t n, int in, const float* 
   });
 
   // dW[in x out] = X^T[in x n] . dZ[n x out],  dX[n x in] = dZ[n x out] . W^T[out x in]
-  if (matmul_precision_ == MatmulPrecision::kBF16) {
+  if (precision == MatmulPrecision::kBF16) {
     const uint16_t* dz = bf16_copy(dY, n * out, bf16_b_);
     gemm_.bf16(CpuGemm::Op::kBackwardWeights, n, in, out, bf16_copy(X, n * in, bf16_a_), dz, dW);
     if (dX)

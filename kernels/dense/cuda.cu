@@ -181,21 +181,16 @@ __global__ void bias_grad_sum_kernel(const float* __restrict__ partial, int n_ch
   db[c] = t;
 }
 
-void check_dims(int64_t n, int in, int out, const char* op) {
-  TOWERREC_CHECK(n >= 0 && in >= 0 && out >= 1,
-                 std::string(op) + ": bad shape n=" + std::to_string(n) +
-                     " in=" + std::to_string(in) + " out=" + std::to_string(out));
-  TOWERREC_CHECK(n <= INT_MAX, std::string(op) + ": more than INT_MAX rows in one call");
-}
 
 }  // namespace
 
 // Column-major C[m x n] = op(A) . op(B) (see the header comment for the
-// row-major mapping) in the backend's current matmul precision.
-void CudaBackend::tower_gemm(cublasOperation_t op_a, cublasOperation_t op_b, int m, int n, int k,
-                             const float* A, int lda, const float* B, int ldb, float* C, int ldc) {
+// row-major mapping) in `precision`.
+void CudaBackend::tower_gemm(MatmulPrecision precision, cublasOperation_t op_a,
+                             cublasOperation_t op_b, int m, int n, int k, const float* A, int lda,
+                             const float* B, int ldb, float* C, int ldc) {
   const float one = 1.0f, zero = 0.0f;
-  if (matmul_precision_ == MatmulPrecision::kBF16) {
+  if (precision == MatmulPrecision::kBF16) {
     CUBLAS_CHECK(cublasGemmEx(cublas_, op_a, op_b, m, n, k, &one, A, CUDA_R_32F, lda, B,
                               CUDA_R_32F, ldb, &zero, C, CUDA_R_32F, ldc,
                               CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT));
@@ -204,13 +199,13 @@ void CudaBackend::tower_gemm(cublasOperation_t op_a, cublasOperation_t op_b, int
   }
 }
 
-void CudaBackend::dense_forward(const float* X, int64_t n, int in, const float* W, const float* b,
-                                int out, Activation act, float* Y) {
-  check_dims(n, in, out, "dense_forward");
+void CudaBackend::dense_forward_impl(const float* X, int64_t n, int in, const float* W,
+                                     const float* b, int out, Activation act, float* Y,
+                                     MatmulPrecision precision) {
   if (n == 0) return;
   activate();
   const bool relu = act == Activation::kReLU;
-  if ((out <= kFusedMaxOut && matmul_precision_ == MatmulPrecision::kFP32) || in == 0) {
+  if ((out <= kFusedMaxOut && precision == MatmulPrecision::kFP32) || in == 0) {
     const dim3 grid(static_cast<unsigned>((n + kBM - 1) / kBM),
                     static_cast<unsigned>((out + kBN - 1) / kBN));
     dense_fused_kernel<<<grid, kFusedThreads, 0, stream_>>>(X, W, b, Y, n, in, out, relu);
@@ -218,17 +213,17 @@ void CudaBackend::dense_forward(const float* X, int64_t n, int in, const float* 
     return;
   }
   // Row-major Y = X . W  <=>  column-major Y^T[out x n] = W^T[out x in] . X^T[in x n].
-  tower_gemm(CUBLAS_OP_N, CUBLAS_OP_N, out, static_cast<int>(n), in, W, out, X, in, Y, out);
+  tower_gemm(precision, CUBLAS_OP_N, CUBLAS_OP_N, out, static_cast<int>(n), in, W, out, X, in,
+             Y, out);
   if (b != nullptr || relu) {
     bias_act_kernel<<<grid_for(n * out), kThreads, 0, stream_>>>(Y, b, n, out, relu);
     CUDA_CHECK_LAUNCH(stream_, "bias_act_kernel");
   }
 }
 
-void CudaBackend::dense_backward(const float* X, int64_t n, int in, const float* W, int out,
-                                 Activation act, const float* Y, float* dY, float* dW, float* db,
-                                 float* dX) {
-  check_dims(n, in, out, "dense_backward");
+void CudaBackend::dense_backward_impl(const float* X, int64_t n, int in, const float* W, int out,
+                                      Activation act, const float* Y, float* dY, float* dW,
+                                      float* db, float* dX, MatmulPrecision precision) {
   activate();
   if (n == 0) {
     if (in > 0) CUDA_CHECK(cudaMemsetAsync(dW, 0, sizeof(float) * size_t(in) * out, stream_));
@@ -259,11 +254,11 @@ void CudaBackend::dense_backward(const float* X, int64_t n, int in, const float*
   const int ni = static_cast<int>(n);
   // 2. dW[in x out] = X^T . dZ  <=>  column-major dW^T[out x in] = dZ^T[out x n] . X[n x in],
   //    where X (row-major [n x in]) is column-major X^T[in x n], hence OP_T.
-  tower_gemm(CUBLAS_OP_N, CUBLAS_OP_T, out, in, ni, dY, out, X, in, dW, out);
+  tower_gemm(precision, CUBLAS_OP_N, CUBLAS_OP_T, out, in, ni, dY, out, X, in, dW, out);
   // 3. dX[n x in] = dZ . W^T  <=>  column-major dX^T[in x n] = W[in x out] . dZ^T[out x n],
   //    where W (row-major [in x out]) is column-major W^T[out x in], hence OP_T.
   if (dX != nullptr)
-    tower_gemm(CUBLAS_OP_T, CUBLAS_OP_N, in, ni, out, W, out, dY, out, dX, in);
+    tower_gemm(precision, CUBLAS_OP_T, CUBLAS_OP_N, in, ni, out, W, out, dY, out, dX, in);
 }
 
 }  // namespace towerrec::cuda

@@ -15,13 +15,9 @@ using cpu::worth_parallel;
 
 // ---- embeddings and features ----------------------------------------------------
 
-void CpuBackend::gather_rows(const float* src, int dim, const int32_t* idx, int64_t n, float* out,
-                             int ld_out, int col_off) {
-  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_out,
-                 "gather_rows: bad shape dim=" + std::to_string(dim) + " ld_out=" +
-                     std::to_string(ld_out) + " col_off=" + std::to_string(col_off));
+void CpuBackend::gather_rows_impl(const float* src, int dim, const int32_t* idx, int64_t n,
+                                  float* out, int ld_out, int col_off) {
   if (n == 0) return;
-  TOWERREC_CHECK(src && idx && out, "gather_rows: null pointer");
   // Rows are scattered over a large table: fetch the row 8 ahead while copying.
 #pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * dim))
   for (int64_t r = 0; r < n; ++r) {
@@ -33,14 +29,10 @@ void CpuBackend::gather_rows(const float* src, int dim, const int32_t* idx, int6
   }
 }
 
-void CpuBackend::bag_forward(const float* table, int dim, const int32_t* offsets,
-                             const int32_t* values, const int32_t* idx, int64_t n, float* out,
-                             int ld_out, int col_off) {
-  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_out,
-                 "bag_forward: bad shape dim=" + std::to_string(dim) + " ld_out=" +
-                     std::to_string(ld_out) + " col_off=" + std::to_string(col_off));
+void CpuBackend::bag_forward_impl(const float* table, int dim, const int32_t* offsets,
+                                  const int32_t* values, const int32_t* idx, int64_t n, float* out,
+                                  int ld_out, int col_off) {
   if (n == 0) return;
-  TOWERREC_CHECK(table && offsets && idx && out, "bag_forward: null pointer");
   // Entities are scattered: first their value ranges in a tight loop (many
   // cache misses in flight at once), then the sums, fetching values 8 rows ahead.
   bag_span_.resize(static_cast<size_t>(2 * n));
@@ -69,14 +61,10 @@ void CpuBackend::bag_forward(const float* table, int dim, const int32_t* offsets
   }
 }
 
-void CpuBackend::bag_backward(const float* dout, int ld_dout, int col_off, const int32_t* offsets,
-                              const int32_t* values, const int32_t* idx, int64_t n, int dim,
-                              float* dtable) {
-  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_dout,
-                 "bag_backward: bad shape dim=" + std::to_string(dim) + " ld_dout=" +
-                     std::to_string(ld_dout) + " col_off=" + std::to_string(col_off));
+void CpuBackend::bag_backward_impl(const float* dout, int ld_dout, int col_off,
+                                   const int32_t* offsets, const int32_t* values,
+                                   const int32_t* idx, int64_t n, int dim, float* dtable) {
   if (n == 0) return;
-  TOWERREC_CHECK(dout && offsets && idx && dtable, "bag_backward: null pointer");
   // The value ranges first, in a tight loop (as in bag_forward).
   bag_span_.resize(static_cast<size_t>(2 * n));
   int32_t* span = bag_span_.data();

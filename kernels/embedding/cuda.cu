@@ -68,44 +68,31 @@ __global__ void bag_backward_kernel(const float* __restrict__ dout, int ld_dout,
   }
 }
 
-void check_layout(int dim, int ld, int col_off, const char* op) {
-  TOWERREC_CHECK(dim >= 0 && col_off >= 0 && col_off + dim <= ld,
-                 std::string(op) + ": columns [" + std::to_string(col_off) + ", " +
-                     std::to_string(col_off + dim) + ") do not fit a row of " +
-                     std::to_string(ld));
-}
-
 }  // namespace
 
-void CudaBackend::gather_rows(const float* src, int dim, const int32_t* idx, int64_t n,
-                              float* out, int ld_out, int col_off) {
-  check_layout(dim, ld_out, col_off, "gather_rows");
-  TOWERREC_CHECK(n >= 0, "gather_rows: negative n");
-  if (n == 0 || dim == 0) return;
+void CudaBackend::gather_rows_impl(const float* src, int dim, const int32_t* idx, int64_t n,
+                                   float* out, int ld_out, int col_off) {
+  if (n == 0) return;
   activate();
   gather_rows_kernel<<<grid_for(n * dim), kThreads, 0, stream_>>>(src, dim, idx, n, out, ld_out,
                                                                    col_off);
   CUDA_CHECK_LAUNCH(stream_, "gather_rows_kernel");
 }
 
-void CudaBackend::bag_forward(const float* table, int dim, const int32_t* offsets,
-                              const int32_t* values, const int32_t* idx, int64_t n, float* out,
-                              int ld_out, int col_off) {
-  check_layout(dim, ld_out, col_off, "bag_forward");
-  TOWERREC_CHECK(n >= 0, "bag_forward: negative n");
-  if (n == 0 || dim == 0) return;
+void CudaBackend::bag_forward_impl(const float* table, int dim, const int32_t* offsets,
+                                   const int32_t* values, const int32_t* idx, int64_t n, float* out,
+                                   int ld_out, int col_off) {
+  if (n == 0) return;
   activate();
   bag_forward_kernel<<<warp_grid(n), dim3(32, kWarpsPerBlock), 0, stream_>>>(
       table, dim, offsets, values, idx, n, out, ld_out, col_off);
   CUDA_CHECK_LAUNCH(stream_, "bag_forward_kernel");
 }
 
-void CudaBackend::bag_backward(const float* dout, int ld_dout, int col_off,
-                               const int32_t* offsets, const int32_t* values, const int32_t* idx,
-                               int64_t n, int dim, float* dtable) {
-  check_layout(dim, ld_dout, col_off, "bag_backward");
-  TOWERREC_CHECK(n >= 0, "bag_backward: negative n");
-  if (n == 0 || dim == 0) return;
+void CudaBackend::bag_backward_impl(const float* dout, int ld_dout, int col_off,
+                                    const int32_t* offsets, const int32_t* values,
+                                    const int32_t* idx, int64_t n, int dim, float* dtable) {
+  if (n == 0) return;
   activate();
   bag_backward_kernel<<<warp_grid(n), dim3(32, kWarpsPerBlock), 0, stream_>>>(
       dout, ld_dout, col_off, offsets, values, idx, n, dim, dtable);

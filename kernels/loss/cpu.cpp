@@ -18,7 +18,6 @@
 namespace towerrec {
 
 using cpu::worth_parallel;
-using cpu::check_blas_dim;
 
 // ---- loss ------------------------------------------------------------------------
 
@@ -28,31 +27,17 @@ namespace {
 // order), so the float64 loss does not depend on the thread count.
 constexpr int64_t kLossChunk = 1024;
 
-// Shape and pointer checks shared by the pair losses. `labels`: the loss reads
-// pb.label; `item_csr`: it reduces dV through the item CSR.
-void check_pair_batch(const char* op, const float* U, const float* V, int d, const PairBatch& pb,
-                      const float* dU, const float* dV, const float* pair_grad,
-                      const float* loss_out, bool labels, bool item_csr) {
-  const std::string name(op);
-  TOWERREC_CHECK(d > 0 && pb.n_pairs >= 0 && pb.n_users >= 0 && pb.n_items >= 0,
-                 name + ": bad shape");
-  TOWERREC_CHECK(loss_out, name + ": null loss_out");
+// The CSR arrays cover the pairs (the entry points in host/backend.cpp check
+// shapes and pointers; this reads the offsets, which only the CPU can do
+// without a copy). `item_csr`: the loss reduces dV through the item CSR.
+void check_csr_covers(const char* op, const PairBatch& pb, bool item_csr) {
   const int64_t np = pb.n_pairs;
-  if (np > 0)
-    TOWERREC_CHECK(U && V && pair_grad && pb.user && pb.item && (!labels || pb.label),
-                   name + ": null pointer");
-  if (pb.n_users > 0) TOWERREC_CHECK(dU && pb.user_offsets, name + ": null dU/user CSR");
-  if (pb.n_items > 0)
-    TOWERREC_CHECK(dV && (!item_csr || pb.item_offsets), name + ": null dV/item CSR");
-  if (np > 0) {
-    TOWERREC_CHECK(pb.user_pairs && (!item_csr || pb.item_pairs),
-                   name + ": null CSR pair lists");
-    TOWERREC_CHECK(pb.n_users > 0 && pb.user_offsets[pb.n_users] == np,
-                   name + ": user CSR does not cover the pairs");
-    if (item_csr)
-      TOWERREC_CHECK(pb.n_items > 0 && pb.item_offsets[pb.n_items] == np,
-                     name + ": item CSR does not cover the pairs");
-  }
+  if (np == 0) return;
+  TOWERREC_CHECK(pb.user_offsets[pb.n_users] == np,
+                 std::string(op) + ": user CSR does not cover the pairs");
+  if (item_csr)
+    TOWERREC_CHECK(pb.item_offsets[pb.n_items] == np,
+                   std::string(op) + ": item CSR does not cover the pairs");
 }
 
 // dU[u] = sum_{p: user_p = u} g_p V[item_p] and dV[i] = sum_{p: item_p = i} g_p U[user_p],
@@ -116,10 +101,10 @@ inline float dot(const float* a, const float* b, int d) {
 
 }  // namespace
 
-void CpuBackend::logistic_loss(const float* U, const float* V, int d, const PairBatch& pb,
-                               float scale, float* dU, float* dV, float* pair_grad,
-                               float* loss_out) {
-  check_pair_batch("logistic_loss", U, V, d, pb, dU, dV, pair_grad, loss_out, true, true);
+void CpuBackend::logistic_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
+                                    float scale, float* dU, float* dV, float* pair_grad,
+                                    float* loss_out) {
+  check_csr_covers("logistic_loss", pb, true);
   const int64_t np = pb.n_pairs;
 
   // Pass 1: scores, pair gradients, and the loss summed in double over fixed
@@ -166,14 +151,11 @@ void CpuBackend::logistic_loss(const float* U, const float* V, int d, const Pair
 // groups: each group computes its k + 1 scores, the loss terms (summed in double
 // in group order) and the pair gradients; pass 2 is the logistic loss's CSR
 // reduction.
-void CpuBackend::bpr_loss(const float* U, const float* V, int d, const PairBatch& pb, int group,
-                          float scale, float* dU, float* dV, float* pair_grad,
-                          float* loss_out) {
-  check_pair_batch("bpr_loss", U, V, d, pb, dU, dV, pair_grad, loss_out, false, true);
+void CpuBackend::bpr_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
+                               int group, float scale, float* dU, float* dV, float* pair_grad,
+                               float* loss_out) {
+  check_csr_covers("bpr_loss", pb, true);
   const int64_t np = pb.n_pairs;
-  TOWERREC_CHECK(group >= 2 && np % group == 0,
-                 "bpr_loss: n_pairs=" + std::to_string(np) + " is not a multiple of group=" +
-                     std::to_string(group) + " (group must be >= 2)");
   const int64_t n_groups = np / group;
   for (int64_t g = 0; g < n_groups; ++g)
     for (int j = 1; j < group; ++j)
@@ -221,33 +203,20 @@ void CpuBackend::bpr_loss(const float* U, const float* V, int d, const PairBatch
 //  5. pair_rows = dZ . V (sgemm), then dU[u] = sum of pair_rows[p] over the user's
 //     pairs in CSR order.
 // Losses are summed per fixed chunk of rows in double, chunk partials in order.
-void CpuBackend::softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
-                              const float* log_q, float temperature, float scale, float* dU,
-                              float* dV, float* logits, float* pair_rows, float* loss_out,
-                              int64_t item_tile) {
-  TOWERREC_CHECK(d > 0 && pb.n_pairs >= 0 && pb.n_users >= 0 && pb.n_items >= 0,
-                 "softmax_loss: bad shape");
-  TOWERREC_CHECK(temperature > 0.0f && std::isfinite(temperature),
-                 "softmax_loss: temperature must be positive, got " + std::to_string(temperature));
-  TOWERREC_CHECK(loss_out, "softmax_loss: null loss_out");
+void CpuBackend::softmax_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
+                                   const float* log_q, float temperature, float scale, float* dU,
+                                   float* dV, float* logits, float* pair_rows, float* loss_out,
+                                   int64_t item_tile) {
   const int64_t np = pb.n_pairs;
   const int64_t ni = pb.n_items;
   const int32_t nu = pb.n_users;
-  if (nu > 0) TOWERREC_CHECK(dU && pb.user_offsets, "softmax_loss: null dU/user CSR");
-  if (ni > 0) TOWERREC_CHECK(dV, "softmax_loss: null dV");
   if (np == 0) {
     if (nu > 0) fill(dU, int64_t{nu} * d, 0.0f);
     if (ni > 0) fill(dV, ni * d, 0.0f);
     *loss_out = 0.0f;
     return;
   }
-  TOWERREC_CHECK(U && V && logits && pair_rows && pb.user && pb.item && pb.user_pairs,
-                 "softmax_loss: null pointer");
-  TOWERREC_CHECK(ni > 0, "softmax_loss: pairs but no items");
-  TOWERREC_CHECK(nu > 0 && pb.user_offsets[nu] == np,
-                 "softmax_loss: user CSR does not cover the pairs");
-  check_blas_dim(np, "softmax_loss: n_pairs");
-  check_blas_dim(ni, "softmax_loss: n_items");
+  check_csr_covers("softmax_loss", pb, false);
   const int inp = static_cast<int>(np), ini = static_cast<int>(ni);
 
   // 1. Gather the user row of every pair.
@@ -391,32 +360,20 @@ void CpuBackend::softmax_loss_tiled(const float* V, int d, const PairBatch& pb,
 // (sgemm), per row the loss terms (summed in double, block after block) and
 // dz written over S; dV_blk = dz^T . P and dP (+)= dz . V_blk (sgemm); then dU
 // from dP in CSR order. Untiled, dP overwrites P once dV has read it.
-void CpuBackend::ccl_loss(const float* U, const float* V, int d, const PairBatch& pb,
-                          const float* log_q, float margin, float neg_weight, float scale,
-                          float* dU, float* dV, float* logits, float* pair_rows, float* loss_out,
-                          int64_t item_tile) {
-  TOWERREC_CHECK(d > 0 && pb.n_pairs >= 0 && pb.n_users >= 0 && pb.n_items >= 0,
-                 "ccl_loss: bad shape");
-  TOWERREC_CHECK(std::isfinite(margin) && std::isfinite(neg_weight) && neg_weight >= 0.0f,
-                 "ccl_loss: margin must be finite and neg_weight finite and >= 0");
-  TOWERREC_CHECK(loss_out, "ccl_loss: null loss_out");
+void CpuBackend::ccl_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
+                               const float* log_q, float margin, float neg_weight, float scale,
+                               float* dU, float* dV, float* logits, float* pair_rows,
+                               float* loss_out, int64_t item_tile) {
   const int64_t np = pb.n_pairs;
   const int64_t ni = pb.n_items;
   const int32_t nu = pb.n_users;
-  if (nu > 0) TOWERREC_CHECK(dU && pb.user_offsets, "ccl_loss: null dU/user CSR");
-  if (ni > 0) TOWERREC_CHECK(dV, "ccl_loss: null dV");
   if (np == 0) {
     if (nu > 0) fill(dU, int64_t{nu} * d, 0.0f);
     if (ni > 0) fill(dV, ni * d, 0.0f);
     *loss_out = 0.0f;
     return;
   }
-  TOWERREC_CHECK(U && V && logits && pair_rows && pb.user && pb.item && pb.user_pairs,
-                 "ccl_loss: null pointer");
-  TOWERREC_CHECK(ni > 0, "ccl_loss: pairs but no items");
-  TOWERREC_CHECK(nu > 0 && pb.user_offsets[nu] == np, "ccl_loss: user CSR does not cover the pairs");
-  check_blas_dim(np, "ccl_loss: n_pairs");
-  check_blas_dim(ni, "ccl_loss: n_items");
+  check_csr_covers("ccl_loss", pb, false);
   const int inp = static_cast<int>(np);
   const int64_t tile = item_tile > 0 && item_tile < ni ? item_tile : ni;
 #pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np * d))

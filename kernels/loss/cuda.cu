@@ -420,23 +420,6 @@ void launch_row_grad(const float* U, const float* V, int d, const PairBatch& pb,
   CUDA_CHECK_LAUNCH(stream, "row_grad_kernel");
 }
 
-// Shape and pointer checks of a pair loss; `item_csr`: the loss reduces dV
-// through the item CSR (softmax_loss does not).
-void check_pairs(const float* U, const float* V, int d, const PairBatch& pb, float* dU,
-                 float* dV, float* loss_out, const char* op, bool item_csr) {
-  TOWERREC_CHECK(d > 0 && pb.n_pairs >= 0 && pb.n_users >= 0 && pb.n_items >= 0,
-                 std::string(op) + ": bad shape d=" + std::to_string(d) +
-                     " n_pairs=" + std::to_string(pb.n_pairs));
-  TOWERREC_CHECK(loss_out != nullptr, std::string(op) + ": null loss_out");
-  if (pb.n_users > 0)
-    TOWERREC_CHECK(dU && pb.user_offsets, std::string(op) + ": null dU/user CSR");
-  if (pb.n_items > 0)
-    TOWERREC_CHECK(dV && (!item_csr || pb.item_offsets), std::string(op) + ": null dV/item CSR");
-  if (pb.n_pairs > 0)
-    TOWERREC_CHECK(U && V && pb.user && pb.item && pb.user_pairs && (!item_csr || pb.item_pairs),
-                   std::string(op) + ": null pointer");
-}
-
 int loss_blocks(int64_t n_warps) {
   const int64_t b = (n_warps + kLossWarps - 1) / kLossWarps;
   return static_cast<int>(b < 1 ? 1 : (b > kMaxLossBlocks ? kMaxLossBlocks : b));
@@ -444,19 +427,9 @@ int loss_blocks(int64_t n_warps) {
 
 }  // namespace
 
-void CudaBackend::logistic_loss(const float* U, const float* V, int d, const PairBatch& pb,
-                                float scale, float* dU, float* dV, float* pair_grad,
-                                float* loss_out) {
-  TOWERREC_CHECK(d > 0 && pb.n_pairs >= 0 && pb.n_users >= 0 && pb.n_items >= 0,
-                 "logistic_loss: bad shape d=" + std::to_string(d) +
-                     " n_pairs=" + std::to_string(pb.n_pairs));
-  TOWERREC_CHECK(loss_out != nullptr, "logistic_loss: null loss_out");
-  if (pb.n_users > 0) TOWERREC_CHECK(dU && pb.user_offsets, "logistic_loss: null dU/user CSR");
-  if (pb.n_items > 0) TOWERREC_CHECK(dV && pb.item_offsets, "logistic_loss: null dV/item CSR");
-  if (pb.n_pairs > 0)
-    TOWERREC_CHECK(U && V && pair_grad && pb.user && pb.item && pb.label && pb.user_pairs &&
-                       pb.item_pairs,
-                   "logistic_loss: null pointer");
+void CudaBackend::logistic_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
+                                     float scale, float* dU, float* dV, float* pair_grad,
+                                     float* loss_out) {
   activate();
 
   const int64_t blocks64 = (pb.n_pairs + kLossWarps - 1) / kLossWarps;
@@ -473,14 +446,9 @@ void CudaBackend::logistic_loss(const float* U, const float* V, int d, const Pai
 }
 
 
-void CudaBackend::bpr_loss(const float* U, const float* V, int d, const PairBatch& pb, int group,
-                           float scale, float* dU, float* dV, float* pair_grad,
-                           float* loss_out) {
-  check_pairs(U, V, d, pb, dU, dV, loss_out, "bpr_loss", true);
-  TOWERREC_CHECK(group >= 2 && pb.n_pairs % group == 0,
-                 "bpr_loss: n_pairs=" + std::to_string(pb.n_pairs) +
-                     " is not a multiple of group=" + std::to_string(group) + " (group >= 2)");
-  if (pb.n_pairs > 0) TOWERREC_CHECK(pair_grad != nullptr, "bpr_loss: null pair_grad");
+void CudaBackend::bpr_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
+                                int group, float scale, float* dU, float* dV, float* pair_grad,
+                                float* loss_out) {
   activate();
 
   const int64_t n_groups = pb.n_pairs / group;
@@ -494,19 +462,15 @@ void CudaBackend::bpr_loss(const float* U, const float* V, int d, const PairBatc
   launch_row_grad(U, V, d, pb, pair_grad, dU, dV, stream_);
 }
 
-void CudaBackend::softmax_loss(const float* U, const float* V, int d, const PairBatch& pb,
-                               const float* log_q, float temperature, float scale, float* dU,
-                               float* dV, float* logits, float* pair_rows, float* loss_out,
-                               int64_t item_tile) {
-  check_pairs(U, V, d, pb, dU, dV, loss_out, "softmax_loss", false);
-  TOWERREC_CHECK(temperature > 0.0f && std::isfinite(temperature),
-                 "softmax_loss: temperature must be positive, got " + std::to_string(temperature));
+void CudaBackend::softmax_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
+                                    const float* log_q, float temperature, float scale, float* dU,
+                                    float* dV, float* logits, float* pair_rows, float* loss_out,
+                                    int64_t item_tile) {
   const int64_t P = pb.n_pairs, I = pb.n_items;
   if (P > 0) {
-    TOWERREC_CHECK(I > 0, "softmax_loss: pairs but no items");
-    TOWERREC_CHECK(logits && pair_rows, "softmax_loss: null scratch");
+    // This backend's limit on one call's logits (one block of them when tiled).
     const int64_t cols = item_tile > 0 && item_tile < I ? item_tile : I;
-    TOWERREC_CHECK(P <= INT_MAX && I <= INT_MAX && P * cols <= int64_t{1} << 40,
+    TOWERREC_CHECK(P * cols <= int64_t{1} << 40,
                    "softmax_loss: logits too large (" + std::to_string(P) + " x " +
                        std::to_string(I) + ")");
   }
@@ -614,19 +578,15 @@ void CudaBackend::softmax_tiled(const float* V, int d, const PairBatch& pb, cons
   }
 }
 
-void CudaBackend::ccl_loss(const float* U, const float* V, int d, const PairBatch& pb,
-                           const float* log_q, float margin, float neg_weight, float scale,
-                           float* dU, float* dV, float* logits, float* pair_rows, float* loss_out,
-                           int64_t item_tile) {
-  check_pairs(U, V, d, pb, dU, dV, loss_out, "ccl_loss", false);
-  TOWERREC_CHECK(std::isfinite(margin) && std::isfinite(neg_weight) && neg_weight >= 0.0f,
-                 "ccl_loss: margin must be finite and neg_weight finite and >= 0");
+void CudaBackend::ccl_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
+                                const float* log_q, float margin, float neg_weight, float scale,
+                                float* dU, float* dV, float* logits, float* pair_rows,
+                                float* loss_out, int64_t item_tile) {
   const int64_t P = pb.n_pairs, I = pb.n_items;
   const int64_t tile = item_tile > 0 && item_tile < I ? item_tile : I;
   if (P > 0) {
-    TOWERREC_CHECK(I > 0, "ccl_loss: pairs but no items");
-    TOWERREC_CHECK(logits && pair_rows, "ccl_loss: null scratch");
-    TOWERREC_CHECK(P <= INT_MAX && I <= INT_MAX && P * tile <= int64_t{1} << 40,
+    // This backend's limit on one call's logits (one block of them).
+    TOWERREC_CHECK(P * tile <= int64_t{1} << 40,
                    "ccl_loss: logits too large (" + std::to_string(P) + " x " +
                        std::to_string(tile) + ")");
   }

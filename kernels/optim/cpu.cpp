@@ -61,11 +61,9 @@ inline void prefetch_row(const float* p, int64_t n) {
 
 // ---- optimizers ----------------------------------------------------------------------
 
-void CpuBackend::adam(float* param, const float* grad, float* m, float* v, int64_t n,
-                      const AdamParams& p) {
-  TOWERREC_CHECK(n >= 0 && p.step >= 1, "adam: bad size or step");
+void CpuBackend::adam_impl(float* param, const float* grad, float* m, float* v, int64_t n,
+                           const AdamParams& p) {
   if (n == 0) return;
-  TOWERREC_CHECK(param && grad && m && v, "adam: null pointer");
   const math::AdamStep s =
       math::make_adam_step(p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step);
   constexpr int64_t kSpan = 4096;
@@ -77,14 +75,10 @@ void CpuBackend::adam(float* param, const float* grad, float* m, float* v, int64
   }
 }
 
-void CpuBackend::sparse_adam(float* table, float* m, float* v, int dim, const int32_t* rows,
-                             int64_t n, const float* grad, int ld_grad, int col_off,
-                             const AdamParams& p) {
-  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_grad &&
-                     p.step >= 1,
-                 "sparse_adam: bad shape or step");
+void CpuBackend::sparse_adam_impl(float* table, float* m, float* v, int dim, const int32_t* rows,
+                                  int64_t n, const float* grad, int ld_grad, int col_off,
+                                  const AdamParams& p) {
   if (n == 0) return;
-  TOWERREC_CHECK(table && m && v && rows && grad, "sparse_adam: null pointer");
   const math::AdamStep s =
       math::make_adam_step(p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step);
   // Rows are distinct (contract), so rows can be updated in parallel. The rows are
@@ -103,21 +97,17 @@ void CpuBackend::sparse_adam(float* table, float* m, float* v, int dim, const in
   }
 }
 
-void CpuBackend::sgd(float* param, const float* grad, int64_t n, float lr, float weight_decay) {
-  TOWERREC_CHECK(n >= 0, "sgd: negative size");
+void CpuBackend::sgd_impl(float* param, const float* grad, int64_t n, float lr,
+                          float weight_decay) {
   if (n == 0) return;
-  TOWERREC_CHECK(param && grad, "sgd: null pointer");
 #pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n))
   for (int64_t i = 0; i < n; ++i) param[i] -= lr * (grad[i] + weight_decay * param[i]);
 }
 
-void CpuBackend::sparse_sgd(float* table, int dim, const int32_t* rows, int64_t n,
-                            const float* grad, int ld_grad, int col_off, float lr,
-                            float weight_decay) {
-  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_grad,
-                 "sparse_sgd: bad shape");
+void CpuBackend::sparse_sgd_impl(float* table, int dim, const int32_t* rows, int64_t n,
+                                 const float* grad, int ld_grad, int col_off, float lr,
+                                 float weight_decay) {
   if (n == 0) return;
-  TOWERREC_CHECK(table && rows && grad, "sparse_sgd: null pointer");
   // The contract does not require distinct rows here: apply updates in row order,
   // parallel only over columns. The table row kSparseAhead rows ahead is prefetched.
   for_column_ranges(threads_, dim, n * dim, [&](int c0, int c1) {

@@ -73,18 +73,11 @@ __global__ void sparse_sgd_kernel(float* __restrict__ table, int dim,
   }
 }
 
-void check_rows(int dim, int64_t n, int ld_grad, int col_off, const char* op) {
-  TOWERREC_CHECK(n >= 0 && dim > 0 && col_off >= 0 && int64_t{col_off} + dim <= ld_grad,
-                 std::string(op) + ": bad shape dim=" + std::to_string(dim) +
-                     " ld_grad=" + std::to_string(ld_grad) + " col_off=" +
-                     std::to_string(col_off));
-}
 
 }  // namespace
 
-void CudaBackend::adam(float* param, const float* grad, float* m, float* v, int64_t n,
-                       const AdamParams& p) {
-  TOWERREC_CHECK(n >= 0 && p.step >= 1, "adam: bad size or step");
+void CudaBackend::adam_impl(float* param, const float* grad, float* m, float* v, int64_t n,
+                            const AdamParams& p) {
   if (n == 0) return;
   activate();
   const math::AdamStep s =
@@ -93,11 +86,9 @@ void CudaBackend::adam(float* param, const float* grad, float* m, float* v, int6
   CUDA_CHECK_LAUNCH(stream_, "adam_kernel");
 }
 
-void CudaBackend::sparse_adam(float* table, float* m, float* v, int dim, const int32_t* rows,
-                              int64_t n, const float* grad, int ld_grad, int col_off,
-                              const AdamParams& p) {
-  check_rows(dim, n, ld_grad, col_off, "sparse_adam");
-  TOWERREC_CHECK(p.step >= 1, "sparse_adam: step must be >= 1");
+void CudaBackend::sparse_adam_impl(float* table, float* m, float* v, int dim, const int32_t* rows,
+                                   int64_t n, const float* grad, int ld_grad, int col_off,
+                                   const AdamParams& p) {
   if (n == 0) return;
   activate();
   const math::AdamStep s =
@@ -107,18 +98,17 @@ void CudaBackend::sparse_adam(float* table, float* m, float* v, int dim, const i
   CUDA_CHECK_LAUNCH(stream_, "sparse_adam_kernel");
 }
 
-void CudaBackend::sgd(float* param, const float* grad, int64_t n, float lr, float weight_decay) {
-  TOWERREC_CHECK(n >= 0, "sgd: negative size");
+void CudaBackend::sgd_impl(float* param, const float* grad, int64_t n, float lr,
+                           float weight_decay) {
   if (n == 0) return;
   activate();
   sgd_kernel<<<grid_for(n), kThreads, 0, stream_>>>(param, grad, n, lr, weight_decay);
   CUDA_CHECK_LAUNCH(stream_, "sgd_kernel");
 }
 
-void CudaBackend::sparse_sgd(float* table, int dim, const int32_t* rows, int64_t n,
-                             const float* grad, int ld_grad, int col_off, float lr,
-                             float weight_decay) {
-  check_rows(dim, n, ld_grad, col_off, "sparse_sgd");
+void CudaBackend::sparse_sgd_impl(float* table, int dim, const int32_t* rows, int64_t n,
+                                  const float* grad, int ld_grad, int col_off, float lr,
+                                  float weight_decay) {
   if (n == 0) return;
   activate();
   sparse_sgd_kernel<<<warp_grid(n), dim3(32, kWarpsPerBlock), 0, stream_>>>(

@@ -16,7 +16,6 @@
 namespace towerrec {
 
 using cpu::worth_parallel;
-using cpu::check_blas_dim;
 
 namespace {
 
@@ -128,17 +127,12 @@ void CpuBackend::set_topk_item_chunk(int64_t items) {
   topk_item_chunk_ = items;
 }
 
-void CpuBackend::topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d,
-                      int k, const int64_t* excl_offsets, const int32_t* excl_items,
-                      int32_t* out_items, float* out_scores) {
-  TOWERREC_CHECK(n_users >= 0 && n_items >= 0 && d > 0 && k > 0,
-                 "topk: bad shape n_users=" + std::to_string(n_users) + " n_items=" +
-                     std::to_string(n_items) + " d=" + std::to_string(d) +
-                     " k=" + std::to_string(k));
+void CpuBackend::topk_impl(const float* U, int64_t n_users, const float* V, int64_t n_items, int d,
+                           int k, const int64_t* excl_offsets, const int32_t* excl_items,
+                           int32_t* out_items, float* out_scores,
+                           const TopkPolicy& /*policy: one version, float32*/) {
   if (n_users == 0) return;
-  TOWERREC_CHECK(U && out_items && out_scores, "topk: null pointer");
-  TOWERREC_CHECK(n_items == 0 || V, "topk: null V");
-  check_blas_dim(n_items, "topk: n_items");
+  // The exclusion lists (the entry point checked the shapes and pointers).
   if (excl_offsets) {
     TOWERREC_CHECK(excl_offsets[n_users] == 0 || excl_items, "topk: null excl_items");
     for (int64_t r = 0; r < n_users; ++r)

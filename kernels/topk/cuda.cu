@@ -29,7 +29,7 @@
 //   the current k-th best key. When fewer than one round (256) of free slots
 //   remain, cub::BlockRadixSort sorts the buffer and it is cut back to k.
 //
-//   Precision of the score GEMM (TopkPrecision; env TOWERREC_TOPK_PRECISION):
+//   Precision of the score GEMM (TopkPolicy::precision, options.h):
 //     fp32  cublasSgemm, plain FP32 (default; agrees with the CPU reference)
 //     tf32  cublasGemmEx with CUBLAS_COMPUTE_32F_FAST_TF32: FP32 in and out,
 //           tensor-core products of inputs rounded to TF32 (10-bit mantissa)
@@ -51,7 +51,7 @@
 //   than 192 keys are buffered, a warp bitonic sort cuts the buffer back to k.
 //   Shared memory: 2 + 16.3 + 16 + 4 KiB = 38.3 KiB per block.
 //
-// Which version runs (TopkPath; env TOWERREC_TOPK_PATH=auto|fused|gemm):
+// Which version runs (TopkPolicy::path, options.h):
 //   auto  fused when precision is fp32, d <= 64 and k <= 128, else gemm. The
 //         fused kernel saves writing and re-reading the users x items score
 //         matrix but runs its FMAs on CUDA cores rather than through cuBLAS; the
@@ -67,6 +67,7 @@
 #include <cstring>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/topk/cuda_tile.cuh"
 
 namespace towerrec::cuda {
 
@@ -305,41 +306,8 @@ __global__ void __launch_bounds__(kFusedThreads)
 
 }  // namespace
 
-const char* topk_precision_name(TopkPrecision p) {
-  switch (p) {
-    case TopkPrecision::kFP32: return "fp32";
-    case TopkPrecision::kTF32: return "tf32";
-    case TopkPrecision::kBF16: return "bf16";
-  }
-  return "?";
-}
-
-// ---- settings --------------------------------------------------------------------------
-
-TopkPrecision parse_topk_precision(const std::string& s) {
-  if (s == "fp32") return TopkPrecision::kFP32;
-  if (s == "tf32") return TopkPrecision::kTF32;
-  if (s == "bf16") return TopkPrecision::kBF16;
-  throw Error("top-K precision '" + s + "': expected fp32, tf32 or bf16");
-}
-
-TopkPath parse_topk_path(const std::string& s) {
-  if (s == "auto") return TopkPath::kAuto;
-  if (s == "fused") return TopkPath::kFused;
-  if (s == "gemm") return TopkPath::kGemm;
-  throw Error("top-K path '" + s + "': expected auto, fused or gemm");
-}
-
-std::string topk_settings_note(TopkPrecision precision, TopkPath path) {
-  std::string s;
-  if (precision != TopkPrecision::kFP32) s += std::string(", top-K ") + topk_precision_name(precision);
-  if (path == TopkPath::kFused) s += ", top-K fused";
-  if (path == TopkPath::kGemm) s += ", top-K gemm";
-  return s;
-}
-
-bool CudaBackend::topk_fused_supported(int d, int k) const {
-  return topk_precision_ == TopkPrecision::kFP32 && d <= kFusedMaxD && k <= kFusedMaxK;
+bool CudaBackend::topk_fused_supported(TopkPrecision precision, int d, int k) {
+  return precision == TopkPrecision::kFP32 && d <= kFusedMaxD && k <= kFusedMaxK;
 }
 
 // Users per call for recommend_topk; topk's own scratch is bounded by the tile
@@ -363,28 +331,22 @@ int64_t CudaBackend::preferred_topk_users(int32_t /*n_items*/, int d, int k) con
 
 // ---- the op ------------------------------------------------------------------------------
 
-void CudaBackend::topk(const float* U, int64_t n_users, const float* V, int64_t n_items, int d,
-                       int k, const int64_t* excl_offsets, const int32_t* excl_items,
-                       int32_t* out_items, float* out_scores) {
-  TOWERREC_CHECK(n_users >= 0 && n_items >= 0 && n_items <= INT_MAX && d > 0 && k > 0,
-                 "topk: bad shape n_users=" + std::to_string(n_users) +
-                     " n_items=" + std::to_string(n_items) + " d=" + std::to_string(d) +
-                     " k=" + std::to_string(k));
+void CudaBackend::topk_impl(const float* U, int64_t n_users, const float* V, int64_t n_items,
+                            int d, int k, const int64_t* excl_offsets, const int32_t* excl_items,
+                            int32_t* out_items, float* out_scores, const TopkPolicy& policy) {
   TOWERREC_CHECK(k <= kMaxK, "topk: k=" + std::to_string(k) + " exceeds the CUDA backend's " +
                                  "maximum of " + std::to_string(kMaxK));
-  const bool fused_ok = topk_fused_supported(d, k);
-  if (topk_path_ == TopkPath::kFused)
+  const bool fused_ok = topk_fused_supported(policy.precision, d, k);
+  if (policy.path == TopkPath::kFused)
     TOWERREC_CHECK(fused_ok, "topk: the fused path needs fp32 precision, d <= " +
                                  std::to_string(kFusedMaxD) + " and k <= " +
                                  std::to_string(kFusedMaxK) + " (got " +
-                                 topk_precision_name(topk_precision_) + ", d=" + std::to_string(d) +
+                                 to_string(policy.precision) + ", d=" + std::to_string(d) +
                                  ", k=" + std::to_string(k) + "); use the gemm path");
   if (n_users == 0) return;
-  TOWERREC_CHECK(U && out_items && out_scores, "topk: null pointer");
-  TOWERREC_CHECK(n_items == 0 || V, "topk: null V");
   activate();
 
-  if (topk_path_ != TopkPath::kGemm && fused_ok) {
+  if (policy.path != TopkPath::kGemm && fused_ok) {
     const int64_t blocks = (n_users + kFusedWarps - 1) / kFusedWarps;
     TOWERREC_CHECK(blocks <= INT_MAX, "topk: too many users for one call");
     topk_fused_kernel<<<static_cast<unsigned>(blocks), kFusedThreads, 0, stream_>>>(
@@ -397,9 +359,8 @@ void CudaBackend::topk(const float* U, int64_t n_users, const float* V, int64_t 
   const int64_t ic = std::max<int64_t>(1, std::min<int64_t>(n_items, topk_items_per_tile_));
   Scratch<float> S(*this, n_items > 0 ? ub * ic : 0);
   Scratch<Key> best(*this, ub * k);
-  const bool bf16 = topk_precision_ == TopkPrecision::kBF16;
+  const bool bf16 = policy.precision == TopkPrecision::kBF16;
   Scratch<__nv_bfloat16> Ub(*this, bf16 ? ub * d : 0), Vb(*this, bf16 && n_items > 0 ? ic * d : 0);
-  const float one = 1.0f, zero = 0.0f;
 
   for (int64_t u0 = 0; u0 < n_users; u0 += ub) {
     const int64_t nb = std::min(ub, n_users - u0);
@@ -409,26 +370,13 @@ void CudaBackend::topk(const float* U, int64_t n_users, const float* V, int64_t 
     }
     for (int64_t c0 = 0; c0 < n_items; c0 += ic) {
       const int64_t nc = std::min(ic, n_items - c0);
-      // Row-major S[nb x nc] = U_blk . V_chunk^T  <=>  column-major S^T[nc x nb] =
-      // V_chunk (column-major V_chunk^T[d x nc], hence OP_T) . U_blk^T[d x nb].
-      const int m = static_cast<int>(nc), n = static_cast<int>(nb);
-      switch (topk_precision_) {
-        case TopkPrecision::kFP32:
-          CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, d, &one, V + c0 * d,
-                                   d, U + u0 * d, d, &zero, S.get(), m));
-          break;
-        case TopkPrecision::kTF32:
-          CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, d, &one, V + c0 * d,
-                                    CUDA_R_32F, d, U + u0 * d, CUDA_R_32F, d, &zero, S.get(),
-                                    CUDA_R_32F, m, CUBLAS_COMPUTE_32F_FAST_TF32,
-                                    CUBLAS_GEMM_DEFAULT));
-          break;
-        case TopkPrecision::kBF16:
-          to_bf16(stream_, V + c0 * d, nc * d, Vb.get());
-          CUBLAS_CHECK(cublasGemmEx(cublas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, d, &one, Vb.get(),
-                                    CUDA_R_16BF, d, Ub.get(), CUDA_R_16BF, d, &zero, S.get(),
-                                    CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-          break;
+      // S[nb x nc] = U_blk . V_chunk^T (kernels/topk/cuda_tile.cuh); in bf16 from the
+      // converted block and chunk.
+      if (bf16) {
+        to_bf16(stream_, V + c0 * d, nc * d, Vb.get());
+        topk_score_gemm(cublas_, policy.precision, Vb.get(), Ub.get(), 0, 0, nc, nb, d, S.get());
+      } else {
+        topk_score_gemm(cublas_, policy.precision, V, U, c0, u0, nc, nb, d, S.get());
       }
       if (excl_offsets != nullptr) {
         mark_excluded_kernel<<<static_cast<unsigned>(nb), kThreads, 0, stream_>>>(

@@ -14,11 +14,8 @@ using cpu::worth_parallel;
 
 // ---- embedding transforms ----------------------------------------------------------
 
-void CpuBackend::l2_normalize(const float* X, int64_t n, int d, float* Y, float* inv_norm) {
-  TOWERREC_CHECK(n >= 0 && d > 0, "l2_normalize: bad shape n=" + std::to_string(n) +
-                                      " d=" + std::to_string(d));
+void CpuBackend::l2_normalize_impl(const float* X, int64_t n, int d, float* Y, float* inv_norm) {
   if (n == 0) return;
-  TOWERREC_CHECK(X && Y && inv_norm, "l2_normalize: null pointer");
 #pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * d))
   for (int64_t r = 0; r < n; ++r) {
     const float* x = X + r * d;
@@ -31,12 +28,9 @@ void CpuBackend::l2_normalize(const float* X, int64_t n, int d, float* Y, float*
   }
 }
 
-void CpuBackend::l2_normalize_backward(const float* Y, const float* inv_norm, const float* dY,
-                                       int64_t n, int d, float* dX) {
-  TOWERREC_CHECK(n >= 0 && d > 0, "l2_normalize_backward: bad shape n=" + std::to_string(n) +
-                                      " d=" + std::to_string(d));
+void CpuBackend::l2_normalize_backward_impl(const float* Y, const float* inv_norm, const float* dY,
+                                            int64_t n, int d, float* dX) {
   if (n == 0) return;
-  TOWERREC_CHECK(Y && inv_norm && dY && dX, "l2_normalize_backward: null pointer");
 #pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * d))
   for (int64_t r = 0; r < n; ++r) {
     const float* y = Y + r * d;
@@ -50,11 +44,8 @@ void CpuBackend::l2_normalize_backward(const float* Y, const float* inv_norm, co
   }
 }
 
-void CpuBackend::dropout(float* x, int64_t n, float p, uint64_t seed, uint64_t offset) {
-  TOWERREC_CHECK(n >= 0, "dropout: negative size");
-  TOWERREC_CHECK(p >= 0.0f && p <= 1.0f, "dropout: p must be in [0, 1], got " + std::to_string(p));
+void CpuBackend::dropout_impl(float* x, int64_t n, float p, uint64_t seed, uint64_t offset) {
   if (n == 0 || p == 0.0f) return;  // p = 0: every element kept and divided by 1
-  TOWERREC_CHECK(x, "dropout: null pointer");
 #pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(n * 8))
   for (int64_t j = 0; j < n; ++j)
     x[j] = math::dropout(x[j], rng::uniform(seed, rng::kDropout, offset + static_cast<uint64_t>(j)),

@@ -241,6 +241,29 @@ TEST_F(Pipeline, RecommendWritesTopKWithoutSeenItemsAndExportMatchesScores) {
       ++checked;
     }
   EXPECT_GT(checked, 10);
+  // The seen items, as CSR over the exported rows, are the training file's.
+  EXPECT_NE(read_file(path("emb/seen_offsets.npy")).find("'descr': '<i8'"), std::string::npos);
+  int64_t n_off = 0, n_items = 0, one = 0;
+  const std::string off_b = read_file(path("emb/seen_offsets.npy")), it_b = read_file(path("emb/seen_items.npy"));
+  auto body = [](const std::string& b) {
+    return b.substr(10 + (static_cast<unsigned char>(b[8]) | (static_cast<unsigned char>(b[9]) << 8)));
+  };
+  const std::string ob = body(off_b), ib2 = body(it_b);
+  n_off = static_cast<int64_t>(ob.size() / 8);
+  n_items = static_cast<int64_t>(ib2.size() / 4);
+  ASSERT_EQ(n_off, 401);
+  std::vector<int64_t> off(static_cast<size_t>(n_off));
+  std::vector<int32_t> its(static_cast<size_t>(n_items));
+  std::memcpy(off.data(), ob.data(), ob.size());
+  std::memcpy(its.data(), ib2.data(), ib2.size());
+  EXPECT_EQ(off.back(), n_items);
+  for (size_t u = 1; u < uids.size(); ++u) {
+    std::set<std::string> got;
+    for (int64_t p = off[u - 1]; p < off[u]; ++p) got.insert(iids[static_cast<size_t>(its[p]) + 1][1]);
+    EXPECT_EQ(got, seen[uids[u][1]]) << "user " << uids[u][1];
+    one += !got.empty();
+  }
+  EXPECT_GT(one, 300);
 }
 
 TEST_F(Pipeline, BadInputsNameFileLineFieldAndLeaveNoOutput) {

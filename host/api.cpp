@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "host/data/text.h"
 #include "towerrec/error.h"
 #include "towerrec/io.h"
 
@@ -197,7 +198,7 @@ std::vector<int32_t> lookup_ids(const IdMap& map, const std::vector<std::string>
   std::vector<int32_t> out;
   out.reserve(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) {
-    const int32_t x = map.find(ids[i]);
+    const int32_t x = map.find(data_detail::trim(ids[i]));  // the ID rule (IdMap)
     if (x < 0)
       throw InputError(what, 0, field, "unknown " + field + " ID '" + ids[i] + "' (position " +
                                            std::to_string(i) + ")");

@@ -159,6 +159,28 @@ TEST_F(DataTest, CsvQuotedFields) {
   EXPECT_EQ(ds.items.id(0), "say \"hi\"");
 }
 
+// The ID rule: opaque strings compared byte for byte after trimming spaces
+// and tabs (quoted or not); no numeric normalisation.
+TEST_F(DataTest, IdsAreTrimmedOpaqueStrings) {
+  const std::string p = put("ids.csv", "user,item\n7,a\n 7 ,a\n\"7\",b\n\" 7\t\",c\n007,a\n+7,a\n-7,a\n");
+  Dataset ds = load_csv(p, "", "");
+  ASSERT_EQ(ds.users.size(), 4);
+  EXPECT_EQ(ds.users.id(0), "7");
+  EXPECT_EQ(ds.users.id(1), "007");
+  EXPECT_EQ(ds.users.id(2), "+7");
+  EXPECT_EQ(ds.users.id(3), "-7");
+  EXPECT_EQ(ds.interactions.user, (std::vector<int32_t>{0, 0, 0, 0, 1, 2, 3}));
+  // Reading more interactions and features into those maps follows the same rule.
+  const std::string q = put("more.csv", "user,item\n\" 007 \",a\n");
+  EXPECT_EQ(read_interactions_csv(q, ds.users, ds.items, false).user, (std::vector<int32_t>{1}));
+  const std::string f = put("uf.csv", "user,age\n\" 7 \",30\n007,40\n");
+  const Dataset with = load_csv(p, f, "");
+  ASSERT_EQ(with.user_features.dense_dim(), 1);
+  EXPECT_EQ(with.user_features.dense, (std::vector<float>{0, 1, 0, 0}));  // 7: 30, 007: 40 (max)
+  expect_input_error([&] { read_interactions_csv(put("bad.csv", "user,item\n\"  \",a\n"), ds.users, ds.items); },
+                     dir_ + "/bad.csv", 2, "user");
+}
+
 TEST_F(DataTest, CsvMissingColumn) {
   const std::string p = put("x.csv", "user,item,rating\nu1,i1,4\nu2,i2\n");
   expect_input_error([&] { load_csv(p, "", ""); }, p, 3, "rating");
@@ -403,6 +425,11 @@ TEST_F(DataTest, MovieLens100kErrors) {
   expect_input_error([&] { load_movielens_100k(d); }, data, 2, "item");
   put("ml/u.data", "");
   expect_input_error([&] { load_movielens_100k(d); }, data, 0, "");
+  // MovieLens IDs are digits only: no sign.
+  put("ml/u.data", "1\t10\t5\t881250949\n-7\t10\t3\t881250950\n");
+  expect_input_error([&] { load_movielens_100k(d); }, data, 2, "user");
+  put("ml/u.data", "1\t10\t5\t881250949\n7\t+10\t3\t881250950\n");
+  expect_input_error([&] { load_movielens_100k(d); }, data, 2, "item");
   put("ml/u.data", "1\t10\t5\t881250949\n");
   const std::string user = put("ml/u.user", "1|24|M|technician|85711\n3|1|F|x|1\n");
   expect_input_error([&] { load_movielens_100k(d); }, user, 2, "user");

@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "host/cli/cli.h"
+#include "host/data/text.h"
 #include "towerrec/error.h"
 #include "towerrec/io.h"
 #include "towerrec/recommend.h"
@@ -52,7 +53,7 @@ int cmd_recommend(const Args& args) {
   std::vector<int32_t> who;
   if (users_opt->count()) who = read_id_list(users_file, users, "user");
   for (const auto& id : user_ids) {
-    const int32_t u = users.find(id);
+    const int32_t u = users.find(data_detail::trim(id));
     if (u < 0) throw Error("--user: unknown user ID '" + id + "'");
     who.push_back(u);
   }

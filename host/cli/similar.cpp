@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "host/cli/cli.h"
+#include "host/data/text.h"
 #include "towerrec/error.h"
 #include "towerrec/recommend.h"
 
@@ -67,7 +68,7 @@ int cmd_similar(const Args& args) {
   const bool explicit_ids = ids != "all" || !one_ids.empty();
   if (ids != "all") queries = read_id_list(ids, map, kind);
   for (const auto& id : one_ids) {
-    const int32_t q = map.find(id);
+    const int32_t q = map.find(data_detail::trim(id));
     if (q < 0) throw Error("--id: unknown " + kind + " ID '" + id + "'");
     queries.push_back(q);
   }

@@ -1,7 +1,8 @@
 // Generic CSV interactions and feature files.
 //
 // Interactions: a header naming the columns (any order, extra columns ignored):
-//   user   (also user_id, userid)           required, string ID
+//   user   (also user_id, userid)           required, string ID (see IdMap: opaque,
+//                                           trimmed of surrounding spaces and tabs)
 //   item   (also item_id, itemid, movie_id, movieid)  required, string ID
 //   rating (also score)                     optional, finite number
 //   timestamp (also ts, time)               optional, integer (or integral number)
@@ -82,7 +83,8 @@ Interactions read_interactions_csv(const std::string& path, IdMap& users, IdMap&
                            std::to_string(f.size()));
     int32_t idx[2];
     for (int r = 0; r < 2; ++r) {
-      const std::string_view id = f[static_cast<size_t>(col[r])];
+      // IDs are trimmed of surrounding spaces and tabs, quoted or not.
+      const std::string_view id = trim(f[static_cast<size_t>(col[r])]);
       if (id.empty()) throw InputError(path, ln, kRoleName[r], "empty ID");
       IdMap& m = r == 0 ? users : items;
       idx[r] = allow_new ? m.add(id) : m.find(id);

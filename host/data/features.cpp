@@ -10,6 +10,7 @@
 namespace towerrec::data_detail {
 
 void FeatureTable::begin_row(const IdMap& ids, std::string_view id, int64_t line) {
+  id = trim(id);  // the ID rule of every reader (see IdMap)
   if (id.empty()) throw InputError(file, line, id_name, "empty ID");
   const int32_t e = ids.find(id);
   if (e < 0)

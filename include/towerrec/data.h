@@ -15,6 +15,13 @@
 namespace towerrec {
 
 // Original string IDs <-> dense indices.
+//
+// The ID rule, the same in every reader (interaction and feature CSVs,
+// MovieLens files, ID lists, --user/--id flags, lookup_ids): an ID is an opaque
+// string, compared byte for byte after its surrounding spaces and tabs are
+// trimmed (also inside quotes). "7", " 7" and "\"7\"" are one ID; "007", "+7"
+// and "7" are three. MovieLens files also require digits only (no sign).
+// IdMap itself stores and compares exactly what it is given.
 class IdMap {
  public:
   // Index of id, adding it when new.

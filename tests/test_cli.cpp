@@ -555,6 +555,51 @@ TEST_F(Pipeline, FilterAndSimilarErrorsNameFileAndLine) {
   for (const char* flag : {"--items", "--exclude", "--where"}) EXPECT_NE(rh.out.find(flag), std::string::npos) << flag;
 }
 
+// Other delimiters (flag and config key) and gzip-compressed CSVs, read by
+// train, split, eval and recommend as the plain comma files are.
+TEST_F(Pipeline, DelimitersAndGzipInputs) {
+  ASSERT_OK(train_);
+  auto semi = [](std::string t) {
+    std::replace(t.begin(), t.end(), ',', ';');
+    return t;
+  };
+  write_text(path("syn_semi.csv"), semi(read_file(path("syn/interactions.csv"))));
+  write_text(path("test_semi.csv"), semi(read_file(path("sp/test.csv"))));
+  ASSERT_EQ(std::system(("gzip -c " + path("syn/interactions.csv") + " > " + path("syn_gz.csv.gz")).c_str()), 0);
+  const std::string common = " --epochs 1 --threads 1 --quiet --hidden 16 --dim 8 --id-dim 8";
+  const Result a = cli("train --data " + path("syn_semi.csv") + " --delimiter ';'" + common + " --out " + path("m_semi"));
+  ASSERT_OK(a);
+  write_text(path("semi.json"), "{\"delimiter\": \";\"}");
+  ASSERT_OK(cli("train --config " + path("semi.json") + " --data " + path("syn_semi.csv") + common + " --out " + path("m_semi2")));
+  ASSERT_OK(cli("train --data " + path("syn_gz.csv.gz") + common + " --out " + path("m_gz")));
+  // The same data, so the same users and the same metrics.
+  const Result e1 = cli("eval --model " + path("m_semi") + " --test " + path("test_semi.csv") + " --delimiter ';' --threads 1");
+  ASSERT_OK(e1);
+  const Result e2 = cli("eval --model " + path("m_gz") + " --test " + path("sp/test.csv") + " --threads 1");
+  ASSERT_OK(e2);
+  EXPECT_EQ(metric(e1.out, "test@10", "ndcg"), metric(e2.out, "test@10", "ndcg"));
+  const Result e3 = cli("eval --model " + path("m_semi2") + " --test " + path("test_semi.csv") + " --delimiter ';' --threads 1");
+  ASSERT_OK(e3);
+  EXPECT_EQ(metric(e3.out, "test@10", "ndcg"), metric(e1.out, "test@10", "ndcg"));  // the config key
+  ASSERT_OK(cli("split --data " + path("syn_semi.csv") + " --delimiter ';' --test-fraction 0.25 --seed 42 --out " + path("sp_semi")));
+  ASSERT_OK(cli("split --data " + path("syn_gz.csv.gz") + " --test-fraction 0.25 --seed 42 --out " + path("sp_gz")));
+  EXPECT_EQ(read_file(path("sp_semi/test.csv")), read_file(path("sp_gz/test.csv")));  // outputs: commas
+  ASSERT_OK(cli("recommend --model " + path("m_semi") + " --seen " + path("test_semi.csv") +
+                " --delimiter ';' --k 2 --out " + path("recs_semi.csv") + " --threads 1"));
+  // Errors still name the file, line and field; bad delimiters are refused.
+  write_text(path("bad_semi.csv"), "user;item;rating\nu1;i1;4\nu2;i2;x\n");
+  EXPECT_FAILS_WITH(cli("eval --model " + path("m_semi") + " --test " + path("bad_semi.csv") + " --delimiter ';'"),
+                    "bad_semi.csv:3: field 'rating'");
+  EXPECT_FAILS_WITH(cli("train --data " + path("syn_semi.csv") + " --delimiter ab --out " + path("m_bad")), "--delimiter");
+  EXPECT_FAILS_WITH(cli("eval --model " + path("m_semi") + " --test " + path("test_semi.csv") + " --delimiter '\"'"),
+                    "not a delimiter");
+  std::string gz = read_file(path("syn_gz.csv.gz"));
+  gz.resize(gz.size() / 2);
+  write_text(path("cut.csv.gz"), gz);
+  EXPECT_FAILS_WITH(cli("train --data " + path("cut.csv.gz") + common + " --out " + path("m_cut")), "corrupt gzip data");
+  EXPECT_FALSE(file_exists(path("m_cut/model.ckpt")));
+}
+
 TEST(Resume, CliRunEndsBitIdenticalToAnUninterruptedOne) {
   ASSERT_OK(cli("synth --out " + path("rsyn") + " --users 120 --items 60 --interactions-per-user 12 --seed 9"));
   // A constant learning rate: the run below is extended from 1 to 3 epochs, and

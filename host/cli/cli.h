@@ -42,6 +42,10 @@ struct DeviceOptions {
 };
 void add_device_options(CLI::App& app, DeviceOptions& d);
 
+// --delimiter C: the field separator of the CSV files a command reads
+// (parse_delimiter's values; outputs are always comma-separated).
+void add_delimiter_option(CLI::App& app, char& delimiter);
+
 // Prints progress on stderr: a refreshed line on a terminal, plain lines otherwise.
 class ProgressPrinter {
  public:

@@ -34,6 +34,13 @@ void add_device_options(CLI::App& app, DeviceOptions& d) {
       ->capture_default_str();
 }
 
+void add_delimiter_option(CLI::App& app, char& delimiter) {
+  app.add_option_function<std::string>(
+         "--delimiter", [&delimiter](const std::string& v) { delimiter = parse_delimiter("--delimiter", v); },
+         "field separator of the CSV files read (default ','; tab or \\t for a tab)")
+      ->option_text("C");
+}
+
 ProgressPrinter::ProgressPrinter(bool quiet) : quiet_(quiet), tty_(::isatty(2) != 0) {}
 
 void ProgressPrinter::update(const TrainProgress& p, int64_t done, int64_t total, double secs) {

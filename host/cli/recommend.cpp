@@ -41,6 +41,8 @@ int cmd_recommend(const Args& args) {
   app.add_option("--block-users", block, "users ranked per block (0: from a memory budget)")
       ->check(CLI::Range(int64_t(0), int64_t(1) << 30))
       ->capture_default_str();
+  char delimiter = ',';
+  add_delimiter_option(app, delimiter);
   add_device_options(app, dev);
   if (!parse_args(app, args)) return 0;
   if (seen_opt->count() && include_seen) throw Error("--seen and --include-seen exclude each other");
@@ -62,7 +64,7 @@ int cmd_recommend(const Args& args) {
   if (include_seen) {
     exclude = nullptr;
   } else if (seen_opt->count()) {
-    seen = group_by_user(read_known_interactions(seen_file, users, items, -1e30f), lm.n_users());
+    seen = group_by_user(read_known_interactions(seen_file, users, items, -1e30f, delimiter), lm.n_users());
   } else if (lm.ck.has_seen()) {
     exclude = &lm.ck.seen;
   } else {

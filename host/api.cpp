@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "host/data/text.h"
 #include "towerrec/error.h"
 #include "towerrec/io.h"
 
@@ -96,127 +97,62 @@ struct Collector {
   }
 };
 
-// A CSR over n rows with only `rows` filled by fill(row, out).
-template <typename Fill>
-UserItems sparse_rows(int32_t n, const std::vector<int32_t>& rows, Fill fill) {
-  std::vector<std::vector<int32_t>> per(static_cast<size_t>(n));
-  std::vector<char> done(static_cast<size_t>(n), 0);
-  for (int32_t r : rows) {
-    if (done[static_cast<size_t>(r)]) continue;
-    done[static_cast<size_t>(r)] = 1;
-    auto& v = per[static_cast<size_t>(r)];
-    fill(r, v);
-    std::sort(v.begin(), v.end());
-    v.erase(std::unique(v.begin(), v.end()), v.end());
-  }
-  UserItems g;
-  g.offsets.assign(static_cast<size_t>(n) + 1, 0);
-  for (int32_t r = 0; r < n; ++r) g.offsets[r + 1] = g.offsets[r] + static_cast<int64_t>(per[r].size());
-  g.items.reserve(static_cast<size_t>(g.offsets.back()));
-  for (auto& v : per) g.items.insert(g.items.end(), v.begin(), v.end());
-  return g;
-}
-
 }  // namespace
 
-TopK TrainedModel::recommend(const std::vector<int32_t>& users_in, int k, const RecommendFilter& f) {
-  TOWERREC_CHECK(k > 0, "k must be positive");
-  check_indices(users_in, n_users(), "user");
+RankFilter TrainedModel::rank_filter(const RecommendFilter& f) {
   check_indices(f.deny, n_items(), "item");
   check_indices(f.allow, n_items(), "item");
+  RankFilter rf;
+  const std::vector<char> mask = f.where.empty()
+      ? std::vector<char>()
+      : match_features(lm_.ck.item_features, n_items(), f.where, "item");
+  rf.restrict = f.has_allow || !f.deny.empty() || !f.where.empty();
+  if (rf.restrict) rf.candidates = candidate_items(n_items(), f.has_allow, f.allow, f.deny, mask);
+  return rf;
+}
+
+TopK TrainedModel::recommend(const std::vector<int32_t>& users, int k, const RecommendFilter& f) {
+  TOWERREC_CHECK(k > 0, "k must be positive");
+  check_indices(users, n_users(), "user");
   if (f.exclude_seen && !lm_.ck.has_seen())
     throw Error(lm_.path + " stores no training interactions: recommend with seen items included");
-  std::vector<int32_t> users = users_in;
-  if (users.empty()) {
-    users.resize(static_cast<size_t>(n_users()));
-    std::iota(users.begin(), users.end(), 0);
-  }
-  TopK out;
-  out.rows = static_cast<int64_t>(users.size());
-  out.k = k;
+  RankFilter rf = rank_filter(f);
+  if (f.exclude_seen) rf.exclude = &lm_.ck.seen;
   ensure_device_embeddings();
-  const int d = dim();
-  const UserItems& seen = lm_.ck.seen;
-
-  // Candidates: every item, or the allow list (as a gathered sub-matrix whose
-  // rows keep the items' order, so ties still go to the lower item index).
-  std::vector<int32_t> cand;
-  std::vector<int32_t> local;  // item -> row of the sub-matrix, or -1
-  DeviceArray<float> Vsub;
-  const DeviceArray<float>* V = &V_;
-  int32_t nc = n_items();
-  if (f.has_allow) {
-    cand = f.allow;
-    std::sort(cand.begin(), cand.end());
-    cand.erase(std::unique(cand.begin(), cand.end()), cand.end());
-    if (cand.empty()) {
-      out.ids.assign(static_cast<size_t>(out.rows) * k, -1);
-      out.scores.assign(static_cast<size_t>(out.rows) * k, 0.0f);
-      return out;
-    }
-    local.assign(static_cast<size_t>(n_items()), -1);
-    const float* Vh = item_embeddings();
-    std::vector<float> rows(cand.size() * static_cast<size_t>(d));
-    for (size_t j = 0; j < cand.size(); ++j) {
-      local[static_cast<size_t>(cand[j])] = static_cast<int32_t>(j);
-      std::copy_n(Vh + static_cast<int64_t>(cand[j]) * d, d, rows.begin() + static_cast<int64_t>(j) * d);
-    }
-    Vsub.reset(lm_.be.get(), static_cast<int64_t>(rows.size()));
-    lm_.be->to_device(Vsub.data(), rows.data(), rows.size() * sizeof(float));
-    V = &Vsub;
-    nc = static_cast<int32_t>(cand.size());
-  }
-  const bool any_exclusion = f.exclude_seen || !f.deny.empty();
-  UserItems excl;
-  if (any_exclusion) {
-    excl = sparse_rows(n_users(), users, [&](int32_t u, std::vector<int32_t>& v) {
-      auto add = [&](int32_t item) {
-        if (local.empty()) v.push_back(item);
-        else if (local[static_cast<size_t>(item)] >= 0) v.push_back(local[static_cast<size_t>(item)]);
-      };
-      if (f.exclude_seen)
-        for (int64_t p = seen.offsets[u]; p < seen.offsets[u + 1]; ++p) add(seen.items[p]);
-      for (int32_t item : f.deny) add(item);
-    });
-  }
   Collector c;
-  recommend_topk(*lm_.be, U_, *V, n_users(), nc, d, users, k, any_exclusion ? &excl : nullptr,
-                 std::ref(c));
-  out.ids = std::move(c.out.ids);
-  out.scores = std::move(c.out.scores);
-  if (!cand.empty())
-    for (int32_t& id : out.ids)
-      if (id >= 0) id = cand[static_cast<size_t>(id)];
-  return out;
-}
-
-namespace {
-
-TopK similar(Backend& be, const DeviceArray<float>& E, int32_t n, int d, const std::vector<int32_t>& q,
-             int k) {
-  TOWERREC_CHECK(k > 0, "k must be positive");
-  TopK out;
-  out.k = k;
-  if (q.empty()) return out;
-  const UserItems self = sparse_rows(n, q, [](int32_t r, std::vector<int32_t>& v) { v.push_back(r); });
-  Collector c;
-  recommend_topk(be, E, E, n, n, d, q, k, &self, std::ref(c));
+  rank_topk(*lm_.be, U_, n_users(), V_, n_items(), dim(), users, k, rf, std::ref(c));
   c.out.k = k;
-  return c.out;
+  return std::move(c.out);
 }
 
-}  // namespace
-
-TopK TrainedModel::similar_items(const std::vector<int32_t>& items, int k) {
+TopK TrainedModel::similar_items(const std::vector<int32_t>& items, int k, const RecommendFilter& f) {
+  TOWERREC_CHECK(k > 0, "k must be positive");
   check_indices(items, n_items(), "item");
+  TopK out;
+  out.k = k;
+  if (items.empty()) return out;
+  RankFilter rf = rank_filter(f);
+  rf.exclude_self = true;
   ensure_device_embeddings();
-  return similar(*lm_.be, V_, n_items(), dim(), items, k);
+  Collector c;
+  rank_topk(*lm_.be, V_, n_items(), V_, n_items(), dim(), items, k, rf, std::ref(c));
+  c.out.k = k;
+  return std::move(c.out);
 }
 
 TopK TrainedModel::similar_users(const std::vector<int32_t>& users, int k) {
+  TOWERREC_CHECK(k > 0, "k must be positive");
   check_indices(users, n_users(), "user");
+  TopK out;
+  out.k = k;
+  if (users.empty()) return out;
+  RankFilter rf;
+  rf.exclude_self = true;
   ensure_device_embeddings();
-  return similar(*lm_.be, U_, n_users(), dim(), users, k);
+  Collector c;
+  rank_topk(*lm_.be, U_, n_users(), U_, n_users(), dim(), users, k, rf, std::ref(c));
+  c.out.k = k;
+  return std::move(c.out);
 }
 
 const UserItems& TrainedModel::exclusions(const UserItems* exclude) {
@@ -262,7 +198,7 @@ std::vector<int32_t> lookup_ids(const IdMap& map, const std::vector<std::string>
   std::vector<int32_t> out;
   out.reserve(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) {
-    const int32_t x = map.find(ids[i]);
+    const int32_t x = map.find(data_detail::trim(ids[i]));  // the ID rule (IdMap)
     if (x < 0)
       throw InputError(what, 0, field, "unknown " + field + " ID '" + ids[i] + "' (position " +
                                            std::to_string(i) + ")");

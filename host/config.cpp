@@ -77,6 +77,18 @@ std::string num(double x) {
   return std::string(buf, r.ptr);
 }
 
+}  // namespace
+
+char parse_delimiter(const std::string& flag, const std::string& v) {
+  if (v == "tab" || v == "\\t") return '\t';
+  if (v.size() != 1 || v[0] == '"' || v[0] == '\n' || v[0] == '\r')
+    throw Error(flag + ": '" + v + "' is not a delimiter (one character other than a quote or line "
+                "break; tab or \\t for a tab)");
+  return v[0];
+}
+
+namespace {
+
 ConfigKey str_key(const char* name, const char* help, std::string Config::*m) {
   json_kind(name, 's');
   return {name, help, [m](Config& c, const std::string& v) { c.*m = v; },
@@ -173,6 +185,10 @@ void add_data_and_model_keys(std::vector<ConfigKey>& k) {
   k.push_back(str_key("data", "input: MovieLens dir, `towerrec synth` dir, or interactions CSV", &Config::data));
   k.push_back(str_key("user-features", "user feature CSV (with a CSV --data)", &Config::user_features));
   k.push_back(str_key("item-features", "item feature CSV (with a CSV --data)", &Config::item_features));
+  json_kind("delimiter", 's');
+  k.push_back({"delimiter", "field separator of the CSV inputs (--data, features, --train-file, --validation-file; tab: \\t)",
+               [](Config& c, const std::string& v) { c.delimiter = parse_delimiter("--delimiter", v); },
+               [](const Config& c) { return quote(std::string(1, c.delimiter)); }, false, "C"});
   // -1e30 (the default) keeps every rating: shown and accepted as "none".
   k.push_back({"rating-threshold", "keep interactions with rating >= this as positives (none: all)",
                [inf](Config& c, const std::string& v) {

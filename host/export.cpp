@@ -8,12 +8,15 @@
 
 namespace towerrec {
 
-void write_npy(const std::string& path, const float* data, int64_t rows, int64_t cols) {
-  TOWERREC_CHECK(rows >= 0 && cols >= 0, "npy: negative shape");
-  // NPY 1.0: magic, version, u16 header length, then a Python dict literal
-  // padded with spaces and ended by '\n' so the data starts at a multiple of 64.
-  std::string dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (" +
-                     std::to_string(rows) + ", " + std::to_string(cols) + "), }";
+namespace {
+
+// NPY 1.0: magic, version, u16 header length, then a Python dict literal
+// padded with spaces and ended by '\n' so the data starts at a multiple of 64.
+// `shape` is the tuple's inside ("3, 4" or "7,").
+void write_npy_raw(const std::string& path, const char* descr, const std::string& shape,
+                   const void* data, size_t bytes) {
+  std::string dict = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (" +
+                     shape + "), }";
   const size_t prefix = 10;
   size_t total = prefix + dict.size() + 1;
   total = (total + 63) / 64 * 64;
@@ -27,16 +30,40 @@ void write_npy(const std::string& path, const float* data, int64_t rows, int64_t
   head += static_cast<char>(hl & 0xff);
   head += static_cast<char>(hl >> 8);
   head += dict;
-  static_assert(sizeof(float) == 4, "float32 expected");
   uint32_t probe = 1;
   char little = 0;
   std::memcpy(&little, &probe, 1);
   TOWERREC_CHECK(little == 1, "npy: big-endian hosts are not supported");
   AtomicFile f(path);
   f.write(head);
-  const size_t bytes = static_cast<size_t>(rows) * static_cast<size_t>(cols) * sizeof(float);
   if (bytes) f.write(data, bytes);
   f.commit();
+}
+
+}  // namespace
+
+void write_npy(const std::string& path, const float* data, int64_t rows, int64_t cols) {
+  TOWERREC_CHECK(rows >= 0 && cols >= 0, "npy: negative shape");
+  static_assert(sizeof(float) == 4, "float32 expected");
+  write_npy_raw(path, "<f4", std::to_string(rows) + ", " + std::to_string(cols), data,
+                static_cast<size_t>(rows) * static_cast<size_t>(cols) * sizeof(float));
+}
+
+void write_npy(const std::string& path, const int64_t* data, int64_t n) {
+  TOWERREC_CHECK(n >= 0, "npy: negative shape");
+  write_npy_raw(path, "<i8", std::to_string(n) + ",", data, static_cast<size_t>(n) * sizeof(int64_t));
+}
+
+void write_npy(const std::string& path, const int32_t* data, int64_t n) {
+  TOWERREC_CHECK(n >= 0, "npy: negative shape");
+  write_npy_raw(path, "<i4", std::to_string(n) + ",", data, static_cast<size_t>(n) * sizeof(int32_t));
+}
+
+void export_seen(const UserItems& seen, const std::string& dir) {
+  TOWERREC_CHECK(!seen.offsets.empty(), "export: no seen items");
+  make_directories(dir);
+  write_npy(dir + "/" + kSeenOffsetsFile, seen.offsets.data(), static_cast<int64_t>(seen.offsets.size()));
+  write_npy(dir + "/" + kSeenItemsFile, seen.items.data(), static_cast<int64_t>(seen.items.size()));
 }
 
 void write_id_map_csv(const std::string& path, const IdMap& ids) {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
+#include <limits>
 #include <numeric>
 
 #include "towerrec/error.h"
@@ -61,11 +63,18 @@ UserItems select_users(const UserItems& x, const std::vector<char>& mask, char k
   return out;
 }
 
-void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceArray<float>& V_all,
-                    int32_t n_users, int32_t n_items, int d, const std::vector<int32_t>& users_in,
-                    int k, const UserItems* exclude,
-                    const std::function<void(const TopKBlock&)>& sink, int64_t block_users,
-                    const TopkPolicy& requested) {
+namespace {
+
+// Appends query q's exclusions (item rows of the ranked matrix, sorted and
+// distinct) to out.
+using ExcludeFill = std::function<void(int32_t q, std::vector<int32_t>& out)>;
+
+// The blocked top-K loop behind recommend_topk and rank_topk: queries are rows
+// of U_all, candidates the n_items rows of V.
+void topk_blocks(Backend& be, const DeviceArray<float>& U_all, const float* V, int32_t n_users,
+                 int32_t n_items, int d, const std::vector<int32_t>& users_in, int k,
+                 const ExcludeFill* exclude, const std::function<void(const TopKBlock&)>& sink,
+                 int64_t block_users, const TopkPolicy& requested) {
   TOWERREC_CHECK(k > 0, "k must be positive");
   const TopkPolicy policy = topk_policy_with_env(requested);
   TOWERREC_CHECK(n_items > 0 && n_users > 0, "empty model");
@@ -131,6 +140,7 @@ void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceAr
     sink(blk);
   };
   const int64_t total = static_cast<int64_t>(users->size());
+  std::vector<int32_t> ex;  // one block's exclusions, before staging
   int64_t b = 0;
   for (int64_t s = 0; s < total; s += nb, ++b) {
     Slot& sl = slots[b & 1];
@@ -148,26 +158,22 @@ void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceAr
     const int64_t* excl_off = nullptr;
     const int32_t* excl_items = nullptr;
     if (exclude) {
-      int64_t n_excl = 0;
+      ex.clear();
       sl.off.data()[0] = 0;
       for (int64_t r = 0; r < m; ++r) {
-        n_excl += exclude->count(sl.users.data()[r]);
-        sl.off.data()[r + 1] = n_excl;
+        (*exclude)(sl.users.data()[r], ex);
+        sl.off.data()[r + 1] = static_cast<int64_t>(ex.size());
       }
+      const int64_t n_excl = static_cast<int64_t>(ex.size());
       sl.excl.ensure(&be, std::max<int64_t>(n_excl, 1));
       sl.d_excl.ensure(&be, std::max<int64_t>(n_excl, 1));
-      for (int64_t r = 0; r < m; ++r) {
-        const int32_t u = sl.users.data()[r];
-        std::copy(exclude->items.begin() + exclude->offsets[u],
-                  exclude->items.begin() + exclude->offsets[u + 1],
-                  sl.excl.data() + sl.off.data()[r]);
-      }
+      std::copy(ex.begin(), ex.end(), sl.excl.data());
       be.to_device_async(sl.d_off.data(), sl.off.data(), sizeof(int64_t) * static_cast<size_t>(m + 1));
       be.to_device_async(sl.d_excl.data(), sl.excl.data(), sizeof(int32_t) * static_cast<size_t>(n_excl));
       excl_off = sl.d_off.data();
       excl_items = sl.d_excl.data();
     }
-    be.topk(sl.Ub.data(), m, V_all.data(), n_items, d, k, excl_off, excl_items, sl.d_items.data(),
+    be.topk(sl.Ub.data(), m, V, n_items, d, k, excl_off, excl_items, sl.d_items.data(),
             sl.d_scores.data(), policy);
     be.to_host_async(sl.items.data(), sl.d_items.data(), sizeof(int32_t) * static_cast<size_t>(m * k));
     be.to_host_async(sl.scores.data(), sl.d_scores.data(), sizeof(float) * static_cast<size_t>(m * k));
@@ -175,6 +181,202 @@ void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceAr
     if (b > 0) hand_over(slots[(b - 1) & 1]);
   }
   if (b > 0) hand_over(slots[(b - 1) & 1]);
+}
+
+}  // namespace
+
+void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceArray<float>& V_all,
+                    int32_t n_users, int32_t n_items, int d, const std::vector<int32_t>& users,
+                    int k, const UserItems* exclude,
+                    const std::function<void(const TopKBlock&)>& sink, int64_t block_users,
+                    const TopkPolicy& policy) {
+  ExcludeFill fill;
+  if (exclude)
+    fill = [exclude](int32_t u, std::vector<int32_t>& out) {
+      out.insert(out.end(), exclude->items.begin() + exclude->offsets[u],
+                 exclude->items.begin() + exclude->offsets[u + 1]);
+    };
+  topk_blocks(be, U_all, V_all.data(), n_users, n_items, d, users, k, exclude ? &fill : nullptr, sink,
+              block_users, policy);
+}
+
+void rank_topk(Backend& be, const DeviceArray<float>& Q_all, int32_t n_queries,
+               const DeviceArray<float>& V_all, int32_t n_items, int d,
+               const std::vector<int32_t>& queries, int k, const RankFilter& f,
+               const std::function<void(const TopKBlock&)>& sink, int64_t block_users,
+               const TopkPolicy& policy) {
+  TOWERREC_CHECK(k > 0, "k must be positive");
+  TOWERREC_CHECK(n_items > 0 && n_queries > 0, "empty model");
+  const std::vector<int32_t>& cand = f.candidates;
+  const bool restrict = f.restrict && static_cast<int32_t>(cand.size()) < n_items;
+  for (size_t j = 0; j < cand.size(); ++j)
+    TOWERREC_CHECK(cand[j] >= 0 && cand[j] < n_items && (j == 0 || cand[j - 1] < cand[j]),
+                   "candidates must be sorted, distinct item indices");
+  if (f.exclude) TOWERREC_CHECK(f.exclude->n_users() >= n_queries, "exclusions cover too few queries");
+  if (f.restrict && cand.empty()) {
+    // Nothing may be returned: every row is padding.
+    std::vector<int32_t> all;
+    const std::vector<int32_t>* q = &queries;
+    if (queries.empty()) {
+      all.resize(static_cast<size_t>(n_queries));
+      std::iota(all.begin(), all.end(), 0);
+      q = &all;
+    }
+    if (block_users <= 0) block_users = 4096;
+    TopKBlock blk;
+    blk.k = k;
+    for (size_t s = 0; s < q->size(); s += static_cast<size_t>(block_users)) {
+      const size_t e = std::min(q->size(), s + static_cast<size_t>(block_users));
+      blk.users.assign(q->begin() + static_cast<std::ptrdiff_t>(s), q->begin() + static_cast<std::ptrdiff_t>(e));
+      blk.items.assign((e - s) * static_cast<size_t>(k), -1);
+      blk.scores.assign((e - s) * static_cast<size_t>(k), -std::numeric_limits<float>::infinity());
+      sink(blk);
+    }
+    return;
+  }
+  // The items left out of every ranking (the complement of the candidates).
+  std::vector<int32_t> removed;
+  if (restrict) {
+    removed.reserve(static_cast<size_t>(n_items) - cand.size());
+    size_t j = 0;
+    for (int32_t i = 0; i < n_items; ++i) {
+      if (j < cand.size() && cand[j] == i) ++j;
+      else removed.push_back(i);
+    }
+  }
+  const bool gather = restrict && static_cast<int64_t>(removed.size()) > f.exclude_at_most;
+  // Gathered: the candidates' rows, in item order, and item -> row (or -1).
+  DeviceArray<float> Vsub;
+  std::vector<int32_t> local;
+  if (gather) {
+    removed.clear();
+    local.assign(static_cast<size_t>(n_items), -1);
+    for (size_t j = 0; j < cand.size(); ++j) local[static_cast<size_t>(cand[j])] = static_cast<int32_t>(j);
+    DeviceArray<int32_t> d_idx(&be, static_cast<int64_t>(cand.size()));
+    be.to_device(d_idx.data(), cand.data(), sizeof(int32_t) * cand.size());
+    Vsub.reset(&be, static_cast<int64_t>(cand.size()) * d);
+    be.gather_rows(V_all.data(), d, d_idx.data(), static_cast<int64_t>(cand.size()), Vsub.data(), d, 0);
+    be.synchronize();  // d_idx goes at the end of this scope
+  }
+  const int32_t n_rank = gather ? static_cast<int32_t>(cand.size()) : n_items;
+  ExcludeFill fill;
+  const bool any = f.exclude || f.exclude_self || !removed.empty();
+  if (any) {
+    fill = [&f, &removed, &local, gather, scratch = std::vector<int32_t>()](
+               int32_t q, std::vector<int32_t>& out) mutable {
+      scratch.clear();
+      auto add = [&](int32_t item) {
+        if (!gather) scratch.push_back(item);
+        else if (local[static_cast<size_t>(item)] >= 0) scratch.push_back(local[static_cast<size_t>(item)]);
+      };
+      if (f.exclude)
+        for (int64_t p = f.exclude->offsets[q]; p < f.exclude->offsets[q + 1]; ++p) add(f.exclude->items[p]);
+      if (f.exclude_self) add(q);
+      std::sort(scratch.begin(), scratch.end());
+      std::vector<int32_t>::iterator end;
+      if (removed.empty()) {
+        end = std::unique(scratch.begin(), scratch.end());
+        out.insert(out.end(), scratch.begin(), end);
+        return;
+      }
+      const size_t at = out.size();
+      std::set_union(scratch.begin(), scratch.end(), removed.begin(), removed.end(), std::back_inserter(out));
+      out.erase(std::unique(out.begin() + static_cast<std::ptrdiff_t>(at), out.end()), out.end());
+    };
+  }
+  if (!gather) {
+    topk_blocks(be, Q_all, V_all.data(), n_queries, n_items, d, queries, k, any ? &fill : nullptr, sink,
+                block_users, policy);
+    return;
+  }
+  TopKBlock mapped;
+  topk_blocks(be, Q_all, Vsub.data(), n_queries, n_rank, d, queries, k, any ? &fill : nullptr,
+              [&](const TopKBlock& b) {
+                mapped.k = b.k;
+                mapped.users = b.users;
+                mapped.scores = b.scores;
+                mapped.items.resize(b.items.size());
+                for (size_t j = 0; j < b.items.size(); ++j)
+                  mapped.items[j] = b.items[j] < 0 ? -1 : cand[static_cast<size_t>(b.items[j])];
+                sink(mapped);
+              },
+              block_users, policy);
+}
+
+FeatureCondition parse_feature_condition(const std::string& text, const std::string& flag) {
+  const size_t eq = text.find('=');
+  FeatureCondition c;
+  if (eq != std::string::npos) {
+    c.column = text.substr(0, eq);
+    c.value = text.substr(eq + 1);
+  }
+  auto trim = [](std::string& s) {
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.pop_back();
+    size_t b = 0;
+    while (b < s.size() && (s[b] == ' ' || s[b] == '\t')) ++b;
+    s.erase(0, b);
+  };
+  trim(c.column);
+  trim(c.value);
+  if (eq == std::string::npos || c.column.empty())
+    throw Error(flag + ": expected column=value, got '" + text + "'");
+  return c;
+}
+
+std::vector<char> match_features(const EntityFeatures& f, int32_t n,
+                                 const std::vector<FeatureCondition>& where, const std::string& what) {
+  std::vector<char> mask(static_cast<size_t>(n), 1);
+  for (const FeatureCondition& c : where) {
+    const CategoricalField* field = nullptr;
+    for (const auto& cf : f.categorical)
+      if (cf.name == c.column) field = &cf;
+    if (!field) {
+      std::string have;
+      for (const auto& cf : f.categorical) have += (have.empty() ? "" : ", ") + cf.name;
+      bool dense = false;
+      for (const auto& dn : f.dense_names) dense |= dn == c.column;
+      throw Error("--where " + c.column + "=" + c.value + ": " +
+                  (dense ? "'" + c.column + "' is a numeric " + what + " feature; --where takes categorical ones"
+                         : "no " + what + " feature column '" + c.column + "'") +
+                  (have.empty() ? " (the model has no categorical " + what + " features)"
+                                : " (categorical " + what + " features: " + have + ")"));
+    }
+    const int32_t v = field->vocab.find(c.value);
+    if (v < 0) {
+      std::string some;
+      const int32_t show = std::min<int32_t>(field->vocab.size(), 12);
+      for (int32_t j = 0; j < show; ++j) some += (j ? ", " : "") + field->vocab.id(j);
+      if (show < field->vocab.size()) some += ", ...";
+      throw Error("--where " + c.column + "=" + c.value + ": no " + what + " has " + c.column + " '" +
+                  c.value + "' (values: " + some + ")");
+    }
+    TOWERREC_CHECK(static_cast<int64_t>(field->offsets.size()) >= static_cast<int64_t>(n) + 1,
+                   "feature table smaller than the entity count");
+    for (int32_t e = 0; e < n; ++e) {
+      if (!mask[static_cast<size_t>(e)]) continue;
+      bool has = false;
+      for (int32_t p = field->offsets[e]; p < field->offsets[e + 1] && !has; ++p) has = field->values[p] == v;
+      mask[static_cast<size_t>(e)] = has;
+    }
+  }
+  return mask;
+}
+
+std::vector<int32_t> candidate_items(int32_t n_items, bool has_allow, const std::vector<int32_t>& allow,
+                                     const std::vector<int32_t>& deny, const std::vector<char>& mask) {
+  std::vector<char> ok(static_cast<size_t>(n_items), has_allow ? 0 : 1);
+  for (int32_t i : allow) {
+    TOWERREC_CHECK(i >= 0 && i < n_items, "allowed item index out of range");
+    ok[static_cast<size_t>(i)] = 1;
+  }
+  for (int32_t i : deny) {
+    TOWERREC_CHECK(i >= 0 && i < n_items, "denied item index out of range");
+    ok[static_cast<size_t>(i)] = 0;
+  }
+  std::vector<int32_t> out;
+  for (int32_t i = 0; i < n_items; ++i)
+    if (ok[static_cast<size_t>(i)] && (mask.empty() || mask[static_cast<size_t>(i)])) out.push_back(i);
+  return out;
 }
 
 UserMetrics user_metrics(const int32_t* ranked, int k, const int32_t* relevant, int64_t n_rel) {

@@ -158,16 +158,18 @@ Dataset load_dataset(const Config& cfg) {
   LoadOptions opt;
   opt.rating_threshold = cfg.rating_threshold;
   opt.features = cfg.features;
+  opt.delimiter = cfg.delimiter;
   if (!cfg.user_features.empty() || !cfg.item_features.empty())
     return load_csv(cfg.data, cfg.user_features, cfg.item_features, opt);
   return load_auto(cfg.data, opt);
 }
 
 Interactions read_known_interactions(const std::string& path, const IdMap& users,
-                                     const IdMap& items, float rating_threshold) {
+                                     const IdMap& items, float rating_threshold, char delimiter) {
   if (!file_exists(path)) throw Error(path + ": no such file");
   // With allow_new = false the maps are only searched, never changed.
-  Interactions x = read_interactions_csv(path, const_cast<IdMap&>(users), const_cast<IdMap&>(items), false);
+  Interactions x = read_interactions_csv(path, const_cast<IdMap&>(users), const_cast<IdMap&>(items), false,
+                                         delimiter);
   if (x.rating.empty() || std::isnan(rating_threshold)) return x;
   std::vector<int64_t> keep;
   for (int64_t r = 0; r < x.size(); ++r)
@@ -259,7 +261,7 @@ void TrainingSession::load_data() {
   const double t0 = now_seconds();
   ds_ = load_dataset(cfg_);
   if (!cfg_.train_file.empty()) {
-    ds_.interactions = read_known_interactions(cfg_.train_file, ds_.users, ds_.items, cfg_.rating_threshold);
+    ds_.interactions = read_known_interactions(cfg_.train_file, ds_.users, ds_.items, cfg_.rating_threshold, cfg_.delimiter);
     if (ds_.interactions.size() == 0) throw InputError(cfg_.train_file, 0, "", "no training interactions");
   }
   const double load_s = now_seconds() - t0;
@@ -272,7 +274,7 @@ void TrainingSession::load_data() {
     test_ = std::move(sp.test);
   }
   if (!cfg_.validation_file.empty())
-    test_ = read_known_interactions(cfg_.validation_file, ds_.users, ds_.items, cfg_.rating_threshold);
+    test_ = read_known_interactions(cfg_.validation_file, ds_.users, ds_.items, cfg_.rating_threshold, cfg_.delimiter);
   seen_train_ = group_by_user(train_, n_users);
   held_ = group_by_user(test_, n_users);
   emit(cb_.note, format("data: %s%s%s: %d users, %d items, %lld interactions (%lld train, %lld held out), loaded in %s",

@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <set>
 #include <nlohmann/json.hpp>
@@ -240,6 +241,29 @@ TEST_F(Pipeline, RecommendWritesTopKWithoutSeenItemsAndExportMatchesScores) {
       ++checked;
     }
   EXPECT_GT(checked, 10);
+  // The seen items, as CSR over the exported rows, are the training file's.
+  EXPECT_NE(read_file(path("emb/seen_offsets.npy")).find("'descr': '<i8'"), std::string::npos);
+  int64_t n_off = 0, n_items = 0, one = 0;
+  const std::string off_b = read_file(path("emb/seen_offsets.npy")), it_b = read_file(path("emb/seen_items.npy"));
+  auto body = [](const std::string& b) {
+    return b.substr(10 + (static_cast<unsigned char>(b[8]) | (static_cast<unsigned char>(b[9]) << 8)));
+  };
+  const std::string ob = body(off_b), ib2 = body(it_b);
+  n_off = static_cast<int64_t>(ob.size() / 8);
+  n_items = static_cast<int64_t>(ib2.size() / 4);
+  ASSERT_EQ(n_off, 401);
+  std::vector<int64_t> off(static_cast<size_t>(n_off));
+  std::vector<int32_t> its(static_cast<size_t>(n_items));
+  std::memcpy(off.data(), ob.data(), ob.size());
+  std::memcpy(its.data(), ib2.data(), ib2.size());
+  EXPECT_EQ(off.back(), n_items);
+  for (size_t u = 1; u < uids.size(); ++u) {
+    std::set<std::string> got;
+    for (int64_t p = off[u - 1]; p < off[u]; ++p) got.insert(iids[static_cast<size_t>(its[p]) + 1][1]);
+    EXPECT_EQ(got, seen[uids[u][1]]) << "user " << uids[u][1];
+    one += !got.empty();
+  }
+  EXPECT_GT(one, 300);
 }
 
 TEST_F(Pipeline, BadInputsNameFileLineFieldAndLeaveNoOutput) {
@@ -294,6 +318,286 @@ TEST_F(Pipeline, BadInputsNameFileLineFieldAndLeaveNoOutput) {
   EXPECT_FAILS_WITH(cli("recommend --model " + model), "--out");
   EXPECT_FAILS_WITH(cli("train --data " + path("syn") + " --eval-every 2 --out " + path("x")), "--validation");
   EXPECT_NE(cli("frobnicate").rc, 0);
+}
+
+// Exported embeddings and ID maps, to score by brute force.
+struct Embeddings {
+  int64_t dim = 0;
+  std::vector<std::string> user_ids, item_ids;
+  std::map<std::string, int64_t> user_row, item_row;
+  std::vector<float> U, V;
+  double score(const std::vector<float>& A, int64_t a, const std::vector<float>& B, int64_t b) const {
+    double s = 0;
+    for (int64_t c = 0; c < dim; ++c) s += double{A[a * dim + c]} * B[b * dim + c];
+    return s;
+  }
+};
+
+std::vector<float> read_npy(const std::string& p, int64_t& rows, int64_t& cols) {
+  const std::string b = read_file(p);
+  const size_t header = static_cast<unsigned char>(b[8]) | (static_cast<unsigned char>(b[9]) << 8);
+  const std::string h = b.substr(10, header);
+  const auto at = h.find("'shape': (");
+  rows = std::stoll(h.substr(at + 10));
+  cols = std::stoll(h.substr(h.find(',', at) + 1));
+  std::vector<float> v(static_cast<size_t>(rows * cols));
+  std::memcpy(v.data(), b.data() + 10 + header, v.size() * sizeof(float));
+  return v;
+}
+
+Embeddings load_export(const std::string& dir) {
+  Embeddings e;
+  int64_t rows = 0;
+  e.U = read_npy(dir + "/user_embeddings.npy", rows, e.dim);
+  e.V = read_npy(dir + "/item_embeddings.npy", rows, e.dim);
+  for (const auto& r : read_csv_rows(dir + "/users.csv"))
+    if (r[0] != "index") {
+      e.user_row[r[1]] = static_cast<int64_t>(e.user_ids.size());
+      e.user_ids.push_back(r[1]);
+    }
+  for (const auto& r : read_csv_rows(dir + "/items.csv"))
+    if (r[0] != "index") {
+      e.item_row[r[1]] = static_cast<int64_t>(e.item_ids.size());
+      e.item_ids.push_back(r[1]);
+    }
+  return e;
+}
+
+// Rows of a recommend/similar CSV grouped by query, in rank order.
+std::map<std::string, std::vector<std::pair<std::string, double>>> by_query(const std::string& csv_path,
+                                                                           const std::string& header) {
+  std::map<std::string, std::vector<std::pair<std::string, double>>> out;
+  const auto rows = read_csv_rows(csv_path);
+  EXPECT_FALSE(rows.empty());
+  if (rows.empty()) return out;
+  std::string h;
+  for (const auto& f : rows[0]) h += (h.empty() ? "" : ",") + f;
+  EXPECT_EQ(h, header);
+  for (size_t j = 1; j < rows.size(); ++j) {
+    auto& list = out[rows[j][0]];
+    EXPECT_EQ(std::stoi(rows[j][2]), static_cast<int>(list.size()) + 1) << csv_path << " row " << j;
+    list.emplace_back(rows[j][1], std::stod(rows[j][3]));
+  }
+  return out;
+}
+
+// A ranked list against the brute force: the top-k scores among `allowed`
+// candidates (score all, filter, sort). Items may differ only where scores tie
+// (within float rounding); none may repeat or be outside the allowed ones.
+void expect_brute_force_topk(const std::vector<std::pair<std::string, double>>& got,
+                             std::vector<std::pair<double, std::string>> allowed, size_t k,
+                             const std::string& query) {
+  std::sort(allowed.begin(), allowed.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::map<std::string, double> score;
+  for (const auto& [s, id] : allowed) score[id] = s;
+  ASSERT_EQ(got.size(), std::min(k, allowed.size())) << "query " << query;
+  std::set<std::string> distinct;
+  for (size_t r = 0; r < got.size(); ++r) {
+    const auto it = score.find(got[r].first);
+    ASSERT_NE(it, score.end()) << "query " << query << " got " << got[r].first << ", which is filtered out";
+    EXPECT_TRUE(distinct.insert(got[r].first).second) << "query " << query << " repeats " << got[r].first;
+    EXPECT_NEAR(it->second, allowed[r].first, 1e-4 + 1e-4 * std::fabs(allowed[r].first))
+        << "query " << query << " rank " << r + 1;
+    EXPECT_NEAR(got[r].second, it->second, 1e-4 + 1e-4 * std::fabs(it->second));
+  }
+}
+
+TEST_F(Pipeline, SimilarItemsAndUsersMatchBruteForce) {
+  ASSERT_OK(train_);
+  ASSERT_OK(cli("export --model " + path("model") + " --out " + path("emb_sim") + " --threads 1"));
+  const Embeddings e = load_export(path("emb_sim"));
+  // Every item, in blocks.
+  const Result r = cli("similar --model " + path("model") + " --k 5 --out " + path("sim.csv") +
+                       " --threads 1 --block-queries 16");
+  ASSERT_OK(r);
+  EXPECT_NE(r.out.find("750 rows for 150 items"), std::string::npos) << r.out;
+  const auto sim = by_query(path("sim.csv"), "item,similar,rank,score");
+  ASSERT_EQ(sim.size(), 150u);
+  for (const auto& [q, got] : sim) {
+    std::vector<std::pair<double, std::string>> all;
+    for (size_t j = 0; j < e.item_ids.size(); ++j)
+      if (e.item_ids[j] != q) all.emplace_back(e.score(e.V, e.item_row.at(q), e.V, static_cast<int64_t>(j)), e.item_ids[j]);
+    expect_brute_force_topk(got, all, 5, q);
+  }
+  // Listed users (with a header), user-to-user, on stdout.
+  write_text(path("sim_users.txt"), "user\nu7\n  u3 \n");
+  const Result u = cli("similar --model " + path("model") + " --users --ids " + path("sim_users.txt") +
+                       " --id u11 --k 4 --out - --threads 1");
+  ASSERT_OK(u);
+  write_text(path("sim_users.csv"), u.out);
+  const auto su = by_query(path("sim_users.csv"), "user,similar,rank,score");
+  ASSERT_EQ(su.size(), 3u);
+  EXPECT_EQ(u.out.substr(0, 30).find("user,similar,rank,score\nu7,"), 0u) << u.out;
+  for (const auto& [q, got] : su) {
+    std::vector<std::pair<double, std::string>> all;
+    for (size_t j = 0; j < e.user_ids.size(); ++j)
+      if (e.user_ids[j] != q) all.emplace_back(e.score(e.U, e.user_row.at(q), e.U, static_cast<int64_t>(j)), e.user_ids[j]);
+    expect_brute_force_topk(got, all, 4, q);
+  }
+  // Filters on similar items: a category and an allow list, with a bare --items.
+  std::string allow = "item\n";
+  for (int i = 0; i < 150; i += 3) allow += "i" + std::to_string(i) + "\n";
+  write_text(path("sim_allow.txt"), allow);
+  const Result f = cli("similar --model " + path("model") + " --items " + path("sim_allow.txt") +
+                       " --where category=c1 --id i5 --id i9 --k 3 --out " + path("sim_f.csv") + " --threads 1");
+  ASSERT_OK(f);
+  const auto items_csv = read_csv_rows(path("syn/items.csv"));
+  std::set<std::string> c1;
+  for (const auto& row : items_csv)
+    if (row.size() > 2 && row[2] == "c1") c1.insert(row[0]);
+  for (const auto& [q, got] : by_query(path("sim_f.csv"), "item,similar,rank,score")) {
+    std::vector<std::pair<double, std::string>> ok;
+    for (int i = 0; i < 150; i += 3) {
+      const std::string id = "i" + std::to_string(i);
+      if (id != q && c1.count(id) && e.item_row.count(id))
+        ok.emplace_back(e.score(e.V, e.item_row.at(q), e.V, e.item_row.at(id)), id);
+    }
+    expect_brute_force_topk(got, ok, 3, q);
+  }
+  ASSERT_OK(cli("similar --model " + path("model") + " --items --id i5 --k 2 --out " + path("sim_bare.csv") + " --threads 1"));
+  EXPECT_EQ(read_csv_rows(path("sim_bare.csv")).size(), 3u);
+}
+
+TEST_F(Pipeline, RecommendFiltersApplyInsideTheTopK) {
+  ASSERT_OK(train_);
+  ASSERT_OK(cli("export --model " + path("model") + " --out " + path("emb_f") + " --threads 1"));
+  const Embeddings e = load_export(path("emb_f"));
+  std::map<std::string, std::set<std::string>> seen;
+  for (const auto& row : read_csv_rows(path("sp/train.csv"))) seen[row[0]].insert(row[1]);
+  std::map<std::string, std::string> category;
+  std::map<std::string, std::set<std::string>> tags;
+  for (const auto& row : read_csv_rows(path("syn/items.csv"))) {
+    if (row[0] == "item") continue;
+    category[row[0]] = row[2];
+    if (row.size() < 4) continue;  // no tags
+    std::istringstream ts(row[3]);
+    for (std::string t; std::getline(ts, t, '|');) tags[row[0]].insert(t);
+  }
+  // Allow lists small (10 items) and large (all but a few), a deny list, and
+  // two feature conditions; every user must get exactly the brute-force top-k
+  // of what passes, not fewer (filtering happens inside the top-K).
+  std::string small = "item\n", large, deny = "i1\n\ni2\n";
+  for (int i = 0; i < 150; ++i) {
+    if (i % 15 == 0) small += "i" + std::to_string(i) + "\n";
+    if (i % 25 != 0) large += "i" + std::to_string(i) + "\n";
+  }
+  write_text(path("allow_small.txt"), small);
+  write_text(path("allow_large.txt"), large);
+  write_text(path("deny.txt"), deny);
+  struct Case {
+    std::string flags;
+    std::function<bool(const std::string&)> pass;
+  };
+  const std::string some_tag = *tags.begin()->second.begin();
+  const std::vector<Case> cases = {
+      {"--items " + path("allow_small.txt"), [](const std::string& id) { return std::stoi(id.substr(1)) % 15 == 0; }},
+      {"--items " + path("allow_large.txt") + " --exclude " + path("deny.txt"),
+       [](const std::string& id) { const int i = std::stoi(id.substr(1)); return i % 25 != 0 && i != 1 && i != 2; }},
+      {"--where category=c2 --where tags=" + some_tag,
+       [&](const std::string& id) { return category[id] == "c2" && tags[id].count(some_tag) > 0; }},
+  };
+  for (size_t c = 0; c < cases.size(); ++c) {
+    SCOPED_TRACE(cases[c].flags);
+    const std::string out = path("recs_f" + std::to_string(c) + ".csv");
+    const Result r = cli("recommend --model " + path("model") + " --k 6 --block-users 50 " + cases[c].flags +
+                         " --out " + out + " --threads 1");
+    ASSERT_OK(r);
+    EXPECT_NE(r.out.find("items pass the filters"), std::string::npos) << r.out;
+    const auto recs = by_query(out, "user,item,rank,score");
+    int full = 0;
+    for (const auto& uid : e.user_ids) {
+      std::vector<std::pair<double, std::string>> ok;
+      for (const auto& iid : e.item_ids)
+        if (cases[c].pass(iid) && !seen[uid].count(iid))
+          ok.emplace_back(e.score(e.U, e.user_row.at(uid), e.V, e.item_row.at(iid)), iid);
+      const auto it = recs.find(uid);
+      const std::vector<std::pair<std::string, double>> none;
+      expect_brute_force_topk(it == recs.end() ? none : it->second, ok, 6, uid);
+      full += ok.size() >= 6;
+    }
+    EXPECT_GT(full, 100);  // most users have 6 allowed unseen items, and get them
+  }
+}
+
+TEST_F(Pipeline, FilterAndSimilarErrorsNameFileAndLine) {
+  ASSERT_OK(train_);
+  const std::string model = path("model");
+  write_text(path("allow_bad.txt"), "item\ni1\n\nnope\n");
+  const Result a = cli("recommend --model " + model + " --items " + path("allow_bad.txt") + " --out " + path("fe_a.csv"));
+  EXPECT_FAILS_WITH(a, "allow_bad.txt:4: field 'item': unknown item ID 'nope'");
+  EXPECT_TRUE(files_starting(work_dir(), "fe_a").empty());
+  EXPECT_FAILS_WITH(cli("similar --model " + model + " --exclude " + path("allow_bad.txt") + " --out " + path("fe_b.csv")),
+                    "allow_bad.txt:4: field 'item'");
+  EXPECT_TRUE(files_starting(work_dir(), "fe_b").empty());
+  EXPECT_FAILS_WITH(cli("recommend --model " + model + " --where genre=Comedy --out " + path("fe_c.csv")),
+                    "no item feature column 'genre' (categorical item features: category, tags)");
+  EXPECT_FAILS_WITH(cli("recommend --model " + model + " --where category=zz --out " + path("fe_c.csv")),
+                    "no item has category 'zz'");
+  EXPECT_FAILS_WITH(cli("recommend --model " + model + " --where price=1 --out " + path("fe_c.csv")), "numeric");
+  EXPECT_FAILS_WITH(cli("recommend --model " + model + " --where category --out " + path("fe_c.csv")),
+                    "expected column=value");
+  EXPECT_TRUE(files_starting(work_dir(), "fe_c").empty());
+  write_text(path("ids_bad.txt"), "u1\nu2\nghost\n");
+  EXPECT_FAILS_WITH(cli("similar --model " + model + " --users --ids " + path("ids_bad.txt") + " --out " + path("fe_d.csv")),
+                    "ids_bad.txt:3: field 'user': unknown user ID 'ghost'");
+  EXPECT_FAILS_WITH(cli("similar --model " + model + " --id ghost --out " + path("fe_d.csv")), "unknown item ID 'ghost'");
+  EXPECT_FAILS_WITH(cli("similar --model " + model + " --users --where category=c1 --out " + path("fe_d.csv")),
+                    "not with --users");
+  EXPECT_FAILS_WITH(cli("similar --model " + model + " --ids " + path("no_such_ids.txt") + " --out " + path("fe_d.csv")),
+                    "no_such_ids.txt: no such file");
+  EXPECT_FAILS_WITH(cli("similar --model " + model + " --out " + path("ckdir_nope/x.csv")), "no directory");
+  EXPECT_TRUE(files_starting(work_dir(), "fe_d").empty());
+  // Every new flag is in --help.
+  const Result h = cli("similar --help");
+  for (const char* flag : {"--items", "--users", "--ids", "--id", "--exclude", "--where", "--k", "--out", "--device", "--block-queries"})
+    EXPECT_NE(h.out.find(flag), std::string::npos) << flag;
+  const Result rh = cli("recommend --help");
+  for (const char* flag : {"--items", "--exclude", "--where"}) EXPECT_NE(rh.out.find(flag), std::string::npos) << flag;
+}
+
+// Other delimiters (flag and config key) and gzip-compressed CSVs, read by
+// train, split, eval and recommend as the plain comma files are.
+TEST_F(Pipeline, DelimitersAndGzipInputs) {
+  ASSERT_OK(train_);
+  auto semi = [](std::string t) {
+    std::replace(t.begin(), t.end(), ',', ';');
+    return t;
+  };
+  write_text(path("syn_semi.csv"), semi(read_file(path("syn/interactions.csv"))));
+  write_text(path("test_semi.csv"), semi(read_file(path("sp/test.csv"))));
+  ASSERT_EQ(std::system(("gzip -c " + path("syn/interactions.csv") + " > " + path("syn_gz.csv.gz")).c_str()), 0);
+  const std::string common = " --epochs 1 --threads 1 --quiet --hidden 16 --dim 8 --id-dim 8";
+  const Result a = cli("train --data " + path("syn_semi.csv") + " --delimiter ';'" + common + " --out " + path("m_semi"));
+  ASSERT_OK(a);
+  write_text(path("semi.json"), "{\"delimiter\": \";\"}");
+  ASSERT_OK(cli("train --config " + path("semi.json") + " --data " + path("syn_semi.csv") + common + " --out " + path("m_semi2")));
+  ASSERT_OK(cli("train --data " + path("syn_gz.csv.gz") + common + " --out " + path("m_gz")));
+  // The same data, so the same users and the same metrics.
+  const Result e1 = cli("eval --model " + path("m_semi") + " --test " + path("test_semi.csv") + " --delimiter ';' --threads 1");
+  ASSERT_OK(e1);
+  const Result e2 = cli("eval --model " + path("m_gz") + " --test " + path("sp/test.csv") + " --threads 1");
+  ASSERT_OK(e2);
+  EXPECT_EQ(metric(e1.out, "test@10", "ndcg"), metric(e2.out, "test@10", "ndcg"));
+  const Result e3 = cli("eval --model " + path("m_semi2") + " --test " + path("test_semi.csv") + " --delimiter ';' --threads 1");
+  ASSERT_OK(e3);
+  EXPECT_EQ(metric(e3.out, "test@10", "ndcg"), metric(e1.out, "test@10", "ndcg"));  // the config key
+  ASSERT_OK(cli("split --data " + path("syn_semi.csv") + " --delimiter ';' --test-fraction 0.25 --seed 42 --out " + path("sp_semi")));
+  ASSERT_OK(cli("split --data " + path("syn_gz.csv.gz") + " --test-fraction 0.25 --seed 42 --out " + path("sp_gz")));
+  EXPECT_EQ(read_file(path("sp_semi/test.csv")), read_file(path("sp_gz/test.csv")));  // outputs: commas
+  ASSERT_OK(cli("recommend --model " + path("m_semi") + " --seen " + path("test_semi.csv") +
+                " --delimiter ';' --k 2 --out " + path("recs_semi.csv") + " --threads 1"));
+  // Errors still name the file, line and field; bad delimiters are refused.
+  write_text(path("bad_semi.csv"), "user;item;rating\nu1;i1;4\nu2;i2;x\n");
+  EXPECT_FAILS_WITH(cli("eval --model " + path("m_semi") + " --test " + path("bad_semi.csv") + " --delimiter ';'"),
+                    "bad_semi.csv:3: field 'rating'");
+  EXPECT_FAILS_WITH(cli("train --data " + path("syn_semi.csv") + " --delimiter ab --out " + path("m_bad")), "--delimiter");
+  EXPECT_FAILS_WITH(cli("eval --model " + path("m_semi") + " --test " + path("test_semi.csv") + " --delimiter '\"'"),
+                    "not a delimiter");
+  std::string gz = read_file(path("syn_gz.csv.gz"));
+  gz.resize(gz.size() / 2);
+  write_text(path("cut.csv.gz"), gz);
+  EXPECT_FAILS_WITH(cli("train --data " + path("cut.csv.gz") + common + " --out " + path("m_cut")), "corrupt gzip data");
+  EXPECT_FALSE(file_exists(path("m_cut/model.ckpt")));
 }
 
 TEST(Resume, CliRunEndsBitIdenticalToAnUninterruptedOne) {

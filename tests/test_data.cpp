@@ -1,6 +1,7 @@
 // Data readers, feature building and the synthetic generator.
 #include <gtest/gtest.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <algorithm>
 #include <chrono>
@@ -157,6 +158,109 @@ TEST_F(DataTest, CsvQuotedFields) {
   Dataset ds = load_csv(p, "", "");
   EXPECT_EQ(ds.users.id(0), "a,b");
   EXPECT_EQ(ds.items.id(0), "say \"hi\"");
+}
+
+// The ID rule: opaque strings compared byte for byte after trimming spaces
+// and tabs (quoted or not); no numeric normalisation.
+TEST_F(DataTest, IdsAreTrimmedOpaqueStrings) {
+  const std::string p = put("ids.csv", "user,item\n7,a\n 7 ,a\n\"7\",b\n\" 7\t\",c\n007,a\n+7,a\n-7,a\n");
+  Dataset ds = load_csv(p, "", "");
+  ASSERT_EQ(ds.users.size(), 4);
+  EXPECT_EQ(ds.users.id(0), "7");
+  EXPECT_EQ(ds.users.id(1), "007");
+  EXPECT_EQ(ds.users.id(2), "+7");
+  EXPECT_EQ(ds.users.id(3), "-7");
+  EXPECT_EQ(ds.interactions.user, (std::vector<int32_t>{0, 0, 0, 0, 1, 2, 3}));
+  // Reading more interactions and features into those maps follows the same rule.
+  const std::string q = put("more.csv", "user,item\n\" 007 \",a\n");
+  EXPECT_EQ(read_interactions_csv(q, ds.users, ds.items, false).user, (std::vector<int32_t>{1}));
+  const std::string f = put("uf.csv", "user,age\n\" 7 \",30\n007,40\n");
+  const Dataset with = load_csv(p, f, "");
+  ASSERT_EQ(with.user_features.dense_dim(), 1);
+  EXPECT_EQ(with.user_features.dense, (std::vector<float>{0, 1, 0, 0}));  // 7: 30, 007: 40 (max)
+  expect_input_error([&] { read_interactions_csv(put("bad.csv", "user,item\n\"  \",a\n"), ds.users, ds.items); },
+                     dir_ + "/bad.csv", 2, "user");
+}
+
+// RFC 4180: quoted fields hold delimiters, doubled quotes and line breaks; the
+// line numbers of errors after such a record still name the physical line.
+TEST_F(DataTest, CsvQuotedFieldsAcrossLines) {
+  const std::string p = put("q.csv",
+                            "user,item,rating\n"
+                            "\"multi\nline\",\"say \"\"hi\"\"\",4\n"
+                            "\"u2\",\"a,b\",\"3\"\r\n"
+                            "\n"
+                            "u3,\"\",5\n");
+  IdMap users, items;
+  expect_input_error([&] { read_interactions_csv(p, users, items); }, p, 6, "item");  // empty ID
+  put("q.csv", "user,item,rating\n\"multi\nline\",\"say \"\"hi\"\"\",4\n\"u2\",\"a,b\",\"3\"\r\n\nu3,i,five\n");
+  expect_input_error([&] { read_interactions_csv(p, users, items); }, p, 6, "rating");
+  put("q.csv", "user,item,rating\n\"multi\nline\",\"say \"\"hi\"\"\",4\n\"u2\",\"a,b\",\"3\"\r\n");
+  IdMap u2, i2;
+  const Interactions x = read_interactions_csv(p, u2, i2);
+  ASSERT_EQ(x.size(), 2);
+  EXPECT_EQ(u2.id(0), "multi\nline");
+  EXPECT_EQ(i2.id(0), "say \"hi\"");
+  EXPECT_EQ(i2.id(1), "a,b");
+  EXPECT_EQ(x.rating, (std::vector<float>{4, 3}));
+  // Written back (quoted where needed) and read again: the same IDs.
+  const std::string back = dir_ + "/back.csv";
+  write_interactions_csv(back, x, u2, i2);
+  IdMap u3, i3;
+  read_interactions_csv(back, u3, i3);
+  EXPECT_EQ(u3.ids(), u2.ids());
+  EXPECT_EQ(i3.ids(), i2.ids());
+  // An unterminated quote names the line where the field starts.
+  put("bad.csv", "user,item\nu1,i1\nu2,\"i2\nu3,i3\n");
+  expect_input_error([&] { read_interactions_csv(dir_ + "/bad.csv", u2, i2); }, dir_ + "/bad.csv", 3, "");
+}
+
+TEST_F(DataTest, CsvOtherDelimiters) {
+  LoadOptions tab;
+  tab.delimiter = '\t';
+  const std::string p = put("t.tsv", "user\titem\trating\n u1 \t\"i,1\"\t4\nu2\t\t3\n");
+  expect_input_error([&] { load_csv(p, "", "", tab); }, p, 3, "item");
+  put("t.tsv", "user\titem\trating\n u1 \t\"i,1\"\t4\nu2\ti2\t3\n");
+  const std::string f = put("f.tsv", "item\tgenre\ni,1\tA|B\ni2\tC\n");
+  const Dataset ds = load_csv(p, "", f, tab);
+  EXPECT_EQ(ds.users.id(0), "u1");
+  EXPECT_EQ(ds.items.id(0), "i,1");
+  ASSERT_EQ(ds.item_features.categorical.size(), 1u);
+  EXPECT_EQ(bag(ds.item_features.categorical[0], 0), (std::vector<std::string>{"A", "B"}));
+  LoadOptions semi;
+  semi.delimiter = ';';
+  const std::string q = put("s.csv", "user;item\na;\"x;y\"\n");
+  EXPECT_EQ(load_csv(q, "", "", semi).items.id(0), "x;y");
+  // The default comma reads the semicolon file as one column named "user;item".
+  expect_input_error([&] { load_csv(q, "", ""); }, q, 1, "user");
+}
+
+TEST_F(DataTest, GzipInputsAreReadLikePlainOnes) {
+  const std::string plain = "user,item,rating\nu1,i1,4\nu2,\"i\n2\",3\n";
+  const std::string gz = dir_ + "/x.csv.gz";
+  {
+    gzFile g = gzopen(gz.c_str(), "wb");
+    ASSERT_NE(g, nullptr);
+    gzwrite(g, plain.data(), static_cast<unsigned>(plain.size()));
+    gzclose(g);
+  }
+  const Dataset a = load_auto(gz), b = load_auto(put("x.csv", plain));
+  EXPECT_EQ(a.users.ids(), b.users.ids());
+  EXPECT_EQ(a.items.ids(), b.items.ids());
+  EXPECT_EQ(a.interactions.rating, b.interactions.rating);
+  // Truncated gzip data is refused, naming the file.
+  std::string bytes = read_file(gz);
+  bytes.resize(bytes.size() - 6);
+  const std::string cut = put("cut.csv.gz", bytes);
+  expect_input_error([&] { load_auto(cut); }, cut, 0, "");
+  // Errors inside compressed data name the (decompressed) line and field.
+  {
+    gzFile g = gzopen(gz.c_str(), "wb");
+    const std::string bad = "user,item,rating\nu1,i1,4\nu2,i2,x\n";
+    gzwrite(g, bad.data(), static_cast<unsigned>(bad.size()));
+    gzclose(g);
+  }
+  expect_input_error([&] { load_auto(gz); }, gz, 3, "rating");
 }
 
 TEST_F(DataTest, CsvMissingColumn) {
@@ -403,6 +507,11 @@ TEST_F(DataTest, MovieLens100kErrors) {
   expect_input_error([&] { load_movielens_100k(d); }, data, 2, "item");
   put("ml/u.data", "");
   expect_input_error([&] { load_movielens_100k(d); }, data, 0, "");
+  // MovieLens IDs are digits only: no sign.
+  put("ml/u.data", "1\t10\t5\t881250949\n-7\t10\t3\t881250950\n");
+  expect_input_error([&] { load_movielens_100k(d); }, data, 2, "user");
+  put("ml/u.data", "1\t10\t5\t881250949\n7\t+10\t3\t881250950\n");
+  expect_input_error([&] { load_movielens_100k(d); }, data, 2, "item");
   put("ml/u.data", "1\t10\t5\t881250949\n");
   const std::string user = put("ml/u.user", "1|24|M|technician|85711\n3|1|F|x|1\n");
   expect_input_error([&] { load_movielens_100k(d); }, user, 2, "user");

@@ -96,6 +96,34 @@ TEST(Export, EmptyAndWideShapes) {
   EXPECT_EQ(w.data, big);
 }
 
+// Seen items as CSR: a 1-D int64 offsets vector and a 1-D int32 items vector.
+TEST(Export, SeenItemsAsCsrOfTwoVectors) {
+  Interactions x;
+  x.user = {2, 0, 2, 2, 0};
+  x.item = {4, 1, 0, 4, 3};
+  const UserItems seen = group_by_user(x, 4);  // user 1 and 3: none
+  const std::string dir = temp_dir("seen");
+  export_seen(seen, dir);
+  auto raw = [&](const std::string& name, std::string& header) {
+    const std::string b = read_file(dir + "/" + name);
+    const size_t hl = static_cast<unsigned char>(b[8]) | (static_cast<size_t>(static_cast<unsigned char>(b[9])) << 8);
+    EXPECT_EQ((10 + hl) % 64, 0u);
+    header = b.substr(10, hl);
+    return b.substr(10 + hl);
+  };
+  std::string h;
+  const std::string off = raw(kSeenOffsetsFile, h);
+  EXPECT_NE(h.find("'descr': '<i8', 'fortran_order': False, 'shape': (5,)"), std::string::npos) << h;
+  std::vector<int64_t> o(off.size() / 8);
+  std::memcpy(o.data(), off.data(), off.size());
+  EXPECT_EQ(o, (std::vector<int64_t>{0, 2, 2, 4, 4}));
+  const std::string it = raw(kSeenItemsFile, h);
+  EXPECT_NE(h.find("'descr': '<i4', 'fortran_order': False, 'shape': (4,)"), std::string::npos) << h;
+  std::vector<int32_t> v(it.size() / 4);
+  std::memcpy(v.data(), it.data(), it.size());
+  EXPECT_EQ(v, (std::vector<int32_t>{1, 3, 0, 4}));
+}
+
 Checkpoint tiny_checkpoint() {
   Checkpoint ck;
   ck.config_json = "{}";

@@ -12,6 +12,7 @@
 #include "towerrec/checkpoint.h"
 #include "towerrec/config.h"
 #include "towerrec/data.h"
+#include "towerrec/io.h"
 #include "towerrec/model.h"
 #include "towerrec/recommend.h"
 #include "towerrec/session.h"
@@ -26,6 +27,7 @@ int cmd_split(const Args& args);
 int cmd_train(const Args& args);
 int cmd_eval(const Args& args);
 int cmd_recommend(const Args& args);
+int cmd_similar(const Args& args);
 int cmd_export(const Args& args);
 int cmd_tune(const Args& args);
 int cmd_info(const Args& args);
@@ -39,6 +41,10 @@ struct DeviceOptions {
   int threads = 0;
 };
 void add_device_options(CLI::App& app, DeviceOptions& d);
+
+// --delimiter C: the field separator of the CSV files a command reads
+// (parse_delimiter's values; outputs are always comma-separated).
+void add_delimiter_option(CLI::App& app, char& delimiter);
 
 // Prints progress on stderr: a refreshed line on a terminal, plain lines otherwise.
 class ProgressPrinter {
@@ -61,6 +67,51 @@ std::vector<int> parse_ks(const std::string& s);
 
 // Empty per-user item lists (nothing excluded).
 UserItems no_items(int32_t n_users);
+
+// Dense indices of the IDs in a list file: one ID per line, surrounding
+// whitespace ignored, blank lines skipped, a first line that is `kind` or
+// `kind`_id a header. An unknown ID is an InputError naming the file, line and
+// field `kind`; an empty list is one unless allow_empty.
+std::vector<int32_t> read_id_list(const std::string& path, const IdMap& map, const std::string& kind,
+                                  bool allow_empty = false);
+
+// The item filters of recommend and similar: --items FILE (allow list),
+// --exclude FILE (deny list), --where column=value (repeatable, all must hold).
+struct ItemFilterOptions {
+  std::string allow_file, deny_file;
+  std::vector<std::string> where;
+  bool has_allow = false, has_deny = false;
+  bool any() const { return has_allow || has_deny || !where.empty(); }
+};
+// Adds --exclude and --where; --items FILE too unless the command defines its own.
+void add_item_filter_options(CLI::App& app, ItemFilterOptions& f, bool add_items = true);
+// The candidates the filters leave, for rank_topk (restrict is false when no
+// filter is given). Prints a note on stderr when none is left.
+RankFilter make_item_filter(const LoadedModel& lm, const ItemFilterOptions& f);
+
+// Refuses, before the model is loaded or anything ranked, an --out that cannot
+// be written: a directory, or a file in a missing or read-only directory.
+void check_writable(const std::string& out);
+
+// The CSV output of recommend and similar: standard output for "-", else an
+// atomic file that appears complete at commit() or not at all.
+class CsvOutput {
+ public:
+  explicit CsvOutput(const std::string& out);
+  void write(const std::string& text);
+  void commit();
+  bool to_stdout() const { return path_ == "-"; }
+  // "standard output" or the file's name, for the closing line.
+  std::string name() const { return to_stdout() ? "standard output" : path_; }
+
+ private:
+  std::string path_;
+  std::unique_ptr<AtomicFile> file_;
+};
+
+// Appends CSV rows query,result,rank,score of one top-K block (original IDs,
+// rank from 1, padding left out); returns the rows appended.
+int64_t append_topk_rows(std::string& buf, const TopKBlock& b, const IdMap& queries, const IdMap& results);
 
 void print_ranking(const std::string& label, const RankingMetrics& m);
 void print_sampled(const std::string& label, const SampledMetrics& m);

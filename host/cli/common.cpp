@@ -1,10 +1,14 @@
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <sstream>
 
 #include "host/cli/cli.h"
+#include "host/data/text.h"
 #include "towerrec/error.h"
 #include "towerrec/io.h"
 
@@ -28,6 +32,13 @@ void add_device_options(CLI::App& app, DeviceOptions& d) {
   app.add_option("--threads", d.threads, "CPU threads (0: all cores)")
       ->check(CLI::Range(0, 4096))
       ->capture_default_str();
+}
+
+void add_delimiter_option(CLI::App& app, char& delimiter) {
+  app.add_option_function<std::string>(
+         "--delimiter", [&delimiter](const std::string& v) { delimiter = parse_delimiter("--delimiter", v); },
+         "field separator of the CSV files read (default ','; tab or \\t for a tab)")
+      ->option_text("C");
 }
 
 ProgressPrinter::ProgressPrinter(bool quiet) : quiet_(quiet), tty_(::isatty(2) != 0) {}
@@ -72,6 +83,124 @@ UserItems no_items(int32_t n_users) {
   UserItems g;
   g.offsets.assign(static_cast<size_t>(n_users) + 1, 0);
   return g;
+}
+
+std::vector<int32_t> read_id_list(const std::string& path, const IdMap& map, const std::string& kind,
+                                  bool allow_empty) {
+  if (!file_exists(path)) throw Error(path + ": no such file");
+  if (is_directory(path)) throw Error(path + ": is a directory");
+  const std::string text = read_file(path);
+  std::vector<int32_t> out;
+  int64_t line = 0;
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    std::string_view id(text.data() + at, end - at);
+    at = end + 1;
+    ++line;
+    if (line == 1 && id.substr(0, 3) == "\xEF\xBB\xBF") id.remove_prefix(3);  // UTF-8 BOM
+    while (!id.empty() && id.back() == '\r') id.remove_suffix(1);
+    id = data_detail::trim(id);
+    if (id.empty()) continue;
+    if (line == 1 && (id == kind || id == kind + "_id")) continue;
+    const int32_t x = map.find(id);
+    if (x < 0) throw InputError(path, line, kind, "unknown " + kind + " ID '" + std::string(id) + "'");
+    out.push_back(x);
+  }
+  if (out.empty() && !allow_empty) throw InputError(path, 0, "", "no " + kind + " IDs");
+  return out;
+}
+
+void add_item_filter_options(CLI::App& app, ItemFilterOptions& f, bool add_items) {
+  if (add_items)
+    app.add_option_function<std::string>(
+           "--items",
+           [&f](const std::string& p) {
+             f.allow_file = p;
+             f.has_allow = true;
+           },
+           "allow list: only these item IDs may be returned (one per line)")
+        ->option_text("FILE");
+  app.add_option_function<std::string>(
+         "--exclude",
+         [&f](const std::string& p) {
+           f.deny_file = p;
+           f.has_deny = true;
+         },
+         "deny list: these item IDs are never returned (one per line)")
+      ->option_text("FILE");
+  app.add_option_function<std::string>(
+         "--where", [&f](const std::string& w) { f.where.push_back(w); },
+         "only items whose categorical feature COLUMN holds VALUE (repeatable: all must hold; "
+         "one value of a multi-hot column is enough)")
+      ->option_text("COLUMN=VALUE")
+      ->trigger_on_parse();
+}
+
+RankFilter make_item_filter(const LoadedModel& lm, const ItemFilterOptions& f) {
+  RankFilter rf;
+  if (!f.any()) return rf;
+  std::vector<int32_t> allow, deny;
+  if (f.has_allow) allow = read_id_list(f.allow_file, lm.ck.items, "item");
+  if (f.has_deny) deny = read_id_list(f.deny_file, lm.ck.items, "item", true);
+  std::vector<FeatureCondition> where;
+  for (const auto& w : f.where) where.push_back(parse_feature_condition(w, "--where"));
+  const std::vector<char> mask =
+      where.empty() ? std::vector<char>() : match_features(lm.ck.item_features, lm.n_items(), where, "item");
+  rf.restrict = true;
+  rf.candidates = candidate_items(lm.n_items(), f.has_allow, allow, deny, mask);
+  if (rf.candidates.empty()) std::fprintf(stderr, "note: no item passes the filters; no rows will be written\n");
+  return rf;
+}
+
+void check_writable(const std::string& out) {
+  namespace fs = std::filesystem;
+  if (out == "-") return;
+  std::error_code ec;
+  if (fs::is_directory(fs::status(out, ec))) throw Error("--out " + out + ": is a directory");
+  const fs::path dir = fs::path(out).has_parent_path() ? fs::path(out).parent_path() : fs::path(".");
+  if (!fs::is_directory(fs::status(dir, ec)))
+    throw Error("--out " + out + ": no directory " + dir.string());
+  if (::access(dir.c_str(), W_OK | X_OK) != 0)
+    throw Error("--out " + out + ": cannot write in " + dir.string() + " (" + std::strerror(errno) + ")");
+  const auto st = fs::status(out, ec);
+  if (fs::exists(st) && ::access(out.c_str(), W_OK) != 0)
+    throw Error("--out " + out + ": cannot be replaced (" + std::strerror(errno) + ")");
+}
+
+CsvOutput::CsvOutput(const std::string& out) : path_(out) {
+  if (!to_stdout()) file_ = std::make_unique<AtomicFile>(out);
+}
+
+void CsvOutput::write(const std::string& text) {
+  if (file_) return file_->write(text);
+  if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size())
+    throw Error("standard output: write failed");
+}
+
+void CsvOutput::commit() {
+  if (file_) return file_->commit();
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) throw Error("standard output: write failed");
+}
+
+int64_t append_topk_rows(std::string& buf, const TopKBlock& b, const IdMap& queries, const IdMap& results) {
+  int64_t rows = 0;
+  for (size_t r = 0; r < b.users.size(); ++r) {
+    const std::string& qid = queries.id(b.users[r]);
+    for (int q = 0; q < b.k; ++q) {
+      const int32_t it = b.items[r * static_cast<size_t>(b.k) + q];
+      if (it < 0) break;
+      data_detail::append_csv_field(buf, qid);
+      buf += ',';
+      data_detail::append_csv_field(buf, results.id(it));
+      char tail[48];
+      std::snprintf(tail, sizeof tail, ",%d,%.7g\n", q + 1, b.scores[r * static_cast<size_t>(b.k) + q]);
+      buf += tail;
+      ++rows;
+    }
+  }
+  return rows;
 }
 
 void print_ranking(const std::string& label, const RankingMetrics& m) {

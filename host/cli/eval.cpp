@@ -39,6 +39,8 @@ int cmd_eval(const Args& args) {
                       ->check(CLI::Range(1, 1000000))
                       ->capture_default_str();
   auto* seed_opt = app.add_option("--seed", seed, "sampled protocol: seed of the negatives")->capture_default_str();
+  char delimiter = ',';
+  add_delimiter_option(app, delimiter);
   add_device_options(app, dev);
   if (!parse_args(app, args)) return 0;
   if (train_opt->count() && include_seen) throw Error("--train and --include-seen exclude each other");
@@ -50,7 +52,7 @@ int cmd_eval(const Args& args) {
   LoadedModel lm = load_model(model, dev.device, dev.threads);
   const int32_t nu = lm.n_users(), ni = lm.n_items();
   const Interactions test_rows = read_known_interactions(test_path, lm.ck.users, lm.ck.items,
-                                                         lm.cfg.rating_threshold);
+                                                         lm.cfg.rating_threshold, delimiter);
   const UserItems test = group_by_user(test_rows, nu);
   UserItems train;
   std::string excluded;
@@ -59,7 +61,7 @@ int cmd_eval(const Args& args) {
     excluded = "nothing excluded";
   } else if (train_opt->count()) {
     train = group_by_user(read_known_interactions(train_path, lm.ck.users, lm.ck.items,
-                                                  lm.cfg.rating_threshold), nu);
+                                                  lm.cfg.rating_threshold, delimiter), nu);
     excluded = "excluding " + train_path;
   } else if (lm.ck.has_seen()) {
     train = lm.ck.seen;

@@ -18,6 +18,7 @@ const char* kUsage =
     "  train      train a two-tower model\n"
     "  eval       evaluate a trained model on held-out interactions\n"
     "  recommend  write every user's top-k items as CSV\n"
+    "  similar    write each item's (or user's) most similar items (users) as CSV\n"
     "  export     write user and item embeddings as .npy with their ID maps\n"
     "  tune       search configuration values on a validation split\n"
     "  info       show the build, the backends and the devices\n"
@@ -42,7 +43,7 @@ int main(int argc, char** argv) {
     static const Command kCommands[] = {
         {"synth", cli::cmd_synth},   {"split", cli::cmd_split},         {"train", cli::cmd_train},
         {"eval", cli::cmd_eval},     {"recommend", cli::cmd_recommend}, {"export", cli::cmd_export},
-        {"tune", cli::cmd_tune},
+        {"similar", cli::cmd_similar}, {"tune", cli::cmd_tune},
         {"info", cli::cmd_info},
     };
     for (const auto& c : kCommands)

@@ -37,6 +37,7 @@ int cmd_split(const Args& args) {
                  "keep interactions with rating >= X (as `train` does; none: every rating)");
   app.add_option("--user-features", cfg.user_features, "with a CSV --data, as for `train`");
   app.add_option("--item-features", cfg.item_features, "with a CSV --data, as for `train`");
+  add_delimiter_option(app, cfg.delimiter);
   if (!parse_args(app, args)) return 0;
   // The same values and errors as train's key (a number, or none).
   if (!threshold.empty())

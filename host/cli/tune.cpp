@@ -119,7 +119,7 @@ int cmd_tune(const Args& args) {
 
   Dataset ds = load_dataset(base);
   if (!base.train_file.empty())
-    ds.interactions = read_known_interactions(base.train_file, ds.users, ds.items, base.rating_threshold);
+    ds.interactions = read_known_interactions(base.train_file, ds.users, ds.items, base.rating_threshold, base.delimiter);
   const int32_t n_users = ds.users.size(), n_items = ds.items.size();
   const Split sp = split_per_user_ratio(ds.interactions, n_users, base.holdout, base.split_seed);
   const UserItems seen = group_by_user(sp.train, n_users);

@@ -1,12 +1,14 @@
 // Generic CSV interactions and feature files.
 //
 // Interactions: a header naming the columns (any order, extra columns ignored):
-//   user   (also user_id, userid)           required, string ID
+//   user   (also user_id, userid)           required, string ID (see IdMap: opaque,
+//                                           trimmed of surrounding spaces and tabs)
 //   item   (also item_id, itemid, movie_id, movieid)  required, string ID
 //   rating (also score)                     optional, finite number
 //   timestamp (also ts, time)               optional, integer (or integral number)
 // Header names are matched case-insensitively.
 #include <cmath>
+#include <cstring>
 #include <deque>
 
 #include "host/data/features.h"
@@ -42,14 +44,18 @@ const char* const kRoleName[4] = {"user", "item", "rating", "timestamp"};
 }  // namespace
 
 Interactions read_interactions_csv(const std::string& path, IdMap& users, IdMap& items,
-                                   bool allow_new) {
+                                   bool allow_new, char delimiter) {
   const std::string text = slurp(path);
-  LineReader lines(text);
-  std::string_view line;
+  CsvReader lines(text, delimiter);
   std::deque<std::string> arena;
   std::vector<std::string_view> f;
-  if (!lines.next(line)) throw InputError(path, 0, "", "empty file");
-  if (!split_csv(line, f, arena)) throw InputError(path, lines.line_no(), "", "unterminated quote");
+  const auto record = [&] {
+    const CsvReader::Status st = lines.next(f, arena);
+    if (st == CsvReader::kUnterminatedQuote)
+      throw InputError(path, lines.line_no(), "", "unterminated quote");
+    return st == CsvReader::kRecord;
+  };
+  if (!record()) throw InputError(path, 0, "", "empty file");
   int col[4] = {-1, -1, -1, -1};
   std::vector<std::string> names;
   for (size_t c = 0; c < f.size(); ++c) {
@@ -72,9 +78,8 @@ Interactions read_interactions_csv(const std::string& path, IdMap& users, IdMap&
     x.user.reserve(guess);
     x.item.reserve(guess);
   }
-  while (lines.next(line)) {
+  while (record()) {
     const int64_t ln = lines.line_no();
-    if (!split_csv(line, f, arena)) throw InputError(path, ln, "", "unterminated quote");
     if (f.size() < want) throw InputError(path, ln, names[f.size()], "missing column");
     if (f.size() > want)
       throw InputError(path, ln, "",
@@ -82,7 +87,8 @@ Interactions read_interactions_csv(const std::string& path, IdMap& users, IdMap&
                            std::to_string(f.size()));
     int32_t idx[2];
     for (int r = 0; r < 2; ++r) {
-      const std::string_view id = f[static_cast<size_t>(col[r])];
+      // IDs are trimmed of surrounding spaces and tabs, quoted or not.
+      const std::string_view id = trim(f[static_cast<size_t>(col[r])]);
       if (id.empty()) throw InputError(path, ln, kRoleName[r], "empty ID");
       IdMap& m = r == 0 ? users : items;
       idx[r] = allow_new ? m.add(id) : m.find(id);
@@ -156,16 +162,16 @@ Dataset load_csv(const std::string& interactions_csv, const std::string& user_fe
                  const std::string& item_features_csv, const LoadOptions& opt) {
   Dataset ds;
   ds.source = "csv:" + interactions_csv;
-  ds.interactions = read_interactions_csv(interactions_csv, ds.users, ds.items, true);
+  ds.interactions = read_interactions_csv(interactions_csv, ds.users, ds.items, true, opt.delimiter);
   if (ds.interactions.size() == 0) throw InputError(interactions_csv, 1, "", "no interactions");
   if (opt.features && !user_features_csv.empty()) {
     FeatureTable t;
-    read_feature_csv(user_features_csv, ds.users, t);
+    read_feature_csv(user_features_csv, ds.users, t, opt.delimiter);
     ds.user_features = build_features(t, ds.users.size());
   }
   if (opt.features && !item_features_csv.empty()) {
     FeatureTable t;
-    read_feature_csv(item_features_csv, ds.items, t);
+    read_feature_csv(item_features_csv, ds.items, t, opt.delimiter);
     ds.item_features = build_features(t, ds.items.size());
   }
   ds.user_features.n_entities = ds.users.size();
@@ -186,9 +192,10 @@ Dataset load_auto(const std::string& path, const LoadOptions& opt) {
     throw Error(path + ": no u.data, ratings.dat or interactions.csv in this directory");
   }
   if (file_exists(path)) {
-    if (path.size() >= 4 && lower(path.substr(path.size() - 4)) == ".csv")
-      return load_csv(path, "", "", opt);
-    throw Error(path + ": unknown data format (expected a .csv file or a dataset directory)");
+    const std::string l = lower(path);
+    const auto ends = [&](const char* e) { return l.size() >= std::strlen(e) && l.compare(l.size() - std::strlen(e), std::string::npos, e) == 0; };
+    if (ends(".csv") || ends(".csv.gz") || ends(".tsv") || ends(".tsv.gz")) return load_csv(path, "", "", opt);
+    throw Error(path + ": unknown data format (expected a .csv or .csv.gz file or a dataset directory)");
   }
   throw Error(path + ": no such file or directory");
 }

@@ -10,6 +10,7 @@
 namespace towerrec::data_detail {
 
 void FeatureTable::begin_row(const IdMap& ids, std::string_view id, int64_t line) {
+  id = trim(id);  // the ID rule of every reader (see IdMap)
   if (id.empty()) throw InputError(file, line, id_name, "empty ID");
   const int32_t e = ids.find(id);
   if (e < 0)
@@ -150,15 +151,18 @@ EntityFeatures build_features(const FeatureTable& t, int32_t n) {
   return f;
 }
 
-void read_feature_csv(const std::string& path, const IdMap& ids, FeatureTable& t) {
+void read_feature_csv(const std::string& path, const IdMap& ids, FeatureTable& t, char delimiter) {
   t.file = path;
   t.text = slurp(path);
-  LineReader lines(t.text);
-  std::string_view line;
-  if (!lines.next(line)) throw InputError(path, 0, "", "empty file");
+  CsvReader lines(t.text, delimiter);
   std::vector<std::string_view> f;
-  if (!split_csv(line, f, t.arena))
-    throw InputError(path, lines.line_no(), "", "unterminated quote");
+  const auto record = [&] {
+    const CsvReader::Status st = lines.next(f, t.arena);
+    if (st == CsvReader::kUnterminatedQuote)
+      throw InputError(path, lines.line_no(), "", "unterminated quote");
+    return st == CsvReader::kRecord;
+  };
+  if (!record()) throw InputError(path, 0, "", "empty file");
   if (f.empty() || f[0].empty()) throw InputError(path, lines.line_no(), "", "header has no ID column");
   t.id_name = std::string(f[0]);
   for (size_t c = 1; c < f.size(); ++c) {
@@ -171,9 +175,7 @@ void read_feature_csv(const std::string& path, const IdMap& ids, FeatureTable& t
     t.add_column(std::string(f[c]), ColumnKind::kAuto);
   }
   const size_t want = f.size();
-  while (lines.next(line)) {
-    if (!split_csv(line, f, t.arena))
-      throw InputError(path, lines.line_no(), "", "unterminated quote");
+  while (record()) {
     if (f.size() < want)
       throw InputError(path, lines.line_no(), t.names[f.size() - 1], "missing column");
     if (f.size() > want)

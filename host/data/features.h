@@ -58,7 +58,7 @@ struct FeatureTable {
 EntityFeatures build_features(const FeatureTable& t, int32_t n_entities);
 
 // Reads a generic feature CSV (header row; first column the ID) into `t`.
-void read_feature_csv(const std::string& path, const IdMap& ids, FeatureTable& t);
+void read_feature_csv(const std::string& path, const IdMap& ids, FeatureTable& t, char delimiter = ',');
 
 // Keeps the interactions with rating >= threshold (all when there are no
 // ratings or the threshold is NaN).

@@ -13,7 +13,8 @@
 //               (dense), occupation, zip_prefix
 //   movies.dat  item::title::Genre|Genre -> year (dense, from "(1995)" at the end
 //               of the title) and genres (multi-hot; "(no genres listed)" is empty)
-// IDs must be integers; they are kept as the text of the file ("196"). Titles are
+// IDs must be unsigned integers (digits only); they are kept as the text of the
+// file ("196"), compared byte for byte as every ID is (see IdMap). Titles are
 // Latin-1 in the original files and are never decoded.
 #include <cmath>
 
@@ -28,10 +29,14 @@ namespace {
 
 using namespace data_detail;
 
+// MovieLens IDs are unsigned decimal integers: digits only (no sign), kept as
+// text like every ID (so "007" and "7" would be two IDs; the files never pad).
 void require_int(const std::string& file, int64_t line, const char* field, std::string_view s) {
-  int64_t v;
-  if (!parse_int64(s, v))
-    throw InputError(file, line, field, "'" + std::string(s) + "' is not an integer ID");
+  bool digits = !s.empty();
+  for (char c : s) digits = digits && c >= '0' && c <= '9';
+  if (!digits)
+    throw InputError(file, line, field,
+                     "'" + std::string(s) + "' is not an integer ID (digits only, no sign)");
 }
 
 // Reads a ratings file of `ncol` (>= 3) fields: user, item, rating[, timestamp].

@@ -1,6 +1,7 @@
 #include "host/data/text.h"
 
 #include <sys/stat.h>
+#include <zlib.h>
 
 #include <cerrno>
 #include <charconv>
@@ -11,6 +12,39 @@
 #include "towerrec/error.h"
 
 namespace towerrec::data_detail {
+
+namespace {
+
+// The whole of a gzip file (one or more members) inflated.
+std::string gunzip(const std::string& path, const std::string& in) {
+  std::string out;
+  out.reserve(in.size() * 4);
+  z_stream z{};
+  if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK) throw Error(path + ": cannot start gzip decompression");
+  z.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  z.avail_in = static_cast<uInt>(in.size());
+  char buf[1 << 16];
+  for (;;) {
+    z.next_out = reinterpret_cast<Bytef*>(buf);
+    z.avail_out = sizeof buf;
+    const int rc = inflate(&z, Z_NO_FLUSH);
+    out.append(buf, sizeof buf - z.avail_out);
+    if (rc == Z_STREAM_END) {
+      if (z.avail_in == 0) break;
+      if (inflateReset(&z) != Z_OK) break;  // another member follows
+      continue;
+    }
+    if (rc != Z_OK) {
+      const std::string why = z.msg ? z.msg : (rc == Z_BUF_ERROR ? "truncated" : "corrupt");
+      inflateEnd(&z);
+      throw InputError(path, 0, "", "corrupt gzip data (" + why + ")");
+    }
+  }
+  inflateEnd(&z);
+  return out;
+}
+
+}  // namespace
 
 std::string slurp(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "rb");
@@ -24,6 +58,8 @@ std::string slurp(const std::string& path) {
   const bool bad = std::ferror(f) != 0;
   std::fclose(f);
   if (bad) throw Error("cannot read " + path);
+  if (s.size() >= 2 && static_cast<unsigned char>(s[0]) == 0x1f && static_cast<unsigned char>(s[1]) == 0x8b)
+    return gunzip(path, s);
   return s;
 }
 
@@ -72,57 +108,82 @@ void split(std::string_view line, std::string_view delim, std::vector<std::strin
   out.push_back(trim(line.substr(start)));
 }
 
-bool split_csv(std::string_view line, std::vector<std::string_view>& out,
-               std::deque<std::string>& arena) {
+CsvReader::CsvReader(std::string_view text, char delim) : text_(text), delim_(delim) {
+  if (text_.size() >= 3 && text_.substr(0, 3) == "\xEF\xBB\xBF") pos_ = 3;
+}
+
+CsvReader::Status CsvReader::next(std::vector<std::string_view>& out, std::deque<std::string>& arena) {
   out.clear();
-  if (line.find('"') == std::string_view::npos) {
-    split(line, ",", out);
-    return true;
-  }
-  size_t i = 0;
-  const size_t n = line.size();
+  const size_t n = text_.size();
+  const char* t = text_.data();
+  const auto blank = [&](char c) { return (c == ' ' || c == '\t' || c == '\r') && c != delim_; };
+  // Skip blank lines.
   for (;;) {
-    while (i < n && (line[i] == ' ' || line[i] == '\t')) ++i;
-    if (i < n && line[i] == '"') {
-      // Quoted field.
-      const size_t start = ++i;
+    size_t i = pos_;
+    while (i < n && blank(t[i])) ++i;
+    if (i >= n) {
+      pos_ = n;
+      return kEnd;
+    }
+    if (t[i] != '\n') break;
+    pos_ = i + 1;
+    ++line_;
+  }
+  record_line_ = line_;
+  size_t i = pos_;
+  for (;;) {
+    size_t j = i;
+    while (j < n && (t[j] == ' ' || t[j] == '\t') && t[j] != delim_) ++j;
+    if (j < n && t[j] == '"') {
+      const int64_t field_line = line_;
+      const size_t start = ++j;
       bool escaped = false;
       for (;;) {
-        if (i >= n) return false;
-        if (line[i] == '"') {
-          if (i + 1 < n && line[i + 1] == '"') {
+        if (j >= n) {
+          record_line_ = field_line;
+          return kUnterminatedQuote;
+        }
+        if (t[j] == '"') {
+          if (j + 1 < n && t[j + 1] == '"') {
             escaped = true;
-            i += 2;
+            j += 2;
             continue;
           }
           break;
         }
-        ++i;
+        if (t[j] == '\n') ++line_;
+        ++j;
       }
-      std::string_view raw = line.substr(start, i - start);
-      ++i;  // closing quote
+      const std::string_view raw(t + start, j - start);
+      ++j;  // closing quote
       if (escaped) {
-        std::string s;
-        s.reserve(raw.size());
+        std::string v;
+        v.reserve(raw.size());
         for (size_t k = 0; k < raw.size(); ++k) {
-          s.push_back(raw[k]);
+          v.push_back(raw[k]);
           if (raw[k] == '"') ++k;
         }
-        arena.push_back(std::move(s));
+        arena.push_back(std::move(v));
         out.push_back(arena.back());
       } else {
         out.push_back(raw);
       }
-      while (i < n && line[i] != ',') ++i;  // ignore anything between quote and comma
+      while (j < n && t[j] != delim_ && t[j] != '\n') ++j;  // anything after the quote is ignored
     } else {
       const size_t start = i;
-      while (i < n && line[i] != ',') ++i;
-      out.push_back(trim(line.substr(start, i - start)));
+      while (j < n && t[j] != delim_ && t[j] != '\n') ++j;
+      std::string_view v(t + start, j - start);
+      while (!v.empty() && v.back() == '\r') v.remove_suffix(1);
+      out.push_back(trim(v));
     }
-    if (i >= n) break;
-    ++i;  // comma
+    if (j < n && t[j] == delim_) {
+      i = j + 1;
+      continue;
+    }
+    if (j < n) ++line_;  // the record's '\n'
+    pos_ = j < n ? j + 1 : n;
+    return kRecord;
   }
-  return true;
 }
 
 void append_csv_field(std::string& out, std::string_view s) {

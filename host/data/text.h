@@ -20,6 +20,8 @@
 namespace towerrec::data_detail {
 
 // Whole-file read (throws towerrec::Error when the file cannot be opened/read).
+// A gzip file (magic bytes 1f 8b) is returned decompressed; corrupt or
+// truncated gzip data is an InputError naming the file.
 std::string slurp(const std::string& path);
 
 inline std::string_view trim(std::string_view s) {
@@ -47,12 +49,28 @@ class LineReader {
 // Plain split: no quoting. Used for the MovieLens formats ('\t', '|', "::").
 void split(std::string_view line, std::string_view delim, std::vector<std::string_view>& out);
 
-// Splits a CSV line on ',' with RFC-4180 quoting inside the line: a field that
-// starts with '"' runs to the closing quote and "" stands for one quote. Quoted
-// fields that need unescaping are stored in `arena`. Returns false on an
-// unterminated quote.
-bool split_csv(std::string_view line, std::vector<std::string_view>& out,
-               std::deque<std::string>& arena);
+// Reads CSV records (RFC 4180) from a whole file's text: fields separated by
+// `delim`; a field that starts with '"' (after spaces) runs to its closing
+// quote, across line ends, and "" inside stands for one quote; unquoted fields
+// are trimmed of spaces and tabs. A leading UTF-8 BOM, a '\r' before each line
+// end and blank (whitespace-only) lines between records are skipped. Quoted
+// fields that need unescaping are stored in `arena`.
+class CsvReader {
+ public:
+  explicit CsvReader(std::string_view text, char delim = ',');
+  enum Status { kRecord, kEnd, kUnterminatedQuote };
+  // The next record's fields into `out` (cleared first).
+  Status next(std::vector<std::string_view>& out, std::deque<std::string>& arena);
+  // 1-based physical line on which the record last returned starts (for an
+  // unterminated quote: the line where its field starts).
+  int64_t line_no() const { return record_line_; }
+
+ private:
+  std::string_view text_;
+  char delim_;
+  size_t pos_ = 0;
+  int64_t line_ = 1, record_line_ = 0;
+};
 
 // Writes `s` as one CSV field, quoting it when it holds ',', '"', CR or LF, or
 // leading/trailing spaces.

@@ -62,6 +62,9 @@ struct RecommendFilter {
   // When not empty: only these items may be returned (dense indices).
   std::vector<int32_t> allow;
   bool has_allow = false;  // an allow list was given (even an empty one)
+  // Only items whose categorical features satisfy every condition
+  // (match_features; e.g. {"genres", "Comedy"}).
+  std::vector<FeatureCondition> where;
 };
 
 class TrainedModel {
@@ -95,8 +98,9 @@ class TrainedModel {
   // ranked by score, higher first, ties by the lower item index.
   TopK recommend(const std::vector<int32_t>& users, int k, const RecommendFilter& filter = {});
   // The k items with the highest score <item(q), item(j)> for each query item
-  // q (the item itself left out); similar_users likewise over user embeddings.
-  TopK similar_items(const std::vector<int32_t>& items, int k);
+  // q (the item itself left out; the filter's allow, deny and where apply,
+  // exclude_seen does not); similar_users likewise over user embeddings.
+  TopK similar_items(const std::vector<int32_t>& items, int k, const RecommendFilter& filter = {});
   TopK similar_users(const std::vector<int32_t>& users, int k);
 
   // Full-ranking metrics on `test` (dense indices), excluding `exclude` (the
@@ -112,6 +116,8 @@ class TrainedModel {
 
  private:
   void ensure_device_embeddings();
+  // The candidates a filter's allow, deny and where leave (exclude_seen aside).
+  RankFilter rank_filter(const RecommendFilter& filter);
   const UserItems& exclusions(const UserItems* exclude);
   LoadedModel lm_;
   DeviceArray<float> U_, V_;                 // on the backend

@@ -19,6 +19,7 @@ struct Config {
   std::string data;                // MovieLens dir, synth dir, or interactions CSV
   std::string user_features;       // optional, for CSV input
   std::string item_features;       // optional, for CSV input
+  char delimiter = ',';            // field separator of the CSV inputs
   float rating_threshold = -1e30f; // keep ratings >= this as positives
   bool features = true;            // use entity features
   std::string train_file;          // training interactions; IDs and features still come from data
@@ -63,6 +64,10 @@ struct ConfigKey {
 };
 
 const std::vector<ConfigKey>& config_keys();
+
+// The value of a --delimiter flag or key: one character other than a quote or
+// a line break; "tab" and "\t" name the tab. Throws Error naming `flag`.
+char parse_delimiter(const std::string& flag, const std::string& v);
 
 // Applies flags (argv-style, without the program and command names: --name
 // value, --name=value, a bare --name for the boolean keys; CLI11, as the

@@ -15,6 +15,13 @@
 namespace towerrec {
 
 // Original string IDs <-> dense indices.
+//
+// The ID rule, the same in every reader (interaction and feature CSVs,
+// MovieLens files, ID lists, --user/--id flags, lookup_ids): an ID is an opaque
+// string, compared byte for byte after its surrounding spaces and tabs are
+// trimmed (also inside quotes). "7", " 7" and "\"7\"" are one ID; "007", "+7"
+// and "7" are three. MovieLens files also require digits only (no sign).
+// IdMap itself stores and compares exactly what it is given.
 class IdMap {
  public:
   // Index of id, adding it when new.
@@ -84,12 +91,18 @@ struct LoadOptions {
   float rating_threshold = -1e30f;
   // Read feature files when the format has them.
   bool features = true;
+  // Field separator of CSV inputs (interactions and feature files).
+  char delimiter = ',';
 };
 
 // MovieLens-100k directory: u.data, u.user, u.item (features from the last two).
 Dataset load_movielens_100k(const std::string& dir, const LoadOptions& opt = {});
 // MovieLens-1M/10M directory: ratings.dat, users.dat (if present), movies.dat.
 Dataset load_movielens_dat(const std::string& dir, const LoadOptions& opt = {});
+// CSV inputs follow RFC 4180 (quoted fields may hold the delimiter, quotes as
+// "" and line breaks), with `LoadOptions::delimiter` as separator; every file
+// reader also takes gzip-compressed files (recognised by their magic bytes,
+// e.g. data.csv.gz).
 // Generic CSV with header user,item[,rating][,timestamp]; optional feature CSVs
 // (first column the ID; numeric columns dense, string columns categorical,
 // '|'-separated columns multi-hot). Empty feature paths are skipped.
@@ -104,7 +117,7 @@ Dataset load_auto(const std::string& path, const LoadOptions& opt = {});
 // existing dataset's ID maps. New IDs are added unless `allow_new` is false, in
 // which case an unknown ID is an InputError.
 Interactions read_interactions_csv(const std::string& path, IdMap& users, IdMap& items,
-                                   bool allow_new = true);
+                                   bool allow_new = true, char delimiter = ',');
 // Writes interactions with original IDs (atomic).
 void write_interactions_csv(const std::string& path, const Interactions& x, const IdMap& users,
                             const IdMap& items);

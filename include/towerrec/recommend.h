@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "towerrec/backend.h"
@@ -46,6 +47,59 @@ void recommend_topk(Backend& be, const DeviceArray<float>& U_all, const DeviceAr
                     int k, const UserItems* exclude,
                     const std::function<void(const TopKBlock&)>& sink, int64_t block_users = 0,
                     const TopkPolicy& policy = {});
+
+// ---- Filtered ranking: allow/deny lists, feature conditions, similar items ----
+
+// What a ranking may return. Candidates are every item, or `candidates` when
+// `restrict` is set (the items an allow list, a deny list and feature
+// conditions leave; see candidate_items). On top of that, each query leaves
+// out its own `exclude` items (indexed by the query's dense index, e.g. a
+// user's seen items) and, with `exclude_self`, the item with its own index
+// (similar items or users: the query itself).
+struct RankFilter {
+  bool restrict = false;
+  std::vector<int32_t> candidates;     // sorted, distinct dense item indices
+  const UserItems* exclude = nullptr;  // per query, or null
+  bool exclude_self = false;
+  // How the candidates reach the top-K op: when at most this many items are
+  // left out, every query excludes them (a short list per query, nothing
+  // copied); when more are, the candidates' rows are gathered into a
+  // sub-matrix that the op ranks instead (a small allow list scores only its
+  // items; a long deny list costs no per-query lists). Both give the same
+  // ranking (the sub-matrix keeps item order, so ties still go to the lower
+  // item index). Tests set it to exercise each way.
+  int64_t exclude_at_most = 256;
+};
+
+// The top-k allowed items for each of `queries` (dense indices into Q_all
+// [n_queries x d]; all of them when empty) among V_all [n_items x d], the
+// k best candidates by score (filtered inside the selection, not after it),
+// higher first, ties by the lower item index, -1 padded where fewer remain.
+// Streams blocks to `sink` in query order, as recommend_topk does. For similar
+// items pass V_all as Q_all and set exclude_self.
+void rank_topk(Backend& be, const DeviceArray<float>& Q_all, int32_t n_queries,
+               const DeviceArray<float>& V_all, int32_t n_items, int d,
+               const std::vector<int32_t>& queries, int k, const RankFilter& filter,
+               const std::function<void(const TopKBlock&)>& sink, int64_t block_users = 0,
+               const TopkPolicy& policy = {});
+
+// One condition on an entity's categorical feature: the entity's bag for
+// `column` holds `value` (one value of a multi-hot bag is enough).
+struct FeatureCondition {
+  std::string column, value;
+};
+// "column=value" -> a condition; throws Error naming `flag` when malformed.
+FeatureCondition parse_feature_condition(const std::string& text, const std::string& flag);
+// Mask over n entities: 1 where every condition holds (all ones when none).
+// Throws Error on a column that is not a categorical feature (naming the
+// ones there are) or a value the column never takes (naming some it takes).
+std::vector<char> match_features(const EntityFeatures& f, int32_t n,
+                                 const std::vector<FeatureCondition>& where,
+                                 const std::string& what);
+// Sorted candidates: items of n_items in `allow` (when has_allow), not in
+// `deny`, and with mask[i] (when mask is not empty).
+std::vector<int32_t> candidate_items(int32_t n_items, bool has_allow, const std::vector<int32_t>& allow,
+                                     const std::vector<int32_t>& deny, const std::vector<char>& mask);
 
 // Full-ranking metrics over all items, excluding each user's training items.
 // Users with no test items are skipped (and counted).

@@ -30,9 +30,10 @@ Dataset load_dataset(const Config& cfg);
 
 // Reads an interaction CSV whose IDs must all be known (unknown ID: InputError
 // naming file, line and field) and keeps rows with rating >= threshold when the
-// file has ratings.
+// file has ratings. `delimiter` separates its fields.
 Interactions read_known_interactions(const std::string& path, const IdMap& users,
-                                     const IdMap& items, float rating_threshold);
+                                     const IdMap& items, float rating_threshold,
+                                     char delimiter = ',');
 
 // Builds the model a configuration and entity features describe. `history`
 // (each user's training items) feeds the user tower's pooled history; it is

@@ -78,7 +78,8 @@ def cuda_available() -> bool:
 # Configuration keys of `towerrec train`, dashes as underscores.
 _KEYS = {name.replace("-", "_"): name for name, _help, _is_bool, _value in _core.config_keys()}
 # Keys fit() fills in itself from its arguments.
-_DATA_KEYS = {"data", "user_features", "item_features", "train_file"}
+# Keys about the input files, which fit() writes itself (comma-separated).
+_DATA_KEYS = {"data", "user_features", "item_features", "train_file", "delimiter"}
 
 
 def config_keys() -> dict:
@@ -227,6 +228,8 @@ class TwoTower:
 
     def __init__(self, *, device: str = "auto", threads: int = 0, **config: Any):
         for k in config:
+            if k == "delimiter":
+                raise TypeError("TwoTower: 'delimiter' does not apply (fit() passes the data itself)")
             if k in _DATA_KEYS:
                 raise TypeError(f"TwoTower: '{k}' is given to fit(), not as a keyword")
             if k not in _KEYS:

@@ -115,6 +115,9 @@ class CudaBackend final : public Backend {
 #include "kernels/op_overrides.inc"
 
  private:
+  // The softmax and ccl losses' empty batch: zero loss and gradients; true
+  // when the batch has no pairs (kernels/loss/cuda.cu).
+  bool zero_without_pairs(const PairBatch& pb, int d, float* dU, float* dV, float* loss_out);
   // softmax_loss over item blocks of `tile` columns (kernels/loss/cuda.cu).
   void softmax_tiled(const float* V, int d, const PairBatch& pb, const float* log_q,
                      float temperature, float scale, float* dU, float* dV, float* logits,

@@ -42,6 +42,32 @@ void check_csr_covers(const char* op, const PairBatch& pb, bool item_csr) {
 
 // dU[u] = sum_{p: user_p = u} g_p V[item_p] and dV[i] = sum_{p: item_p = i} g_p U[user_p],
 // each row reduced in CSR (increasing pair) order; no atomics.
+// The sum over p < n of term(p) in double: fixed chunks of kLossChunk rows,
+// chunk partials added in order, so it does not depend on the thread count.
+template <typename Term>
+double chunked_sum(int threads, int64_t n, Term term) {
+  const int64_t n_chunks = (n + kLossChunk - 1) / kLossChunk;
+  std::vector<double> partial(static_cast<size_t>(n_chunks), 0.0);
+#pragma omp parallel for schedule(static) num_threads(threads) if (worth_parallel(n))
+  for (int64_t ch = 0; ch < n_chunks; ++ch) {
+    double sum = 0.0;
+    for (int64_t p = ch * kLossChunk; p < std::min(n, (ch + 1) * kLossChunk); ++p) sum += term(p);
+    partial[static_cast<size_t>(ch)] = sum;
+  }
+  double total = 0.0;
+  for (double x : partial) total += x;
+  return total;
+}
+
+// A batch without pairs: zero loss and gradients; true when it had none.
+bool zero_without_pairs(const PairBatch& pb, int d, float* dU, float* dV, float* loss_out) {
+  if (pb.n_pairs != 0) return false;
+  if (pb.n_users > 0) std::fill(dU, dU + int64_t{pb.n_users} * d, 0.0f);
+  if (pb.n_items > 0) std::fill(dV, dV + int64_t{pb.n_items} * d, 0.0f);
+  *loss_out = 0.0f;
+  return true;
+}
+
 // dU[u] = the sum of rows[p] over the user's pairs, in CSR (pair) order.
 void sum_user_rows(int threads, const float* rows, int d, const PairBatch& pb, float* dU) {
   const int32_t nu = pb.n_users;
@@ -209,13 +235,7 @@ void CpuBackend::softmax_loss_impl(const float* U, const float* V, int d, const 
                                    int64_t item_tile) {
   const int64_t np = pb.n_pairs;
   const int64_t ni = pb.n_items;
-  const int32_t nu = pb.n_users;
-  if (np == 0) {
-    if (nu > 0) fill(dU, int64_t{nu} * d, 0.0f);
-    if (ni > 0) fill(dV, ni * d, 0.0f);
-    *loss_out = 0.0f;
-    return;
-  }
+  if (zero_without_pairs(pb, d, dU, dV, loss_out)) return;
   check_csr_covers("softmax_loss", pb, false);
   const int inp = static_cast<int>(np), ini = static_cast<int>(ni);
 
@@ -339,18 +359,9 @@ void CpuBackend::softmax_loss_tiled(const float* V, int d, const PairBatch& pb,
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, inp, d, w, 1.0f, logits, w,
                 V + j0 * d, d, j0 == 0 ? 0.0f : 1.0f, dP, d);
   }
-  const int64_t n_chunks = (np + kLossChunk - 1) / kLossChunk;
-  std::vector<double> partial(static_cast<size_t>(n_chunks), 0.0);
-#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np))
-  for (int64_t ch = 0; ch < n_chunks; ++ch) {
-    double sum = 0.0;
-    for (int64_t p = ch * kLossChunk; p < std::min(np, (ch + 1) * kLossChunk); ++p)
-      sum += (static_cast<double>(row_max[p]) - static_cast<double>(z_pos[p])) +
-             std::log(row_sum[p]);
-    partial[static_cast<size_t>(ch)] = sum;
-  }
-  double total = 0.0;
-  for (double x : partial) total += x;
+  const double total = chunked_sum(threads_, np, [&](int64_t p) {
+    return (static_cast<double>(row_max[p]) - static_cast<double>(z_pos[p])) + std::log(row_sum[p]);
+  });
   *loss_out = static_cast<float>(static_cast<double>(scale) * total);
   sum_user_rows(threads_, dP, d, pb, dU);
 }
@@ -366,13 +377,7 @@ void CpuBackend::ccl_loss_impl(const float* U, const float* V, int d, const Pair
                                float* loss_out, int64_t item_tile) {
   const int64_t np = pb.n_pairs;
   const int64_t ni = pb.n_items;
-  const int32_t nu = pb.n_users;
-  if (np == 0) {
-    if (nu > 0) fill(dU, int64_t{nu} * d, 0.0f);
-    if (ni > 0) fill(dV, ni * d, 0.0f);
-    *loss_out = 0.0f;
-    return;
-  }
+  if (zero_without_pairs(pb, d, dU, dV, loss_out)) return;
   check_csr_covers("ccl_loss", pb, false);
   const int inp = static_cast<int>(np);
   const int64_t tile = item_tile > 0 && item_tile < ni ? item_tile : ni;
@@ -426,16 +431,7 @@ void CpuBackend::ccl_loss_impl(const float* U, const float* V, int d, const Pair
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, inp, d, bw, 1.0f, logits, bw,
                 V + j0 * d, d, j0 == 0 ? 0.0f : 1.0f, dP, d);
   }
-  const int64_t n_chunks = (np + kLossChunk - 1) / kLossChunk;
-  std::vector<double> partial(static_cast<size_t>(n_chunks), 0.0);
-#pragma omp parallel for schedule(static) num_threads(threads_) if (worth_parallel(np))
-  for (int64_t ch = 0; ch < n_chunks; ++ch) {
-    double sum = 0.0;
-    for (int64_t p = ch * kLossChunk; p < std::min(np, (ch + 1) * kLossChunk); ++p) sum += row_loss[p];
-    partial[static_cast<size_t>(ch)] = sum;
-  }
-  double total = 0.0;
-  for (double x : partial) total += x;
+  const double total = chunked_sum(threads_, np, [&](int64_t p) { return row_loss[p]; });
   *loss_out = static_cast<float>(static_cast<double>(scale) * total);
   sum_user_rows(threads_, dP, d, pb, dU);
 }

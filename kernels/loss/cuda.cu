@@ -408,6 +408,16 @@ unsigned warp_rows_grid(int64_t rows, int warps_per_block) {
   return static_cast<unsigned>(b < 1 ? 1 : (b > 65535 ? 65535 : b));
 }
 
+// dU[u] = sum over the user's CSR pairs, in pair order, of rows[p].
+void launch_user_row_sum(const float* rows, int d, const PairBatch& pb, float* dU,
+                         cudaStream_t stream) {
+  if (pb.n_users == 0) return;
+  constexpr int kRowWarps = 8;
+  csr_row_sum_kernel<<<warp_rows_grid(pb.n_users, kRowWarps), 32 * kRowWarps, 0, stream>>>(
+      rows, d, pb.n_users, pb.user_offsets, pb.user_pairs, dU);
+  CUDA_CHECK_LAUNCH(stream, "csr_row_sum_kernel");
+}
+
 // Launches row_grad_kernel over the n_users + n_items rows of dU and dV.
 void launch_row_grad(const float* U, const float* V, int d, const PairBatch& pb,
                      const float* pair_grad, float* dU, float* dV, cudaStream_t stream) {
@@ -462,6 +472,18 @@ void CudaBackend::bpr_loss_impl(const float* U, const float* V, int d, const Pai
   launch_row_grad(U, V, d, pb, pair_grad, dU, dV, stream_);
 }
 
+// A batch without pairs: zero loss and gradients (queued); true when it had none.
+bool CudaBackend::zero_without_pairs(const PairBatch& pb, int d, float* dU, float* dV,
+                                     float* loss_out) {
+  if (pb.n_pairs != 0) return false;
+  if (pb.n_users > 0)
+    CUDA_CHECK(cudaMemsetAsync(dU, 0, sizeof(float) * size_t(pb.n_users) * d, stream_));
+  if (pb.n_items > 0)
+    CUDA_CHECK(cudaMemsetAsync(dV, 0, sizeof(float) * size_t(pb.n_items) * d, stream_));
+  fill(loss_out, 1, 0.0f);
+  return true;
+}
+
 void CudaBackend::softmax_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
                                     const float* log_q, float temperature, float scale, float* dU,
                                     float* dV, float* logits, float* pair_rows, float* loss_out,
@@ -476,14 +498,7 @@ void CudaBackend::softmax_loss_impl(const float* U, const float* V, int d, const
   }
   activate();
 
-  if (P == 0) {
-    // No pairs: zero loss, zero gradients.
-    if (pb.n_users > 0)
-      CUDA_CHECK(cudaMemsetAsync(dU, 0, sizeof(float) * size_t(pb.n_users) * d, stream_));
-    if (I > 0) CUDA_CHECK(cudaMemsetAsync(dV, 0, sizeof(float) * size_t(I) * d, stream_));
-    fill(loss_out, 1, 0.0f);
-    return;
-  }
+  if (zero_without_pairs(pb, d, dU, dV, loss_out)) return;
 
   const int p = static_cast<int>(P), ni = static_cast<int>(I);
   const float inv_temp = 1.0f / temperature, one = 1.0f, zero = 0.0f;  // as on the CPU
@@ -514,12 +529,7 @@ void CudaBackend::softmax_loss_impl(const float* U, const float* V, int d, const
   CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, d, p, ni, &one, V, d, logits, ni,
                            &zero, pair_rows, d));
   // 6. dU[u] = sum of the user's pair rows, in pair order.
-  if (pb.n_users > 0) {
-    constexpr int kRowWarps = 8;
-    csr_row_sum_kernel<<<warp_rows_grid(pb.n_users, kRowWarps), 32 * kRowWarps, 0, stream_>>>(
-        pair_rows, d, pb.n_users, pb.user_offsets, pb.user_pairs, dU);
-    CUDA_CHECK_LAUNCH(stream_, "csr_row_sum_kernel");
-  }
+  launch_user_row_sum(pair_rows, d, pb, dU, stream_);
 }
 
 // softmax_loss over item blocks of `tile` columns, pair_rows[0 .. P x d)
@@ -570,12 +580,7 @@ void CudaBackend::softmax_tiled(const float* V, int d, const PairBatch& pb, cons
     CUBLAS_CHECK(cublasSgemm(cublas_, CUBLAS_OP_N, CUBLAS_OP_N, d, p, w, &one, V + j0 * d, d,
                              logits, w, &beta, d_rows, d));
   }
-  if (pb.n_users > 0) {
-    constexpr int kRowWarps = 8;
-    csr_row_sum_kernel<<<warp_rows_grid(pb.n_users, kRowWarps), 32 * kRowWarps, 0, stream_>>>(
-        d_rows, d, pb.n_users, pb.user_offsets, pb.user_pairs, dU);
-    CUDA_CHECK_LAUNCH(stream_, "csr_row_sum_kernel");
-  }
+  launch_user_row_sum(d_rows, d, pb, dU, stream_);
 }
 
 void CudaBackend::ccl_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
@@ -591,13 +596,7 @@ void CudaBackend::ccl_loss_impl(const float* U, const float* V, int d, const Pai
                        std::to_string(tile) + ")");
   }
   activate();
-  if (P == 0) {
-    if (pb.n_users > 0)
-      CUDA_CHECK(cudaMemsetAsync(dU, 0, sizeof(float) * size_t(pb.n_users) * d, stream_));
-    if (I > 0) CUDA_CHECK(cudaMemsetAsync(dV, 0, sizeof(float) * size_t(I) * d, stream_));
-    fill(loss_out, 1, 0.0f);
-    return;
-  }
+  if (zero_without_pairs(pb, d, dU, dV, loss_out)) return;
   const int p = static_cast<int>(P);
   const float one = 1.0f, zero = 0.0f;
   gather_rows(U, d, pb.user, P, pair_rows, d, 0);
@@ -627,12 +626,7 @@ void CudaBackend::ccl_loss_impl(const float* U, const float* V, int d, const Pai
   }
   loss_finish_kernel<<<1, kFinishThreads, 0, stream_>>>(row_loss.get(), p, scale, loss_out);
   CUDA_CHECK_LAUNCH(stream_, "loss_finish_kernel");
-  if (pb.n_users > 0) {
-    constexpr int kRowWarps = 8;
-    csr_row_sum_kernel<<<warp_rows_grid(pb.n_users, kRowWarps), 32 * kRowWarps, 0, stream_>>>(
-        d_rows, d, pb.n_users, pb.user_offsets, pb.user_pairs, dU);
-    CUDA_CHECK_LAUNCH(stream_, "csr_row_sum_kernel");
-  }
+  launch_user_row_sum(d_rows, d, pb, dU, stream_);
 }
 
 }  // namespace towerrec::cuda

@@ -9,6 +9,56 @@
 
 namespace towerrec::cli {
 
+namespace {
+
+// eval --json: the metrics as one JSON object on stdout.
+void print_json(LoadedModel& lm, const DeviceArray<float>& U, const DeviceArray<float>& V,
+                const UserItems& train, const UserItems& test, const std::vector<int>& ks,
+                const std::string& model_path, const std::string& test_path,
+                const std::string& protocol, const std::string& excluded, int negatives,
+                uint64_t seed) {
+  const int32_t nu = lm.n_users(), ni = lm.n_items();
+  nlohmann::ordered_json j;
+  j["model"] = model_path;
+  j["test"] = test_path;
+  j["protocol"] = protocol;
+  j["excluded"] = excluded;
+  if (protocol == "full") {
+    const RankingMetrics m = evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train, test, ks);
+    const RankingMetrics pop = evaluate_popularity(train, test, ni, ks);
+    for (size_t q = 0; q < m.ks.size(); ++q) {
+      const std::string at = "@" + std::to_string(m.ks[q]);
+      j["precision" + at] = m.precision[q];
+      j["recall" + at] = m.recall[q];
+      j["ndcg" + at] = m.ndcg[q];
+      j["map" + at] = m.map[q];
+      j["hit_rate" + at] = m.hit_rate[q];
+      j["popularity_recall" + at] = pop.recall[q];
+      j["popularity_ndcg" + at] = pop.ndcg[q];
+    }
+    j["mrr@" + std::to_string(m.ks.back())] = m.mrr;
+    j["coverage@" + std::to_string(m.ks.back())] = m.coverage;
+    j["users_evaluated"] = m.users_evaluated;
+    j["users_skipped"] = m.users_skipped;
+  } else {
+    const SampledMetrics m = evaluate_sampled(*lm.be, U, V, nu, ni, lm.model->out_dim(), train,
+                                              test, ks, negatives, seed);
+    for (size_t q = 0; q < m.ks.size(); ++q) {
+      const std::string at = "@" + std::to_string(m.ks[q]);
+      j["hit_rate" + at] = m.hit_rate[q];
+      j["ndcg" + at] = m.ndcg[q];
+    }
+    j["auc"] = m.auc;
+    j["log_loss"] = m.log_loss;
+    j["negatives"] = m.negatives;
+    j["cases"] = m.cases;
+    j["users_evaluated"] = m.users_evaluated;
+  }
+  std::printf("%s\n", j.dump(1).c_str());
+}
+
+}  // namespace
+
 int cmd_eval(const Args& args) {
   CLI::App app(
       "Evaluates a trained model on held-out interactions (a CSV with header\n"
@@ -77,43 +127,7 @@ int cmd_eval(const Args& args) {
                 lm.path.c_str(), nu, ni, lm.ck.epochs_done, test_path.c_str(),
                 static_cast<long long>(test_rows.size()), excluded.c_str());
   if (as_json) {
-    nlohmann::ordered_json j;
-    j["model"] = lm.path;
-    j["test"] = test_path;
-    j["protocol"] = protocol;
-    j["excluded"] = excluded;
-    if (protocol == "full") {
-      const RankingMetrics m = evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train, test, ks);
-      const RankingMetrics pop = evaluate_popularity(train, test, ni, ks);
-      for (size_t q = 0; q < m.ks.size(); ++q) {
-        const std::string at = "@" + std::to_string(m.ks[q]);
-        j["precision" + at] = m.precision[q];
-        j["recall" + at] = m.recall[q];
-        j["ndcg" + at] = m.ndcg[q];
-        j["map" + at] = m.map[q];
-        j["hit_rate" + at] = m.hit_rate[q];
-        j["popularity_recall" + at] = pop.recall[q];
-        j["popularity_ndcg" + at] = pop.ndcg[q];
-      }
-      j["mrr@" + std::to_string(m.ks.back())] = m.mrr;
-      j["coverage@" + std::to_string(m.ks.back())] = m.coverage;
-      j["users_evaluated"] = m.users_evaluated;
-      j["users_skipped"] = m.users_skipped;
-    } else {
-      const SampledMetrics m = evaluate_sampled(*lm.be, U, V, nu, ni, lm.model->out_dim(), train,
-                                                test, ks, negatives, seed);
-      for (size_t q = 0; q < m.ks.size(); ++q) {
-        const std::string at = "@" + std::to_string(m.ks[q]);
-        j["hit_rate" + at] = m.hit_rate[q];
-        j["ndcg" + at] = m.ndcg[q];
-      }
-      j["auc"] = m.auc;
-      j["log_loss"] = m.log_loss;
-      j["negatives"] = m.negatives;
-      j["cases"] = m.cases;
-      j["users_evaluated"] = m.users_evaluated;
-    }
-    std::printf("%s\n", j.dump(1).c_str());
+    print_json(lm, U, V, train, test, ks, lm.path, test_path, protocol, excluded, negatives, seed);
     return 0;
   }
   if (protocol == "full") {

@@ -368,6 +368,7 @@ int cmd_serve(const Args& args) {
   httplib::Server svr;
   svr.new_task_queue = [workers] { return new httplib::ThreadPool(static_cast<size_t>(workers)); };
   svr.set_payload_max_length(static_cast<size_t>(lim.max_body));
+  svr.set_tcp_nodelay(true);  // small JSON replies: no Nagle delay behind the client's ACK
   svr.set_error_handler([&lim](const httplib::Request&, httplib::Response& res) {
     if (!res.body.empty()) return;
     if (res.status == 413)

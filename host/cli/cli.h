@@ -28,6 +28,7 @@ int cmd_train(const Args& args);
 int cmd_eval(const Args& args);
 int cmd_recommend(const Args& args);
 int cmd_similar(const Args& args);
+int cmd_serve(const Args& args);
 int cmd_export(const Args& args);
 int cmd_tune(const Args& args);
 int cmd_info(const Args& args);

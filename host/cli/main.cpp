@@ -19,6 +19,7 @@ const char* kUsage =
     "  eval       evaluate a trained model on held-out interactions\n"
     "  recommend  write every user's top-k items as CSV\n"
     "  similar    write each item's (or user's) most similar items (users) as CSV\n"
+    "  serve      answer recommend and similar requests over HTTP/JSON\n"
     "  export     write user and item embeddings as .npy with their ID maps\n"
     "  tune       search configuration values on a validation split\n"
     "  info       show the build, the backends and the devices\n"
@@ -44,6 +45,9 @@ int main(int argc, char** argv) {
         {"synth", cli::cmd_synth},   {"split", cli::cmd_split},         {"train", cli::cmd_train},
         {"eval", cli::cmd_eval},     {"recommend", cli::cmd_recommend}, {"export", cli::cmd_export},
         {"similar", cli::cmd_similar}, {"tune", cli::cmd_tune},
+#ifdef TOWERREC_HAVE_SERVE
+        {"serve", cli::cmd_serve},
+#endif
         {"info", cli::cmd_info},
     };
     for (const auto& c : kCommands)

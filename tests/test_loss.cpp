@@ -563,10 +563,24 @@ TEST_P(LossOps, CclLossMatchesFloat64AndFiniteDifferences) {
             auto Ud = to_double(U), Vd = to_double(V);
             const ref::CclRef want = ref::ccl_loss(Ud, Vd, d, h, lq, margin, w, scale);
             EXPECT_NEAR(got.loss, want.loss, 1e-6 + 1e-5 * std::fabs(want.loss));
-            // A score within float rounding of the margin may switch its term:
-            // the magnitude bound counts every term at scale * w / (n - 1).
-            ASSERT_TRUE(close_by_magnitude(got.dU, want.dU, want.magU, 1e-7, 1e-5)) << "dU";
-            ASSERT_TRUE(close_by_magnitude(got.dV, want.dV, want.magV, 1e-7, 1e-5)) << "dV";
+            // A negative scored within float rounding of the margin may have its
+            // hinge term on in one and off in the other: the rows it touches
+            // are left out of the comparison (few; checked), the rest must agree.
+            LossOut cmp = got;
+            int64_t near_rows = 0;
+            for (int32_t u = 0; u < s.nu; ++u)
+              if (want.nearU[size_t(u)]) {
+                ++near_rows;
+                for (int c = 0; c < d; ++c) cmp.dU[size_t(u) * d + c] = float(want.dU[size_t(u) * d + c]);
+              }
+            for (int32_t j = 0; j < s.ni; ++j)
+              if (want.nearV[size_t(j)]) {
+                ++near_rows;
+                for (int c = 0; c < d; ++c) cmp.dV[size_t(j) * d + c] = float(want.dV[size_t(j) * d + c]);
+              }
+            ASSERT_LE(near_rows, (s.nu + s.ni) / 20 + 2) << "too many scores at the margin to check";
+            ASSERT_TRUE(close_by_magnitude(cmp.dU, want.dU, want.magU, 1e-7, 1e-5)) << "dU";
+            ASSERT_TRUE(close_by_magnitude(cmp.dV, want.dV, want.magV, 1e-7, 1e-5)) << "dV";
             if (s.nu >= 2) {
               for (int c = 0; c < d; ++c) ASSERT_EQ(got.dU[size_t(s.nu - 1) * d + c], 0.0f);
             }
@@ -613,7 +627,19 @@ TEST_P(LossOps, CclTiledMatchesUntiled) {
   const HostPairs h = softmax_pairs(rng_, 300, 1000, 2000);
   const auto U = random_floats(rng_, 300 * d, -0.3f, 0.3f), V = random_floats(rng_, 1000 * d, -0.3f, 0.3f);
   const auto q = random_floats(rng_, 1000, -8.0f, -1.0f);
-  const LossOut full = run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000, 0, &q);
+  // Rows touched by a score within rounding of the margin may differ by a
+  // whole hinge term between two GEMM shapes: compare the others.
+  const ref::CclRef want = ref::ccl_loss(to_double(U), to_double(V), d, h, &q, 0.1, 50.0, 1.0 / 2000);
+  auto settled = [&](LossOut o) {
+    for (int32_t u = 0; u < 300; ++u)
+      if (want.nearU[size_t(u)])
+        for (int c = 0; c < d; ++c) o.dU[size_t(u) * d + c] = 0.0f;
+    for (int32_t j = 0; j < 1000; ++j)
+      if (want.nearV[size_t(j)])
+        for (int c = 0; c < d; ++c) o.dV[size_t(j) * d + c] = 0.0f;
+    return o;
+  };
+  const LossOut full = settled(run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000, 0, &q));
   for (int64_t tile : {1, 64, 333, 999}) {
     SCOPED_TRACE("item_tile=" + std::to_string(tile));
     const LossOut a = run_ccl(be(), U, V, d, h, 0.1f, 50.0f, 1.0f / 2000, tile, &q);
@@ -621,8 +647,9 @@ TEST_P(LossOps, CclTiledMatchesUntiled) {
     EXPECT_TRUE(bit_identical(a.dU, b.dU) && bit_identical(a.dV, b.dV)) << "repeat";
     EXPECT_TRUE(same_bits(a.loss, b.loss)) << "repeat";
     EXPECT_NEAR(a.loss, full.loss, 1e-5 * std::fabs(full.loss));
-    EXPECT_TRUE(all_close(a.dU, to_double(full.dU), 1e-8, 1e-4)) << "dU";
-    EXPECT_TRUE(all_close(a.dV, to_double(full.dV), 1e-8, 1e-4)) << "dV";
+    const LossOut s = settled(a);
+    EXPECT_TRUE(all_close(s.dU, to_double(full.dU), 1e-8, 1e-4)) << "dU";
+    EXPECT_TRUE(all_close(s.dV, to_double(full.dV), 1e-8, 1e-4)) << "dV";
   }
 }
 

@@ -144,15 +144,19 @@ SoftmaxRef softmax_loss(const std::vector<double>& U, const std::vector<double>&
 //   l_p = (1 - s_p,item_p) + w / C_p sum_{j != item_p} c_j max(0, s_pj - margin)
 // (no negative term when the batch has one item). magU/magV: the sum of |terms|
 // of each gradient element; smin: the smallest |s_pj - margin| over negatives
-// (finite differences need it larger than their step).
+// (finite differences need it larger than their step); nearU/nearV: rows
+// touched by a negative whose score is within `near` of the margin, where a
+// float32 score may fall on the other side and switch the hinge's term.
 struct CclRef {
   std::vector<double> dU, dV, magU, magV;
+  std::vector<char> nearU, nearV;
   double loss = 0.0, smin = 1e300;
 };
 
 template <typename Pairs>
 CclRef ccl_loss(const std::vector<double>& U, const std::vector<double>& V, int d, const Pairs& h,
-                const std::vector<float>* log_q, double margin, double w, double scale) {
+                const std::vector<float>* log_q, double margin, double w, double scale,
+                double near = 1e-5) {
   const int64_t np = static_cast<int64_t>(h.user.size());
   const int32_t ni = h.n_items;
   CclRef r;
@@ -160,6 +164,8 @@ CclRef ccl_loss(const std::vector<double>& U, const std::vector<double>& V, int 
   r.dV.assign(size_t(ni) * d, 0.0);
   r.magU = r.dU;
   r.magV = r.dV;
+  r.nearU.assign(size_t(h.n_users), 0);
+  r.nearV.assign(size_t(ni), 0);
   std::vector<double> c(size_t(ni), 1.0);
   if (log_q)
     for (int32_t j = 0; j < ni; ++j) c[j] = std::exp(-double((*log_q)[j]));
@@ -180,6 +186,7 @@ CclRef ccl_loss(const std::vector<double>& U, const std::vector<double>& V, int 
         gz = -scale;
       } else {
         r.smin = std::min(r.smin, std::fabs(s - margin));
+        if (std::fabs(s - margin) < near) r.nearU[size_t(h.user[p])] = r.nearV[size_t(j)] = 1;
         sum += wn * c[j] * std::max(0.0, s - margin);
         gz = s > margin ? scale * wn * c[j] : 0.0;
       }

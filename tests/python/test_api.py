@@ -238,12 +238,19 @@ def test_callback_events_and_stop(synth_df):
 
 
 def test_ctrl_c_stops_cleanly(synth_df, tmp_path):
+    # Python's own Ctrl-C handler, as in an interactive session: a process
+    # started in the background of a non-interactive shell inherits SIGINT
+    # ignored, and Python then installs no handler of its own.
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
     def cb(ev):
         if ev["event"] == "step" and ev["steps_done"] >= 4:
             os.kill(os.getpid(), signal.SIGINT)   # as Ctrl-C does
     m = towerrec.TwoTower(epochs=50, batch_size=32, log_every=2, device="cpu", threads=1)
-    with pytest.raises(KeyboardInterrupt):
-        m.fit(synth_df, callback=cb, show_progress=False)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            m.fit(synth_df, callback=cb, show_progress=False)
+    finally:
+        signal.signal(signal.SIGINT, saved)
     ids, scores = m.recommend([0, 1], N=5)        # usable after the interrupt
     assert ids.shape == (2, 5) and np.isfinite(scores).all()
     m.save(tmp_path / "stopped.ckpt")

@@ -752,11 +752,16 @@ namespace cuda_vs_cpu {
 using namespace testing::cuda_vs_cpu;  // kWidths, kRows, strided_poisoned, as_double
 // ---- loss ---------------------------------------------------------------------------------
 
-struct HostPairs {
-  int32_t n_users = 0, n_items = 0;
-  std::vector<int32_t> user, item, user_offsets, user_pairs, item_offsets, item_pairs;
-  std::vector<float> label;
-};
+using testing::DevicePairs;
+using testing::HostPairs;
+
+// Longest CSR row of either side (the longest reduction of a gradient row).
+int max_csr_row(const HostPairs& hp) {
+  int m = 1;
+  for (size_t i = 0; i + 1 < hp.uoff.size(); ++i) m = std::max(m, hp.uoff[i + 1] - hp.uoff[i]);
+  for (size_t i = 0; i + 1 < hp.ioff.size(); ++i) m = std::max(m, hp.ioff[i + 1] - hp.ioff[i]);
+  return m;
+}
 
 HostPairs random_pairs(std::mt19937_64& g, int64_t n_pairs, int32_t n_users, int32_t n_items) {
   HostPairs h;
@@ -766,8 +771,8 @@ HostPairs random_pairs(std::mt19937_64& g, int64_t n_pairs, int32_t n_users, int
   h.user = random_ints(g, static_cast<size_t>(n_pairs), 0, std::max(0, n_users - 2));
   h.item = random_ints(g, static_cast<size_t>(n_pairs), 0, std::max(0, n_items - 2));
   for (int64_t p = 0; p < n_pairs; ++p) h.label.push_back(random_ints(g, 1, 0, 1)[0] ? 1.0f : -1.0f);
-  build_pair_csr(h.user, n_users, h.user_offsets, h.user_pairs);
-  build_pair_csr(h.item, n_items, h.item_offsets, h.item_pairs);
+  build_pair_csr(h.user, n_users, h.uoff, h.upairs);
+  build_pair_csr(h.item, n_items, h.ioff, h.ipairs);
   return h;
 }
 
@@ -795,38 +800,17 @@ TEST(CudaOps, LogisticLoss) {
       auto run = [&](Backend& be) {
         auto dUi = upload(be, U);
         auto dVi = upload(be, V);
-        auto user = upload(be, hp.user);
-        auto item = upload(be, hp.item);
-        auto label = upload(be, hp.label);
-        auto uo = upload(be, hp.user_offsets);
-        auto up = upload(be, hp.user_pairs);
-        auto io = upload(be, hp.item_offsets);
-        auto ip = upload(be, hp.item_pairs);
-        PairBatch pb;
-        pb.n_pairs = c.pairs;
-        pb.user = user.data();
-        pb.item = item.data();
-        pb.label = label.data();
-        pb.n_users = c.users;
-        pb.user_offsets = uo.data();
-        pb.user_pairs = up.data();
-        pb.n_items = c.items;
-        pb.item_offsets = io.data();
-        pb.item_pairs = ip.data();
+        DevicePairs dp(be, hp);
         auto dU = poisoned(be, int64_t{c.users} * d);
         auto dV = poisoned(be, int64_t{c.items} * d);
         auto pg = poisoned(be, c.pairs);
         auto loss = poisoned(be, 1);
-        be.logistic_loss(dUi.data(), dVi.data(), d, pb, scale, dU.data(), dV.data(), pg.data(),
+        be.logistic_loss(dUi.data(), dVi.data(), d, dp.pb, scale, dU.data(), dV.data(), pg.data(),
                          loss.data());
         return Out{download(be, dU), download(be, dV), download(be, pg), download(be, loss)};
       };
       const Out want = run(*cpu), got = run(*gpu);
-      int max_row = 1;
-      for (size_t i = 0; i + 1 < hp.user_offsets.size(); ++i)
-        max_row = std::max(max_row, hp.user_offsets[i + 1] - hp.user_offsets[i]);
-      for (size_t i = 0; i + 1 < hp.item_offsets.size(); ++i)
-        max_row = std::max(max_row, hp.item_offsets[i + 1] - hp.item_offsets[i]);
+      const int max_row = max_csr_row(hp);
       EXPECT_TRUE(all_close(got.loss, as_double(want.loss), 1e-6, 1e-5)) << "loss";
       EXPECT_TRUE(all_close(got.pg, as_double(want.pg), 1e-5 * scale, 1e-4)) << "pair_grad";
       const double row_tol = 1e-5 * scale * (max_row + 1);
@@ -835,37 +819,6 @@ TEST(CudaOps, LogisticLoss) {
     }
 }
 
-// The arrays of a HostPairs in a backend's memory, and the PairBatch over them.
-struct DevicePairs {
-  DeviceArray<int32_t> user, item, uo, up, io, ip;
-  DeviceArray<float> label;
-  PairBatch pb;
-  DevicePairs(Backend& be, const HostPairs& hp)
-      : user(upload(be, hp.user)), item(upload(be, hp.item)), uo(upload(be, hp.user_offsets)),
-        up(upload(be, hp.user_pairs)), io(upload(be, hp.item_offsets)),
-        ip(upload(be, hp.item_pairs)), label(upload(be, hp.label)) {
-    pb.n_pairs = static_cast<int64_t>(hp.user.size());
-    pb.user = user.data();
-    pb.item = item.data();
-    pb.label = label.data();
-    pb.n_users = hp.n_users;
-    pb.user_offsets = uo.data();
-    pb.user_pairs = up.data();
-    pb.n_items = hp.n_items;
-    pb.item_offsets = io.data();
-    pb.item_pairs = ip.data();
-  }
-};
-
-// Longest CSR row of either side (the longest reduction of a gradient row).
-int max_csr_row(const HostPairs& hp) {
-  int m = 1;
-  for (size_t i = 0; i + 1 < hp.user_offsets.size(); ++i)
-    m = std::max(m, hp.user_offsets[i + 1] - hp.user_offsets[i]);
-  for (size_t i = 0; i + 1 < hp.item_offsets.size(); ++i)
-    m = std::max(m, hp.item_offsets[i + 1] - hp.item_offsets[i]);
-  return m;
-}
 
 // n_groups groups of `group` pairs: one user per group, the positive first.
 HostPairs random_groups(std::mt19937_64& g, int64_t n_groups, int group, int32_t n_users,
@@ -881,8 +834,8 @@ HostPairs random_groups(std::mt19937_64& g, int64_t n_groups, int group, int32_t
       h.label.push_back(j == 0 ? 1.0f : -1.0f);
     }
   }
-  build_pair_csr(h.user, n_users, h.user_offsets, h.user_pairs);
-  build_pair_csr(h.item, n_items, h.item_offsets, h.item_pairs);
+  build_pair_csr(h.user, n_users, h.uoff, h.upairs);
+  build_pair_csr(h.item, n_items, h.ioff, h.ipairs);
   return h;
 }
 

@@ -211,10 +211,13 @@ TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCall
   if (cfg_.eval_every > 0 && cfg_.holdout <= 0 && cfg_.validation_file.empty())
     throw Error("--eval-every and --early-stopping need a validation split: give --validation F "
                 "(or --holdout F), or --validation-file FILE");
-  config_text_ = to_json(cfg_);
   check_inputs(cfg_);
   check_outputs(cfg_.out, checkpoint_path(), options_.resume);
   load_data();
+  const std::string chosen = resolve_data_defaults(
+      cfg_, DataShape{ds_.users.size(), ds_.items.size(), train_.size()});
+  if (!chosen.empty()) emit(cb_.note, chosen);
+  config_text_ = to_json(cfg_);
   // A short summary; the whole configuration is OUT/config.json.
   std::string hidden;
   for (int w : cfg_.tower.hidden) hidden += (hidden.empty() ? "" : ",") + std::to_string(w);

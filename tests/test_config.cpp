@@ -40,6 +40,53 @@ TEST(Config, JsonRoundTripsEveryKey) {
   EXPECT_EQ(j.size(), config_keys().size());
 }
 
+// hidden, id-dim, dim and epochs default to "auto": the training data's
+// density picks them; a value given by flag or JSON stays as given.
+TEST(Config, DataShapedDefaultsFollowTheDensityRule) {
+  const DataShape sparse{29858, 40981, 647063};  // Gowalla's validation split: 0.05%
+  const DataShape dense{943, 1682, 75000};       // MovieLens-100k's 75% split: 4.7%
+  ASSERT_LT(sparse.density(), kSparseDensity);
+  ASSERT_GE(dense.density(), kSparseDensity);
+  Config c;
+  const auto before = nlohmann::json::parse(to_json(c));
+  for (const char* k : {"hidden", "id-dim", "dim", "epochs"}) EXPECT_EQ(before[k], "auto") << k;
+  const std::string said = resolve_data_defaults(c, sparse);
+  EXPECT_TRUE(c.tower.hidden.empty());
+  EXPECT_EQ(c.tower.id_dim, 128);
+  EXPECT_EQ(c.tower.out_dim, 128);
+  EXPECT_EQ(c.train.epochs, 10);
+  EXPECT_NE(said.find("sparse"), std::string::npos) << said;
+  EXPECT_NE(said.find("hidden none"), std::string::npos) << said;
+  EXPECT_TRUE(c.data_auto.empty());
+  const auto after = nlohmann::json::parse(to_json(c));
+  EXPECT_EQ(after["hidden"], "none");
+  EXPECT_EQ(after["epochs"], 10);
+  EXPECT_EQ(resolve_data_defaults(c, dense), "") << "resolved once";
+  EXPECT_EQ(c.train.epochs, 10);
+
+  Config d;
+  resolve_data_defaults(d, dense);
+  EXPECT_EQ(d.tower.hidden, (std::vector<int>{128, 64}));
+  EXPECT_EQ(d.tower.id_dim, 64);
+  EXPECT_EQ(d.tower.out_dim, 64);
+  EXPECT_EQ(d.train.epochs, 30);
+
+  // Given values win over the rule, by flag or JSON; "auto" hands a key back.
+  Config e;
+  apply_flags(e, {"--epochs", "3", "--dim", "16"});
+  apply_json(e, R"({"hidden": "32", "id-dim": "auto"})", "e.json");
+  EXPECT_EQ(e.data_auto, (std::set<std::string>{"id-dim"}));
+  resolve_data_defaults(e, sparse);
+  EXPECT_EQ(e.train.epochs, 3);
+  EXPECT_EQ(e.tower.out_dim, 16);
+  EXPECT_EQ(e.tower.hidden, (std::vector<int>{32}));
+  EXPECT_EQ(e.tower.id_dim, 128);
+  // "auto" is the only word these integer keys take.
+  Config f;
+  EXPECT_THROW(apply_flags(f, {"--epochs", "many"}), Error);
+  EXPECT_THROW(apply_json(f, R"({"dim": "8"})", "f.json"), InputError);
+}
+
 TEST(Config, RejectsBadValues) {
   Config c;
   EXPECT_THROW(apply_flags(c, {"--epochs", "three"}), Error);
@@ -167,7 +214,7 @@ TEST(Config, JsonTypesAreChecked) {
   } catch (const InputError& e) {
     EXPECT_EQ(e.field(), "epochs");
     EXPECT_EQ(e.line(), 3);
-    EXPECT_NE(std::string(e.what()).find("expected an integer, got \"3\""), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("expected an integer or \"auto\", got \"3\""), std::string::npos) << e.what();
   }
   EXPECT_THROW(apply_json(c, "{\"lr\": \"0.1\"}", "run.json"), InputError);
   EXPECT_THROW(apply_json(c, "{\"quiet\": \"true\"}", "run.json"), InputError);

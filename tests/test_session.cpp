@@ -50,9 +50,32 @@ Config small_config(const std::string& out) {
   c.tower.out_dim = 8;
   c.tower.id_dim = 8;
   c.train.epochs = 3;
+  c.data_auto.clear();  // the fields above, not the data's defaults
   c.checkpoint_every_minutes = 0;
   resolve_defaults(c);
   return c;
+}
+
+// Left "auto", the tower shape and epochs come from the data's density, and
+// OUT/config.json records the values used, not "auto".
+TEST(TrainingSession, DataShapedDefaultsAreResolvedAndSaved) {
+  Config c = small_config("s_auto");
+  c.data_auto = {"hidden", "id-dim", "dim"};
+  std::vector<std::string> notes;
+  SessionCallbacks cb;
+  cb.note = [&](const std::string& line) { notes.push_back(line); };
+  c.quiet = false;
+  TrainingSession s(c, {}, cb);
+  // 120 users x 60 items with about 12 interactions per user: dense.
+  EXPECT_EQ(s.config().tower.hidden, (std::vector<int>{128, 64}));
+  EXPECT_EQ(s.config().tower.id_dim, 64);
+  EXPECT_EQ(s.config().train.epochs, 3) << "given, not auto";
+  bool said = false;
+  for (const auto& n : notes) said |= n.find("defaults for dense data") != std::string::npos;
+  EXPECT_TRUE(said);
+  const auto j = nlohmann::json::parse(read_file(path("s_auto") + "/config.json"));
+  EXPECT_EQ(j["hidden"], "128,64");
+  EXPECT_EQ(j["dim"], 64);
 }
 
 bool all_finite(const Checkpoint& ck) {

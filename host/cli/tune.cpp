@@ -158,6 +158,7 @@ int cmd_tune(const Args& args) {
       chosen.insert(chosen.begin(), v);
     }
     resolve_defaults(c);
+    resolve_data_defaults(c, DataShape{n_users, n_items, sp.train.size()});
     const auto t0 = std::chrono::steady_clock::now();
     auto model = build_model(*be, c, ds.user_features, n_users, ds.item_features, n_items, &seen);
     Trainer trainer(*model, sp.train, c.train);

@@ -155,7 +155,7 @@ nb::tuple py_train(const std::string& config_json, nb::object callback) {
     nb::dict d;
     d["event"] = "epoch";
     d["epoch"] = s.epoch;
-    d["epochs"] = cfg.train.epochs;
+    d["epochs"] = session ? session->config().train.epochs : cfg.train.epochs;
     d["loss"] = s.loss;
     d["samples_per_s"] = s.samples_per_s;
     d["seconds"] = secs;

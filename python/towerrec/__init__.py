@@ -277,7 +277,11 @@ class TwoTower:
         return json.dumps(cfg)
 
     def effective_config(self) -> dict:
-        """The configuration with every default filled in, as the CLI prints it."""
+        """The configuration with every default filled in, as the CLI prints it.
+
+        Keys whose default depends on the training data (hidden, id_dim, dim,
+        epochs) read "auto" until fit() has seen the data; after fit(),
+        checkpoint_config() holds the values used."""
         text = _core.check_config(self._config_json({}), "TwoTower() configuration")
         return {k.replace("-", "_"): v for k, v in json.loads(text).items()}
 

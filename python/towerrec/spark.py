@@ -260,7 +260,7 @@ def recommend(df, model_path: _PathLike, k: int = 10, user_col: str = "user",
     item_type = T.LongType() if loaded.item_kind == "int" else T.StringType()
     schema = T.StructType([
         T.StructField(user_col, utype, False),
-        T.StructField("item", item_type, True),
+        T.StructField("item", item_type, False),
         T.StructField("rank", T.IntegerType(), False),
         T.StructField("score", T.FloatType(), False),
     ])
@@ -298,7 +298,7 @@ def similar_items(df, model_path: _PathLike, k: int = 10, item_col: str = "item"
     out_type = T.LongType() if loaded.item_kind == "int" else T.StringType()
     schema = T.StructType([
         T.StructField(item_col, itype, False),
-        T.StructField("similar", out_type, True),
+        T.StructField("similar", out_type, False),
         T.StructField("rank", T.IntegerType(), False),
         T.StructField("score", T.FloatType(), False),
     ])

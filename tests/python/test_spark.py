@@ -238,7 +238,9 @@ def test_model_cache(model_path, tmp_path):
 
 def test_package_imports_without_pyspark():
     # towerrec.spark imports pyspark only when a Spark function is called.
-    code = ("import sys; sys.modules['pyspark'] = None; import towerrec, towerrec.spark; "
-            "print('ok')")
+    code = ("import sys; sys.modules['pyspark'] = None; import towerrec, towerrec.spark\n"
+            "try:\n    towerrec.spark.recommend(None, 'model.ckpt')\n"
+            "except ImportError as e:\n    assert 'towerrec[spark]' in str(e), e\n"
+            "    print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

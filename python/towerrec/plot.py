@@ -2,6 +2,8 @@
 
     python -m towerrec.plot history OUT [OUT2 ...] -o curves.png [--label NAME ...]
     python -m towerrec.plot bench results.json [other.json ...] -o bench.png [--filter REGEX]
+    python -m towerrec.plot table bench/results/FILE.md --list
+    python -m towerrec.plot table bench/results/FILE.md --table N --column NAME ... -o t.png
 
 ``history`` draws the training curves of one or more runs from their
 ``history.jsonl`` (``towerrec train`` and ``TwoTower(out=DIR).fit`` write it
@@ -16,6 +18,13 @@ per benchmark and file: the time per iteration (``--metric time``, default) or
 a counter such as ``flops`` or ``bytes`` (per second where the suite reports a
 rate).
 
+``table`` draws a Markdown table of a results file (``bench/results/*.md``)
+as horizontal bars: one group per row, labelled by its first column (or
+``--label-column``, repeatable), one bar per ``--column``; a cell's value is the first
+number in it (``**0.4656**``, ``148,380 (42% of sgemm)`` and ``17 s`` read
+0.4656, 148380 and 17), a cell without one is left empty. ``--list`` prints
+the file's tables with their numbers and columns.
+
 matplotlib is imported when a picture is drawn (``pip install 'towerrec[plot]'``);
 the Agg backend is used, so no display is needed.
 """
@@ -23,12 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
 from typing import Optional, Sequence
 
-__all__ = ["read_history", "plot_history", "read_benchmarks", "plot_benchmarks", "main"]
+__all__ = ["read_history", "plot_history", "read_benchmarks", "plot_benchmarks",
+           "read_tables", "plot_table", "main"]
 
 _METRIC = re.compile(r"^(recall|ndcg|precision|map|hit_rate|mrr)@(\d+)$")
 # Metrics drawn by default (the ones history.jsonl holds for K = 10, 20).
@@ -210,6 +221,99 @@ def plot_benchmarks(paths: Sequence[str], out: str, labels: Optional[Sequence[st
     return out
 
 
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def _cells(line: str) -> list:
+    line = line.strip()
+    if line.startswith("|"):
+        line = line[1:]
+    if line.endswith("|"):
+        line = line[:-1]
+    return [c.strip() for c in line.split("|")]
+
+
+def read_tables(path: str) -> list:
+    """The Markdown tables of a file, in order: dicts with ``heading`` (the
+    last heading above the table), ``columns`` and ``rows`` (lists of cell
+    texts)."""
+    tables = []
+    heading = ""
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        if line.startswith("#"):
+            heading = line.lstrip("#").strip()
+        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if line.startswith("|") and re.fullmatch(r"\|?(\s*:?-+:?\s*\|)*\s*:?-+:?\s*\|?", nxt):
+            columns = _cells(line)
+            rows = []
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                cells = _cells(lines[i])
+                rows.append((cells + [""] * len(columns))[:len(columns)])
+                i += 1
+            tables.append({"heading": heading, "columns": columns, "rows": rows})
+            continue
+        i += 1
+    return tables
+
+
+def _value(cell: str) -> float:
+    m = _NUMBER.search(cell.replace(",", "").replace("`", ""))
+    return float(m.group(0)) if m else float("nan")
+
+
+def _clean(cell: str) -> str:
+    return cell.replace("**", "").replace("`", "")
+
+
+def plot_table(path: str, out: str, table: int, columns: Sequence[str],
+               label_columns: Sequence[str] = (), title: Optional[str] = None,
+               log: bool = False) -> str:
+    """Draws columns of the ``table``-th Markdown table of ``path`` (from 1)
+    as grouped horizontal bars into the PNG ``out`` and returns its path."""
+    tables = read_tables(path)
+    if not 1 <= table <= len(tables):
+        raise ValueError(f"{path}: no table {table} (the file has {len(tables)}; --list shows them)")
+    t = tables[table - 1]
+    cols = t["columns"]
+    if not columns:
+        raise ValueError("plot_table: no column given (--column NAME)")
+    for c in list(columns) + list(label_columns):
+        if c not in cols:
+            raise ValueError(f"{path}: table {table} has no column '{c}' (columns: {cols})")
+    li = [cols.index(c) for c in label_columns] or [0]
+    labels = [" / ".join(_clean(r[j]) for j in li) for r in t["rows"]]
+    values = [[_value(r[cols.index(c)]) for r in t["rows"]] for c in columns]
+    if all(math.isnan(v) for vs in values for v in vs):
+        raise ValueError(f"{path}: table {table}: no numbers in {list(columns)}")
+    plt = _pyplot()
+    n, m = len(labels), len(columns)
+    height = 0.8 / m
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.3 * n * max(1, m * 0.7)), dpi=110)
+    for j, (c, vs) in enumerate(zip(columns, values)):
+        ys = [i + (j - (m - 1) / 2) * height for i in range(n)]
+        ax.barh(ys, vs, height=height, color=f"C{j}", label=c)
+    ax.set_yticks(range(n))
+    ax.set_yticklabels([x if len(x) <= 60 else x[:57] + "..." for x in labels], fontsize=7)
+    ax.invert_yaxis()
+    if log:
+        ax.set_xscale("log")
+    ax.grid(axis="x", alpha=0.3)
+    if m > 1:
+        ax.legend(fontsize=8)
+    else:
+        ax.set_xlabel(columns[0])
+    ax.set_title(t["heading"] if title is None else title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, out)
+    plt.close(fig)
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m towerrec.plot",
                                 description="Draws training curves or benchmark results "
@@ -231,11 +335,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="'time' (real time per iteration) or a counter (flops, bytes, ...)")
     b.add_argument("--linear", action="store_true", help="a linear axis (default: log)")
     b.add_argument("--title", default="")
+    t = sub.add_parser("table", help="a Markdown table of a results file as bars")
+    t.add_argument("file")
+    t.add_argument("--list", action="store_true", help="print the file's tables and exit")
+    t.add_argument("--table", type=int, default=1, help="which table (from 1; default 1)")
+    t.add_argument("--column", action="append", default=[], help="a column to draw (repeatable)")
+    t.add_argument("--label-column", action="append", default=[],
+                   help="a column naming the rows (repeatable, joined; default: the first)")
+    t.add_argument("-o", "--out", help="the PNG to write")
+    t.add_argument("--log", action="store_true", help="a log axis (default: linear)")
+    t.add_argument("--title", help="default: the heading above the table")
     a = p.parse_args(argv)
     try:
         if a.command == "history":
             out = plot_history(a.runs, a.out, a.label, a.title,
                                tuple(x for x in a.metrics.split(",") if x))
+        elif a.command == "table":
+            if a.list:
+                for n, tb in enumerate(read_tables(a.file), 1):
+                    print(f"{n}: {tb['heading'] or '(no heading)'}: {len(tb['rows'])} rows; "
+                          f"columns {tb['columns']}")
+                return 0
+            if not a.out:
+                p.error("table: -o/--out is required (or --list)")
+            out = plot_table(a.file, a.out, a.table, a.column, a.label_column, a.title, a.log)
         else:
             out = plot_benchmarks(a.files, a.out, a.label, a.filter, a.metric, a.title,
                                   log=not a.linear)

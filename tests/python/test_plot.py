@@ -90,3 +90,28 @@ def test_bench_bars(tmp_path):
     assert is_png(plot.plot_benchmarks([str(a)], str(tmp_path / "f.png"), metric="flops"))
     with pytest.raises(ValueError, match="no benchmark matching 'topk'"):
         plot.plot_benchmarks([str(a)], str(tmp_path / "n.png"), pattern="topk")
+
+
+def test_markdown_table(tmp_path):
+    md = tmp_path / "results.md"
+    md.write_text("# Results\n\ntext\n\n## Quality\n\n"
+                  "| loss | nDCG@10 | time |\n|---|---:|---:|\n"
+                  "| softmax | **0.4656** | 17 s |\n| bpr `--loss bpr` | 0.3741 | 1,210 s |\n"
+                  "| popularity | 0.2525 | |\n\nafter\n\n| a | b |\n| :- | -: |\n| x | 1 |\n")
+    tables = plot.read_tables(str(md))
+    assert [t["heading"] for t in tables] == ["Quality", "Quality"]
+    assert tables[0]["columns"] == ["loss", "nDCG@10", "time"] and len(tables[0]["rows"]) == 3
+    assert plot._value("148,380 (42% of sgemm)") == 148380 and plot._value("**0.4656**") == 0.4656
+    out = tmp_path / "t.png"
+    r = subprocess.run([sys.executable, "-m", "towerrec.plot", "table", str(md), "--table", "1",
+                        "--column", "nDCG@10", "--column", "time", "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert is_png(out)
+    r = subprocess.run([sys.executable, "-m", "towerrec.plot", "table", str(md), "--list"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "2: Quality: 1 rows" in r.stdout, r.stdout
+    with pytest.raises(ValueError, match="no column 'recall'"):
+        plot.plot_table(str(md), str(tmp_path / "n.png"), 1, ["recall"])
+    with pytest.raises(ValueError, match="no table 3"):
+        plot.plot_table(str(md), str(tmp_path / "n.png"), 3, ["b"])

@@ -124,14 +124,17 @@ struct RankingMetrics {
   int64_t users_evaluated = 0;
   int64_t users_skipped = 0;
 };
+// `progress` (optional) is called with (users ranked, users to rank) after each block.
+using RankProgress = std::function<void(int64_t done, int64_t total)>;
 RankingMetrics evaluate_ranking(Backend& be, const DeviceArray<float>& U_all,
                                 const DeviceArray<float>& V_all, int32_t n_users, int32_t n_items,
                                 int d, const UserItems& train, const UserItems& test,
-                                std::vector<int> ks, const TopkPolicy& policy = {});
+                                std::vector<int> ks, const TopkPolicy& policy = {},
+                                const RankProgress& progress = {});
 // Convenience: embeds all entities with the model first.
 RankingMetrics evaluate_ranking(TwoTowerModel& model, const UserItems& train,
                                 const UserItems& test, std::vector<int> ks,
-                                const TopkPolicy& policy = {});
+                                const TopkPolicy& policy = {}, const RankProgress& progress = {});
 
 // The metrics of one user's ranked list against its relevant set (sorted).
 // Exposed for tests; evaluate_ranking averages these.
@@ -177,7 +180,8 @@ struct SampledMetrics {
 SampledMetrics evaluate_sampled(Backend& be, const DeviceArray<float>& U_all,
                                 const DeviceArray<float>& V_all, int32_t n_users, int32_t n_items,
                                 int d, const UserItems& train, const UserItems& test,
-                                std::vector<int> ks, int negatives, uint64_t seed);
+                                std::vector<int> ks, int negatives, uint64_t seed,
+                                const RankProgress& progress = {});  // (users done, users to do)
 
 // The negatives of one case (sorted), as evaluate_sampled draws them. `seen`
 // are the user's sorted train and test items. Exposed for tests.

@@ -78,7 +78,8 @@ void write_id_map_csv(const std::string& path, const IdMap& ids) {
 }
 
 void export_embeddings(TwoTowerModel& model, const IdMap& users, const IdMap& items,
-                       const std::string& dir) {
+                       const std::string& dir,
+                       const std::function<void(int64_t done, int64_t total)>& progress) {
   const int32_t nu = model.user_tower().spec().n_entities, ni = model.item_tower().spec().n_entities;
   TOWERREC_CHECK(nu == users.size() && ni == items.size(), "export: ID maps do not match the model");
   make_directories(dir);
@@ -94,11 +95,13 @@ void export_embeddings(TwoTowerModel& model, const IdMap& users, const IdMap& it
     model.embed_all_users(U);
     dump(U, nu, kUserEmbeddingsFile);
   }
+  if (progress) progress(nu, int64_t{nu} + ni);
   {
     DeviceArray<float> V;
     model.embed_all_items(V);
     dump(V, ni, kItemEmbeddingsFile);
   }
+  if (progress) progress(int64_t{nu} + ni, int64_t{nu} + ni);
   write_id_map_csv(dir + "/" + kUserIdsFile, users);
   write_id_map_csv(dir + "/" + kItemIdsFile, items);
 }

@@ -380,7 +380,8 @@ struct Accumulator {
 RankingMetrics evaluate_ranking(Backend& be, const DeviceArray<float>& U_all,
                                 const DeviceArray<float>& V_all, int32_t n_users, int32_t n_items,
                                 int d, const UserItems& train, const UserItems& test,
-                                std::vector<int> ks, const TopkPolicy& policy) {
+                                std::vector<int> ks, const TopkPolicy& policy,
+                                const RankProgress& progress) {
   Accumulator acc(std::move(ks), n_items);
   std::vector<int32_t> users;
   for (int32_t u = 0; u < std::min(n_users, test.n_users()); ++u) {
@@ -388,10 +389,14 @@ RankingMetrics evaluate_ranking(Backend& be, const DeviceArray<float>& U_all,
     else ++acc.r.users_skipped;
   }
   if (users.empty()) return acc.finish();
+  const int64_t total = static_cast<int64_t>(users.size());
+  int64_t done = 0;
   recommend_topk(be, U_all, V_all, n_users, n_items, d, users, acc.kmax, &train,
                  [&](const TopKBlock& b) {
                    for (size_t r = 0; r < b.users.size(); ++r)
                      acc.add(b.items.data() + r * static_cast<size_t>(b.k), test, b.users[r]);
+                   done += static_cast<int64_t>(b.users.size());
+                   if (progress) progress(done, total);
                  },
                  0, policy);
   return acc.finish();
@@ -399,13 +404,13 @@ RankingMetrics evaluate_ranking(Backend& be, const DeviceArray<float>& U_all,
 
 RankingMetrics evaluate_ranking(TwoTowerModel& model, const UserItems& train,
                                 const UserItems& test, std::vector<int> ks,
-                                const TopkPolicy& policy) {
+                                const TopkPolicy& policy, const RankProgress& progress) {
   DeviceArray<float> U, V;
   model.embed_all_users(U);
   model.embed_all_items(V);
   return evaluate_ranking(model.backend(), U, V, model.user_tower().spec().n_entities,
                           model.item_tower().spec().n_entities, model.out_dim(), train, test,
-                          std::move(ks), policy);
+                          std::move(ks), policy, progress);
 }
 
 RankingMetrics evaluate_popularity(const UserItems& train, const UserItems& test, int32_t n_items,
@@ -507,7 +512,8 @@ SampledCase sampled_case(float pos_score, int32_t pos_item, const float* neg_sco
 SampledMetrics evaluate_sampled(Backend& be, const DeviceArray<float>& U_all,
                                 const DeviceArray<float>& V_all, int32_t n_users, int32_t n_items,
                                 int d, const UserItems& train, const UserItems& test,
-                                std::vector<int> ks, int negatives, uint64_t seed) {
+                                std::vector<int> ks, int negatives, uint64_t seed,
+                                const RankProgress& progress) {
   TOWERREC_CHECK(!ks.empty(), "no cutoffs given");
   TOWERREC_CHECK(negatives >= 1, "the sampled protocol needs at least one negative");
   std::sort(ks.begin(), ks.end());
@@ -533,6 +539,8 @@ SampledMetrics evaluate_sampled(Backend& be, const DeviceArray<float>& U_all,
   int64_t loss_terms = 0;
   std::vector<int32_t> seen;
   std::vector<float> neg_scores;
+  int64_t to_do = 0;
+  for (int32_t u = 0; u < std::min(n_users, test.n_users()); ++u) to_do += test.count(u) > 0;
   for (int32_t u = 0; u < std::min(n_users, test.n_users()); ++u) {
     if (test.count(u) == 0) continue;
     ++m.users_evaluated;
@@ -562,6 +570,7 @@ SampledMetrics evaluate_sampled(Backend& be, const DeviceArray<float>& U_all,
       if (static_cast<int>(neg.size()) < negatives) ++m.short_cases;
       ++m.cases;
     }
+    if (progress && (m.users_evaluated % 1024 == 0 || m.users_evaluated == to_do)) progress(m.users_evaluated, to_do);
   }
   if (m.cases > 0) {
     const double n = static_cast<double>(m.cases);

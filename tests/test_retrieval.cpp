@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -177,6 +178,42 @@ TEST_P(RankTopk, NoCandidateLeftGivesPaddingOnly) {
   EXPECT_EQ(rows, 5);
 }
 
+TEST_P(RankTopk, NumericAndCategoricalConditionsMatchBruteForce) {
+  TRACE_SEED();
+  const Problem p = make_problem(rng_, 19, 73, 4);
+  // Item feature "year" (raw 1950..2020) and "kind" (a or b).
+  std::vector<double> year(static_cast<size_t>(p.n_items));
+  for (auto& y : year) y = 1950 + static_cast<double>(rng_() % 71);
+  double lo = 1e9, hi = -1e9;
+  for (double y : year) lo = std::min(lo, y), hi = std::max(hi, y);
+  EntityFeatures f;
+  f.n_entities = p.n_items;
+  f.dense_names = {"year"};
+  f.dense_min = {static_cast<float>(lo)};
+  f.dense_max = {static_cast<float>(hi)};
+  for (double y : year) f.dense.push_back(static_cast<float>((y - lo) / (hi - lo)));
+  CategoricalField kind;
+  kind.name = "kind";
+  const int32_t a = kind.vocab.add("a"), b = kind.vocab.add("b");
+  kind.offsets.push_back(0);
+  for (int32_t i = 0; i < p.n_items; ++i) {
+    kind.values.push_back(i % 3 == 0 ? b : a);
+    kind.offsets.push_back(static_cast<int32_t>(kind.values.size()));
+  }
+  f.categorical = {kind};
+  using Op = FeatureCondition::Op;
+  const std::vector<FeatureCondition> where = {{"year", "1980", Op::kGe}, {"year", "2000", Op::kLt}, {"kind", "b", Op::kNe}};
+  const std::vector<char> mask = match_features(f, p.n_items, where, "item");
+  for (int32_t i = 0; i < p.n_items; ++i) {
+    const double y = year[static_cast<size_t>(i)];
+    EXPECT_EQ(mask[static_cast<size_t>(i)] != 0, y >= 1980 && y < 2000 && i % 3 != 0) << "item " << i;
+  }
+  RankFilter rf;
+  rf.restrict = true;
+  rf.candidates = candidate_items(p.n_items, false, {}, {}, mask);
+  check(p, rf, {}, 5);
+}
+
 TOWERREC_INSTANTIATE_BACKENDS(RankTopk);
 
 TEST(CandidateItems, AllowMinusDenyAndMask) {
@@ -191,7 +228,9 @@ EntityFeatures genre_features() {
   EntityFeatures f;
   f.n_entities = 4;
   f.dense_names = {"year"};
-  f.dense = {0, 0.5f, 1, 0.2f};
+  f.dense = {0, 0.5f, 1, 0.2f};  // raw 1990, 2000, 2010, 1994
+  f.dense_min = {1990};
+  f.dense_max = {2010};
   CategoricalField g;
   g.name = "genres";
   const int32_t comedy = g.vocab.add("Comedy"), drama = g.vocab.add("Drama");
@@ -227,10 +266,108 @@ TEST(MatchFeatures, UnknownColumnsAndValuesAreNamed) {
   const std::string col = message({"genre", "Comedy"});
   EXPECT_NE(col.find("no item feature column 'genre'"), std::string::npos) << col;
   EXPECT_NE(col.find("genres, country"), std::string::npos) << col;
-  EXPECT_NE(message({"year", "1995"}).find("numeric"), std::string::npos);
+  EXPECT_NE(col.find("numeric: year"), std::string::npos) << col;
+  using Op = FeatureCondition::Op;
+  const std::string nan = message({"year", "recent", Op::kGe});
+  EXPECT_NE(nan.find("--where year>=recent: 'recent' is not a number"), std::string::npos) << nan;
+  EXPECT_NE(message({"year", "1e999", Op::kLt}).find("not a number"), std::string::npos);
+  const std::string cat = message({"genres", "Comedy", Op::kLt});
+  EXPECT_NE(cat.find("'genres' is a categorical item feature"), std::string::npos) << cat;
   const std::string val = message({"genres", "Horror"});
   EXPECT_NE(val.find("'Horror'"), std::string::npos) << val;
   EXPECT_NE(val.find("Comedy, Drama"), std::string::npos) << val;
+}
+
+TEST(MatchFeatures, NotEqualOnACategoricalColumn) {
+  const EntityFeatures f = genre_features();
+  using Op = FeatureCondition::Op;
+  EXPECT_EQ(match_features(f, 4, {{"genres", "Comedy", Op::kNe}}, "item"), (std::vector<char>{0, 0, 1, 1}));
+  EXPECT_EQ(match_features(f, 4, {{"genres", "Drama", Op::kNe}, {"country", "FR", Op::kNe}}, "item"),
+            (std::vector<char>{1, 0, 1, 0}));
+}
+
+TEST(MatchFeatures, NumericComparisonsUseTheRawValues) {
+  const EntityFeatures f = genre_features();  // year 1990, 2000, 2010, 1994
+  using Op = FeatureCondition::Op;
+  auto m = [&](Op op, const char* x) { return match_features(f, 4, {{"year", x, op}}, "item"); };
+  EXPECT_EQ(m(Op::kGe, "2000"), (std::vector<char>{0, 1, 1, 0}));
+  EXPECT_EQ(m(Op::kGt, "2000"), (std::vector<char>{0, 0, 1, 0}));
+  EXPECT_EQ(m(Op::kLe, "1994"), (std::vector<char>{1, 0, 0, 1}));
+  EXPECT_EQ(m(Op::kLt, "1994"), (std::vector<char>{1, 0, 0, 0}));
+  EXPECT_EQ(m(Op::kEq, "2010"), (std::vector<char>{0, 0, 1, 0}));
+  EXPECT_EQ(m(Op::kNe, "2010"), (std::vector<char>{1, 1, 0, 1}));
+  EXPECT_EQ(m(Op::kEq, "2e3"), (std::vector<char>{0, 1, 0, 0}));
+  EXPECT_EQ(m(Op::kGt, "1e9"), (std::vector<char>{0, 0, 0, 0}));
+  // With a categorical condition: all must hold.
+  EXPECT_EQ(match_features(f, 4, {{"year", "1992", Op::kGe}, {"genres", "Drama"}}, "item"),
+            (std::vector<char>{0, 1, 0, 1}));
+}
+
+// Raw decimal values scaled as the feature reader scales them (double min-max
+// to [0, 1], stored as float, min and max as float): every comparison with a
+// threshold equal to one of the values, between two, or outside them all must
+// give what the raw values give (from cents to large values with a large minimum).
+TEST(MatchFeatures, NumericComparisonsMatchABruteForceOnRawValues) {
+  std::mt19937_64 g(11);
+  using Op = FeatureCondition::Op;
+  for (const double scale : {0.01, 1.0, 1000.0}) {
+    const int32_t n = 300;
+    std::vector<double> raw(static_cast<size_t>(n));
+    std::uniform_int_distribution<int> cents(-5000, 20000);
+    for (auto& x : raw) x = cents(g) * scale + (scale == 1000.0 ? 1e7 : 0.0);  // offset: a large min
+    double lo = raw[0], hi = raw[0];
+    for (double x : raw) lo = std::min(lo, x), hi = std::max(hi, x);
+    EntityFeatures f;
+    f.n_entities = n;
+    f.dense_names = {"other", "price"};
+    f.dense_min = {0, static_cast<float>(lo)};
+    f.dense_max = {1, static_cast<float>(hi)};
+    f.dense.assign(static_cast<size_t>(n) * 2, 0.5f);
+    for (int32_t e = 0; e < n; ++e)
+      f.dense[static_cast<size_t>(e) * 2 + 1] = static_cast<float>((raw[static_cast<size_t>(e)] - lo) / (hi - lo));
+    // Values are multiples of `scale` apart, far more than the recovery's
+    // tolerance: thresholds below, above, between two values and at values.
+    std::vector<double> thresholds = {lo - scale, hi + scale};
+    for (int j = 0; j < 20; ++j) {
+      thresholds.push_back(raw[static_cast<size_t>(g() % n)]);
+      thresholds.push_back(raw[static_cast<size_t>(g() % n)] + scale / 2);
+    }
+    for (const double x : thresholds) {
+      char text[64];
+      std::snprintf(text, sizeof text, "%.17g", x);
+      for (const Op op : {Op::kEq, Op::kNe, Op::kLt, Op::kLe, Op::kGt, Op::kGe}) {
+        SCOPED_TRACE(std::string("price") + op_text(op) + text + ", scale " + std::to_string(scale));
+        const std::vector<char> got = match_features(f, n, {{"price", text, op}}, "item");
+        for (int32_t e = 0; e < n; ++e) {
+          const double r = raw[static_cast<size_t>(e)];
+          const bool want = op == Op::kEq ? r == x : op == Op::kNe ? r != x : op == Op::kLt ? r < x
+                            : op == Op::kLe ? r <= x : op == Op::kGt ? r > x : r >= x;
+          ASSERT_EQ(got[static_cast<size_t>(e)] != 0, want) << "raw " << r;
+        }
+      }
+    }
+  }
+}
+
+TEST(MatchFeatures, ParsesComparisons) {
+  using Op = FeatureCondition::Op;
+  const struct {
+    const char* text;
+    const char* column;
+    Op op;
+    const char* value;
+  } cases[] = {{"year>=1990", "year", Op::kGe, "1990"}, {" year <= 2000 ", "year", Op::kLe, "2000"},
+               {"year>1990", "year", Op::kGt, "1990"},  {"year<1990", "year", Op::kLt, "1990"},
+               {"year!=1990", "year", Op::kNe, "1990"}, {"genres!=Drama", "genres", Op::kNe, "Drama"},
+               {"price=-1.5", "price", Op::kEq, "-1.5"}, {"title=a<b", "title", Op::kEq, "a<b"}};
+  for (const auto& c : cases) {
+    const FeatureCondition f = parse_feature_condition(c.text, "--where");
+    EXPECT_EQ(f.column, c.column) << c.text;
+    EXPECT_EQ(f.op, c.op) << c.text;
+    EXPECT_EQ(f.value, c.value) << c.text;
+  }
+  EXPECT_THROW(parse_feature_condition("year!1990", "--where"), Error);
+  EXPECT_THROW(parse_feature_condition(">=1990", "--where"), Error);
 }
 
 TEST(MatchFeatures, ParsesColumnEqualsValue) {

@@ -256,6 +256,12 @@ TEST_F(Serve, FiltersApplyInsideTheTopK) {
   ASSERT_EQ(w.status, 200) << w.body.dump();
   EXPECT_EQ(w.body["items"].size(), 10u);
   EXPECT_EQ(reply_rows(w.body, "items"), cli_recommend(u, 10, "--where category=c1"));
+  // Numeric comparisons and !=, all holding.
+  const Reply n = post(port(), "/recommend",
+                       json{{"user", u}, {"k", 10}, {"where", {"price>=20", "price<30", "category!=c1"}}});
+  ASSERT_EQ(n.status, 200) << n.body.dump();
+  EXPECT_EQ(reply_rows(n.body, "items"),
+            cli_recommend(u, 10, "--where 'price>=20' --where 'price<30' --where 'category!=c1'"));
 }
 
 TEST_F(Serve, SimilarEqualsTheCli) {
@@ -294,6 +300,8 @@ TEST_F(Serve, EveryErrorIsA4xxNamingTheFieldAndTheServerServesOn) {
       {"/recommend", json{{"user", u}, {"exclude", {"i1", "zz"}}}.dump(), 404, "exclude[1]"},
       {"/recommend", json{{"user", u}, {"where", {"category"}}}.dump(), 400, "where"},
       {"/recommend", json{{"user", u}, {"where", {"colour=red"}}}.dump(), 400, "where"},
+      {"/recommend", json{{"user", u}, {"where", {"price>=cheap"}}}.dump(), 400, "where"},
+      {"/recommend", json{{"user", u}, {"where", {"category<c1"}}}.dump(), 400, "where"},
       {"/recommend", json{{"user", u}, {"include_seen", 1}}.dump(), 400, "include_seen"},
       {"/recommend", json{{"user", u}, {"usr", 1}}.dump(), 400, "usr"},  // unknown field
       {"/recommend", json{{"history", {"i1"}}}.dump(), 400, "history"},  // no history input

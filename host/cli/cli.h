@@ -2,6 +2,7 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -59,6 +60,44 @@ class ProgressPrinter {
   bool quiet_, tty_;
 };
 
+// --quiet of the commands without configuration keys (train and tune have the
+// key): no progress, no summary lines, no notes; results and errors still print.
+void add_quiet_option(CLI::App& app, bool& quiet);
+
+// Progress of one long step on stderr, e.g. "recommend: 12,288 / 29,858 users
+// (41%)". On a terminal one line is rewritten in place (at most ten times a
+// second); otherwise a plain line is printed at most every
+// TOWERREC_PROGRESS_SECONDS seconds (default 10; 0: every update). finish()
+// prints the final line with the time taken. Nothing at all when quiet.
+class Progress {
+ public:
+  Progress(std::string label, std::string unit, int64_t total, bool quiet);
+  ~Progress();  // ends a line left open on a terminal (an error then starts on its own line)
+  Progress(const Progress&) = delete;
+  Progress& operator=(const Progress&) = delete;
+  void set(int64_t done);
+  void add(int64_t n) { set(done_ + n); }
+  void set_total(int64_t total) { total_ = total; }
+  // A callback (done, total) for the library's progress hooks.
+  std::function<void(int64_t, int64_t)> reporter() {
+    return [this](int64_t done, int64_t total) {
+      total_ = total;
+      set(done);
+    };
+  }
+  void finish();
+
+ private:
+  void print(bool final);
+  std::string label_, unit_;
+  int64_t total_, done_ = 0;
+  bool quiet_, tty_, open_ = false, finished_ = false;
+  double start_, last_ = -1e30, interval_;
+};
+
+// 12345678 -> "12,345,678".
+std::string group_digits(int64_t n);
+
 // A trained model rebuilt from a checkpoint (include/towerrec/api.h).
 using towerrec::LoadedModel;
 using towerrec::load_model;
@@ -77,7 +116,8 @@ std::vector<int32_t> read_id_list(const std::string& path, const IdMap& map, con
                                   bool allow_empty = false);
 
 // The item filters of recommend and similar: --items FILE (allow list),
-// --exclude FILE (deny list), --where column=value (repeatable, all must hold).
+// --exclude FILE (deny list), --where CONDITION (column=value, column>=x, ...;
+// repeatable, all must hold).
 struct ItemFilterOptions {
   std::string allow_file, deny_file;
   std::vector<std::string> where;
@@ -87,8 +127,8 @@ struct ItemFilterOptions {
 // Adds --exclude and --where; --items FILE too unless the command defines its own.
 void add_item_filter_options(CLI::App& app, ItemFilterOptions& f, bool add_items = true);
 // The candidates the filters leave, for rank_topk (restrict is false when no
-// filter is given). Prints a note on stderr when none is left.
-RankFilter make_item_filter(const LoadedModel& lm, const ItemFilterOptions& f);
+// filter is given). Prints a note on stderr when none is left, unless quiet.
+RankFilter make_item_filter(const LoadedModel& lm, const ItemFilterOptions& f, bool quiet = false);
 
 // Refuses, before the model is loaded or anything ranked, an --out that cannot
 // be written: a directory, or a file in a missing or read-only directory.

@@ -1,8 +1,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <sstream>
@@ -61,6 +63,76 @@ void ProgressPrinter::epoch_done(const EpochStats& s, double secs, int64_t steps
                s.epoch, s.loss, s.samples_per_s, format_seconds(s.seconds).c_str(),
                format_seconds(per_step * static_cast<double>(steps_left)).c_str());
   (void)secs;
+}
+
+void add_quiet_option(CLI::App& app, bool& quiet) {
+  app.add_flag("--quiet", quiet, "no progress, summary lines or notes on the terminal (results and errors still print)");
+}
+
+namespace {
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+double progress_interval(bool tty) {
+  if (tty) return 0.1;
+  const char* e = std::getenv("TOWERREC_PROGRESS_SECONDS");
+  if (e && *e) {
+    char* end = nullptr;
+    const double v = std::strtod(e, &end);
+    if (end && *end == '\0' && v >= 0) return v;
+  }
+  return 10.0;
+}
+}  // namespace
+
+std::string group_digits(int64_t n) {
+  std::string d = std::to_string(n < 0 ? -n : n), out;
+  for (size_t i = 0; i < d.size(); ++i) {
+    if (i && (d.size() - i) % 3 == 0) out += ',';
+    out += d[i];
+  }
+  return n < 0 ? "-" + out : out;
+}
+
+Progress::Progress(std::string label, std::string unit, int64_t total, bool quiet)
+    : label_(std::move(label)), unit_(std::move(unit)), total_(total), quiet_(quiet),
+      tty_(::isatty(2) != 0), start_(now_s()), interval_(progress_interval(tty_)) {}
+
+Progress::~Progress() {
+  if (open_) std::fputc('\n', stderr);
+}
+
+void Progress::set(int64_t done) {
+  done_ = done;
+  if (quiet_ || finished_ || (total_ > 0 && done_ >= total_)) return;  // the end: finish() prints it
+  const double t = now_s();
+  if (t - last_ < interval_) return;
+  // The first plain line waits one interval: a short step prints only its final line.
+  if (!tty_ && last_ < -1e29) {
+    last_ = start_;
+    if (t - last_ < interval_) return;
+  }
+  last_ = t;
+  print(false);
+}
+
+void Progress::finish() {
+  if (finished_) return;
+  finished_ = true;
+  if (!quiet_) print(true);
+}
+
+void Progress::print(bool final) {
+  std::string line = label_ + ": " + group_digits(done_) + " / " + group_digits(total_) + " " + unit_;
+  if (total_ > 0) {
+    char pct[16];
+    std::snprintf(pct, sizeof pct, " (%d%%)", static_cast<int>(100.0 * static_cast<double>(done_) / static_cast<double>(total_)));
+    line += pct;
+  }
+  if (final) line += " in " + format_seconds(now_s() - start_);
+  std::fprintf(stderr, "%s%s%s", tty_ ? "\r\033[K" : "", line.c_str(), tty_ && !final ? "" : "\n");
+  std::fflush(stderr);
+  open_ = tty_ && !final;
 }
 
 std::vector<int> parse_ks(const std::string& s) {
@@ -132,13 +204,14 @@ void add_item_filter_options(CLI::App& app, ItemFilterOptions& f, bool add_items
       ->option_text("FILE");
   app.add_option_function<std::string>(
          "--where", [&f](const std::string& w) { f.where.push_back(w); },
-         "only items whose categorical feature COLUMN holds VALUE (repeatable: all must hold; "
-         "one value of a multi-hot column is enough)")
-      ->option_text("COLUMN=VALUE")
+         "only items whose feature passes: COLUMN=VALUE or COLUMN!=VALUE on a categorical "
+         "column (one value of a multi-hot column is enough), COLUMN=X, !=, <, <=, >, >= X on a "
+         "numeric column (the feature file's raw values); repeatable: all must hold")
+      ->option_text("COND")
       ->trigger_on_parse();
 }
 
-RankFilter make_item_filter(const LoadedModel& lm, const ItemFilterOptions& f) {
+RankFilter make_item_filter(const LoadedModel& lm, const ItemFilterOptions& f, bool quiet) {
   RankFilter rf;
   if (!f.any()) return rf;
   std::vector<int32_t> allow, deny;
@@ -150,7 +223,7 @@ RankFilter make_item_filter(const LoadedModel& lm, const ItemFilterOptions& f) {
       where.empty() ? std::vector<char>() : match_features(lm.ck.item_features, lm.n_items(), where, "item");
   rf.restrict = true;
   rf.candidates = candidate_items(lm.n_items(), f.has_allow, allow, deny, mask);
-  if (rf.candidates.empty()) std::fprintf(stderr, "note: no item passes the filters; no rows will be written\n");
+  if (rf.candidates.empty() && !quiet) std::fprintf(stderr, "note: no item passes the filters; no rows will be written\n");
   return rf;
 }
 

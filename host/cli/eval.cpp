@@ -16,15 +16,17 @@ void print_json(LoadedModel& lm, const DeviceArray<float>& U, const DeviceArray<
                 const UserItems& train, const UserItems& test, const std::vector<int>& ks,
                 const std::string& model_path, const std::string& test_path,
                 const std::string& protocol, const std::string& excluded, int negatives,
-                uint64_t seed) {
+                uint64_t seed, bool quiet) {
   const int32_t nu = lm.n_users(), ni = lm.n_items();
   nlohmann::ordered_json j;
   j["model"] = model_path;
   j["test"] = test_path;
   j["protocol"] = protocol;
   j["excluded"] = excluded;
+  Progress progress("eval", "users", 0, quiet);
   if (protocol == "full") {
-    const RankingMetrics m = evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train, test, ks);
+    const RankingMetrics m = evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train, test, ks, {}, progress.reporter());
+    progress.finish();
     const RankingMetrics pop = evaluate_popularity(train, test, ni, ks);
     for (size_t q = 0; q < m.ks.size(); ++q) {
       const std::string at = "@" + std::to_string(m.ks[q]);
@@ -42,7 +44,8 @@ void print_json(LoadedModel& lm, const DeviceArray<float>& U, const DeviceArray<
     j["users_skipped"] = m.users_skipped;
   } else {
     const SampledMetrics m = evaluate_sampled(*lm.be, U, V, nu, ni, lm.model->out_dim(), train,
-                                              test, ks, negatives, seed);
+                                              test, ks, negatives, seed, progress.reporter());
+    progress.finish();
     for (size_t q = 0; q < m.ks.size(); ++q) {
       const std::string at = "@" + std::to_string(m.ks[q]);
       j["hit_rate" + at] = m.hit_rate[q];
@@ -92,6 +95,8 @@ int cmd_eval(const Args& args) {
   char delimiter = ',';
   add_delimiter_option(app, delimiter);
   add_device_options(app, dev);
+  bool quiet = false;
+  add_quiet_option(app, quiet);
   if (!parse_args(app, args)) return 0;
   if (train_opt->count() && include_seen) throw Error("--train and --include-seen exclude each other");
   if (protocol == "full" && (neg_opt->count() || seed_opt->count()))
@@ -122,38 +127,47 @@ int cmd_eval(const Args& args) {
   DeviceArray<float> U, V;
   lm.model->embed_all_users(U);
   lm.model->embed_all_items(V);
-  if (!as_json)
+  if (!as_json && !quiet)
     std::printf("model %s: %d users, %d items, %d epochs; test %s: %lld interactions (%s)\n",
                 lm.path.c_str(), nu, ni, lm.ck.epochs_done, test_path.c_str(),
                 static_cast<long long>(test_rows.size()), excluded.c_str());
   if (as_json) {
-    print_json(lm, U, V, train, test, ks, lm.path, test_path, protocol, excluded, negatives, seed);
+    print_json(lm, U, V, train, test, ks, lm.path, test_path, protocol, excluded, negatives, seed, quiet);
     return 0;
   }
+  // Each ranking pass reports its own progress line.
+  auto ranking = [&](const std::string& label, const UserItems& t) {
+    Progress progress(label, "users", 0, quiet);
+    const RankingMetrics m = evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train, t, ks, {},
+                                              progress.reporter());
+    progress.finish();
+    return m;
+  };
   if (protocol == "full") {
-    const RankingMetrics m = evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train, test, ks);
+    const RankingMetrics m = ranking("eval", test);
     print_ranking("test", m);
     // Warm and cold users (no training interactions in the checkpoint) apart.
     if (lm.ck.has_seen()) {
       const std::vector<char> cold = cold_users(lm.ck.seen);
       const UserItems cold_test = select_users(test, cold, 1);
       if (!cold_test.items.empty()) {
-        print_ranking("test-warm", evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train,
-                                                    select_users(test, cold, 0), ks));
-        print_ranking("test-cold", evaluate_ranking(*lm.be, U, V, nu, ni, lm.model->out_dim(), train,
-                                                    cold_test, ks));
+        print_ranking("test-warm", ranking("eval warm", select_users(test, cold, 0)));
+        print_ranking("test-cold", ranking("eval cold", cold_test));
       }
     }
     const RankingMetrics pop = evaluate_popularity(train, test, ni, ks);
     for (size_t j = 0; j < pop.ks.size(); ++j)
       std::printf("popularity@%d  recall %.4f  ndcg %.4f\n", pop.ks[j], pop.recall[j], pop.ndcg[j]);
   } else {
+    Progress progress("eval", "users", 0, quiet);
     const SampledMetrics m = evaluate_sampled(*lm.be, U, V, nu, ni, lm.model->out_dim(), train,
-                                              test, ks, negatives, seed);
+                                              test, ks, negatives, seed, progress.reporter());
+    progress.finish();
     print_sampled("test", m);
   }
-  std::printf("evaluated in %s\n",
-              format_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()).c_str());
+  if (!quiet)
+    std::printf("evaluated in %s\n",
+                format_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()).c_str());
   return 0;
 }
 

@@ -8,6 +8,8 @@ namespace towerrec::cli {
 int cmd_info(const Args& args) {
   CLI::App app("Shows the build and the available backends.", "towerrec info");
   configure_app(app);
+  bool quiet = false;
+  add_quiet_option(app, quiet);  // accepted like every command's; info prints only its report
   if (!parse_args(app, args)) return 0;
   std::printf("towerrec %s\n", TOWERREC_VERSION);
 #ifdef TOWERREC_HAVE_CUDA

@@ -44,6 +44,8 @@ int cmd_recommend(const Args& args) {
   char delimiter = ',';
   add_delimiter_option(app, delimiter);
   add_device_options(app, dev);
+  bool quiet = false;
+  add_quiet_option(app, quiet);
   if (!parse_args(app, args)) return 0;
   if (seen_opt->count() && include_seen) throw Error("--seen and --include-seen exclude each other");
   check_writable(out);
@@ -70,7 +72,7 @@ int cmd_recommend(const Args& args) {
   } else {
     throw Error(lm.path + " stores no training interactions: give --seen FILE or --include-seen");
   }
-  RankFilter rf = make_item_filter(lm, filter);
+  RankFilter rf = make_item_filter(lm, filter, quiet);
   rf.exclude = exclude;
 
   DeviceArray<float> U, V;
@@ -79,16 +81,20 @@ int cmd_recommend(const Args& args) {
   CsvOutput csv(out);
   std::string buf = "user,item,rank,score\n";
   int64_t rows = 0, n_users = 0;
+  Progress progress("recommend", "users", who.empty() ? lm.n_users() : static_cast<int64_t>(who.size()), quiet);
   rank_topk(*lm.be, U, lm.n_users(), V, lm.n_items(), lm.model->out_dim(), who, k, rf,
             [&](const TopKBlock& b) {
               rows += append_topk_rows(buf, b, users, items);
               n_users += static_cast<int64_t>(b.users.size());
               csv.write(buf);
               buf.clear();
+              progress.set(n_users);
             },
             block);
   csv.write(buf);
   csv.commit();
+  progress.finish();
+  if (quiet) return 0;
   std::string what = exclude ? "seen items excluded" : "seen items included";
   if (rf.restrict) what += ", " + std::to_string(rf.candidates.size()) + " items pass the filters";
   std::fprintf(csv.to_stdout() ? stderr : stdout, "wrote %s: %lld rows for %lld users (k %d, %s) in %s\n",

@@ -324,7 +324,8 @@ int cmd_serve(const Args& args) {
       "Loads a model once and answers HTTP/JSON requests: GET /health, GET /info,\n"
       "POST /recommend {\"user\": ID | \"history\": [IDs], \"k\", \"items\", \"exclude\",\n"
       "\"where\", \"include_seen\"}, POST /similar {\"item\": ID | \"user\": ID, \"k\", ...}.\n"
-      "Prints 'serving MODEL on http://HOST:PORT' on standard error once listening;\n"
+      "Prints 'serving MODEL on http://HOST:PORT' on standard error once listening\n"
+      "(with --quiet only for --port 0).\n"
       "SIGINT or SIGTERM stops it. Loopback only unless --host names another address.",
       "towerrec serve");
   configure_app(app);
@@ -350,6 +351,10 @@ int cmd_serve(const Args& args) {
   app.add_option("--max-body-bytes", lim.max_body, "largest request body")
       ->check(CLI::Range(int64_t(1), int64_t(1) << 34))
       ->capture_default_str();
+  bool quiet = false;
+  app.add_flag("--quiet", quiet,
+               "print nothing but errors and warnings (with --port 0 the 'serving' line still "
+               "names the port chosen)");
   if (!parse_args(app, args)) return 0;
 
   // SIGINT and SIGTERM go to one waiting thread (blocked everywhere else,
@@ -391,7 +396,7 @@ int cmd_serve(const Args& args) {
   if (bound <= 0) throw Error("cannot listen on " + host + ":" + std::to_string(port));
   if (!is_loopback(host))
     std::fprintf(stderr, "note: listening on %s, reachable from other machines\n", host.c_str());
-  std::fprintf(stderr, "serving %s on http://%s:%d\n", model.c_str(), host.c_str(), bound);
+  if (!quiet || port == 0) std::fprintf(stderr, "serving %s on http://%s:%d\n", model.c_str(), host.c_str(), bound);
   std::fflush(stderr);
 
   std::atomic<bool> done{false};
@@ -411,7 +416,7 @@ int cmd_serve(const Args& args) {
   done = true;
   waiter.join();
   if (got) {
-    std::fprintf(stderr, "stopped on %s\n", got == SIGINT ? "SIGINT" : "SIGTERM");
+    if (!quiet) std::fprintf(stderr, "stopped on %s\n", got == SIGINT ? "SIGINT" : "SIGTERM");
     return 0;
   }
   if (!ok) throw Error("the server stopped listening on " + host + ":" + std::to_string(bound));

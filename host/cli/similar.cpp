@@ -52,6 +52,8 @@ int cmd_similar(const Args& args) {
       ->check(CLI::Range(int64_t(0), int64_t(1) << 30))
       ->capture_default_str();
   add_device_options(app, dev);
+  bool quiet = false;
+  add_quiet_option(app, quiet);
   if (!parse_args(app, args)) return 0;
   if (by_users && items_opt->count()) throw Error("--items and --users exclude each other");
   if (by_users && filter.any())
@@ -72,7 +74,7 @@ int cmd_similar(const Args& args) {
     if (q < 0) throw Error("--id: unknown " + kind + " ID '" + id + "'");
     queries.push_back(q);
   }
-  RankFilter rf = by_users ? RankFilter{} : make_item_filter(lm, filter);
+  RankFilter rf = by_users ? RankFilter{} : make_item_filter(lm, filter, quiet);
   rf.exclude_self = true;
 
   DeviceArray<float> E;
@@ -81,6 +83,7 @@ int cmd_similar(const Args& args) {
   CsvOutput csv(out);
   std::string buf = kind + ",similar,rank,score\n";
   int64_t rows = 0, n_queries = 0;
+  Progress progress("similar", kind + "s", explicit_ids ? static_cast<int64_t>(queries.size()) : n, quiet);
   if (!explicit_ids || !queries.empty())
     rank_topk(*lm.be, E, n, E, n, lm.model->out_dim(), queries, k, rf,
               [&](const TopKBlock& b) {
@@ -88,10 +91,13 @@ int cmd_similar(const Args& args) {
                 n_queries += static_cast<int64_t>(b.users.size());
                 csv.write(buf);
                 buf.clear();
+                progress.set(n_queries);
               },
               block);
   csv.write(buf);
   csv.commit();
+  progress.finish();
+  if (quiet) return 0;
   std::string what = by_users ? "users" : "items";
   if (rf.restrict) what += ", " + std::to_string(rf.candidates.size()) + " items pass the filters";
   std::fprintf(csv.to_stdout() ? stderr : stdout, "wrote %s: %lld rows for %lld %ss (k %d, similar %s) in %s\n",

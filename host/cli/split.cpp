@@ -38,6 +38,8 @@ int cmd_split(const Args& args) {
   app.add_option("--user-features", cfg.user_features, "with a CSV --data, as for `train`");
   app.add_option("--item-features", cfg.item_features, "with a CSV --data, as for `train`");
   add_delimiter_option(app, cfg.delimiter);
+  bool quiet = false;
+  add_quiet_option(app, quiet);
   if (!parse_args(app, args)) return 0;
   // The same values and errors as train's key (a number, or none).
   if (!threshold.empty())
@@ -54,6 +56,7 @@ int cmd_split(const Args& args) {
   write_interactions_csv(out + "/train.csv", sp.train, ds.users, ds.items);
   write_interactions_csv(out + "/test.csv", sp.test, ds.users, ds.items);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (quiet) return 0;
   std::printf("split %s (%s): %lld train, %lld test interactions -> %s/train.csv, %s/test.csv in %s\n",
               cfg.data.c_str(), method.c_str(), static_cast<long long>(sp.train.size()),
               static_cast<long long>(sp.test.size()), out.c_str(), out.c_str(),

@@ -29,11 +29,14 @@ int cmd_synth(const Args& args) {
       ->capture_default_str();
   app.add_option("--noise", o.noise, "feature noise")->check(CLI::NonNegativeNumber)->capture_default_str();
   app.add_option("--seed", o.seed)->capture_default_str();
+  bool quiet = false;
+  add_quiet_option(app, quiet);
   if (!parse_args(app, args)) return 0;
   if (o.users < 1 || o.items < 2) throw Error("need at least 1 user and 2 items");
   const auto t0 = std::chrono::steady_clock::now();
   const SynthSummary s = write_synthetic(out, o);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (quiet) return 0;
   std::printf("wrote %s: %lld users, %lld items, %lld interactions in %s\n", out.c_str(),
               static_cast<long long>(s.users), static_cast<long long>(s.items),
               static_cast<long long>(s.interactions), format_seconds(secs).c_str());

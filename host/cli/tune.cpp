@@ -162,7 +162,19 @@ int cmd_tune(const Args& args) {
     const auto t0 = std::chrono::steady_clock::now();
     auto model = build_model(*be, c, ds.user_features, n_users, ds.item_features, n_items, &seen);
     Trainer trainer(*model, sp.train, c.train);
-    for (int e = 0; e < c.train.epochs; ++e) trainer.train_epoch();
+    const int64_t steps = trainer.steps_per_epoch();
+    Progress progress("tune trial " + std::to_string(t + 1) + "/" + std::to_string(order.size()), "steps",
+                      steps * c.train.epochs, base.quiet);
+    // The step hook reads no loss, so reporting costs no device sync.
+    trainer.set_step_hook([&](const TrainPosition& next, const std::function<double()>&) {
+      progress.set(next.epoch * steps + next.step);
+      return true;
+    });
+    for (int e = 0; e < c.train.epochs; ++e) {
+      trainer.train_epoch();
+      progress.set((e + 1) * steps);
+    }
+    progress.finish();
     const RankingMetrics m = evaluate_ranking(*model, seen, held, {10});
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::printf("%-5zu", t + 1);

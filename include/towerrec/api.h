@@ -62,8 +62,8 @@ struct RecommendFilter {
   // When not empty: only these items may be returned (dense indices).
   std::vector<int32_t> allow;
   bool has_allow = false;  // an allow list was given (even an empty one)
-  // Only items whose categorical features satisfy every condition
-  // (match_features; e.g. {"genres", "Comedy"}).
+  // Only items whose features satisfy every condition (match_features; e.g.
+  // {"genres", "Comedy"}, or {"year", "1990", FeatureCondition::Op::kGe}).
   std::vector<FeatureCondition> where;
 };
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "towerrec/data.h"
@@ -31,9 +32,11 @@ inline constexpr const char* kSeenItemsFile = "seen_items.npy";
 
 // Embeds every user and item with the model (inference mode) and writes
 // dir/user_embeddings.npy [n_users x d], dir/item_embeddings.npy [n_items x d],
-// dir/users.csv and dir/items.csv. Creates dir when missing.
+// dir/users.csv and dir/items.csv. Creates dir when missing. `progress`
+// (optional) is called with (rows written, users + items) after each matrix.
 void export_embeddings(TwoTowerModel& model, const IdMap& users, const IdMap& items,
-                       const std::string& dir);
+                       const std::string& dir,
+                       const std::function<void(int64_t done, int64_t total)>& progress = {});
 
 // Writes each user's seen (training) items as CSR: dir/seen_offsets.npy
 // (int64 [n_users + 1]) and dir/seen_items.npy (int32, item rows), user u's

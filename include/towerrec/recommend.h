@@ -83,16 +83,29 @@ void rank_topk(Backend& be, const DeviceArray<float>& Q_all, int32_t n_queries,
                const std::function<void(const TopKBlock&)>& sink, int64_t block_users = 0,
                const TopkPolicy& policy = {});
 
-// One condition on an entity's categorical feature: the entity's bag for
-// `column` holds `value` (one value of a multi-hot bag is enough).
+// One condition on an entity's feature column. On a categorical column `op`
+// is kEq (the entity's bag holds `value`; one value of a multi-hot bag is
+// enough) or kNe (it does not). On a numeric (dense) column `value` is a
+// number compared with the entity's raw value: the one in the feature file,
+// recovered from the stored min-max scaling (raw = min + scaled x (max - min)),
+// which is exact to about 1e-7 of the column's span, so values that close to
+// `value` count as equal to it (an empty cell was stored as the column minimum).
 struct FeatureCondition {
+  enum class Op { kEq, kNe, kLt, kLe, kGt, kGe };
   std::string column, value;
+  Op op = Op::kEq;
 };
-// "column=value" -> a condition; throws Error naming `flag` when malformed.
+// "=", "!=", "<", "<=", ">", ">=".
+const char* op_text(FeatureCondition::Op op);
+// "column=value", "column!=value", "column<x", "column<=x", "column>x",
+// "column>=x" -> a condition (the first operator in the text splits it);
+// throws Error naming `flag` when malformed.
 FeatureCondition parse_feature_condition(const std::string& text, const std::string& flag);
 // Mask over n entities: 1 where every condition holds (all ones when none).
-// Throws Error on a column that is not a categorical feature (naming the
-// ones there are) or a value the column never takes (naming some it takes).
+// Throws Error on a column the features do not have (naming the ones there
+// are), a value a categorical column never takes (naming some it takes), a
+// comparison (<, <=, >, >=) on a categorical column, or a numeric column's
+// value that is not a finite number.
 std::vector<char> match_features(const EntityFeatures& f, int32_t n,
                                  const std::vector<FeatureCondition>& where,
                                  const std::string& what);
@@ -111,14 +124,17 @@ struct RankingMetrics {
   int64_t users_evaluated = 0;
   int64_t users_skipped = 0;
 };
+// `progress` (optional) is called with (users ranked, users to rank) after each block.
+using RankProgress = std::function<void(int64_t done, int64_t total)>;
 RankingMetrics evaluate_ranking(Backend& be, const DeviceArray<float>& U_all,
                                 const DeviceArray<float>& V_all, int32_t n_users, int32_t n_items,
                                 int d, const UserItems& train, const UserItems& test,
-                                std::vector<int> ks, const TopkPolicy& policy = {});
+                                std::vector<int> ks, const TopkPolicy& policy = {},
+                                const RankProgress& progress = {});
 // Convenience: embeds all entities with the model first.
 RankingMetrics evaluate_ranking(TwoTowerModel& model, const UserItems& train,
                                 const UserItems& test, std::vector<int> ks,
-                                const TopkPolicy& policy = {});
+                                const TopkPolicy& policy = {}, const RankProgress& progress = {});
 
 // The metrics of one user's ranked list against its relevant set (sorted).
 // Exposed for tests; evaluate_ranking averages these.
@@ -164,7 +180,8 @@ struct SampledMetrics {
 SampledMetrics evaluate_sampled(Backend& be, const DeviceArray<float>& U_all,
                                 const DeviceArray<float>& V_all, int32_t n_users, int32_t n_items,
                                 int d, const UserItems& train, const UserItems& test,
-                                std::vector<int> ks, int negatives, uint64_t seed);
+                                std::vector<int> ks, int negatives, uint64_t seed,
+                                const RankProgress& progress = {});  // (users done, users to do)
 
 // The negatives of one case (sorted), as evaluate_sampled draws them. `seen`
 // are the user's sorted train and test items. Exposed for tests.

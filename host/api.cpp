@@ -125,6 +125,25 @@ TopK TrainedModel::recommend(const std::vector<int32_t>& users, int k, const Rec
   return std::move(c.out);
 }
 
+TopK TrainedModel::recommend_histories(const UserItems& histories, int k, const RecommendFilter& f) {
+  TOWERREC_CHECK(k > 0, "k must be positive");
+  const std::string problem = lm_.model->history_input_problem();
+  if (!problem.empty()) throw Error(lm_.path + ": " + problem);
+  check_indices(histories.items, n_items(), "item");
+  TopK out;
+  out.k = k;
+  if (histories.offsets.size() < 2) return out;
+  RankFilter rf = rank_filter(f);
+  if (f.exclude_seen) rf.exclude = &histories;
+  ensure_device_embeddings();
+  DeviceArray<float> Q;
+  lm_.model->embed_histories(histories.offsets, histories.items, Q);
+  Collector c;
+  rank_topk(*lm_.be, Q, histories.n_users(), V_, n_items(), dim(), {}, k, rf, std::ref(c));
+  c.out.k = k;
+  return std::move(c.out);
+}
+
 TopK TrainedModel::similar_items(const std::vector<int32_t>& items, int k, const RecommendFilter& f) {
   TOWERREC_CHECK(k > 0, "k must be positive");
   check_indices(items, n_items(), "item");

@@ -442,6 +442,69 @@ void TwoTowerModel::embed_all_items(DeviceArray<float>& out, int64_t chunk) {
   training_ = was;
 }
 
+std::string TwoTowerModel::history_input_problem() const {
+  const TowerInputSpec& s = user_->spec_;
+  if (cfg_.history <= 0 || user_->hist_off_ < 0)
+    return "the model has no history input (trained with history 0)";
+  if (s.dense_dim > 0 || !s.cat_vocab.empty())
+    return "the model's user tower also reads user features, which a history alone does not give";
+  return "";
+}
+
+void TwoTowerModel::embed_histories(const std::vector<int64_t>& offsets, const std::vector<int32_t>& items,
+                                    DeviceArray<float>& out, int64_t chunk) {
+  const std::string problem = history_input_problem();
+  if (!problem.empty()) throw Error(problem);
+  TOWERREC_CHECK(!offsets.empty() && offsets.front() == 0 &&
+                     offsets.back() == static_cast<int64_t>(items.size()),
+                 "embed_histories: offsets do not describe the items");
+  const int64_t rows = static_cast<int64_t>(offsets.size()) - 1;
+  const int32_t vocab = user_->spec_.history_vocab;
+  const int d = cfg_.out_dim;
+  out.reset(be_, rows * d);
+  if (rows == 0) return;
+  chunk = std::max<int64_t>(1, std::min(chunk, rows));
+  struct Inference {  // dropout off, restored on every way out
+    bool& flag;
+    bool was;
+    ~Inference() { flag = was; }
+  } inference{training_, training_};
+  training_ = false;
+  std::vector<int32_t> row_idx, one_off, one_bag, chunk_off, chunk_bag, distinct;
+  for (int64_t s = 0; s < rows; s += chunk) {
+    const int64_t m = std::min(chunk, rows - s);
+    chunk_off.assign(1, 0);
+    chunk_bag.clear();
+    row_idx.resize(static_cast<size_t>(m));
+    for (int64_t r = 0; r < m; ++r) {
+      const int64_t b = offsets[s + r], e = offsets[s + r + 1];
+      if (e <= b) throw Error("history " + std::to_string(s + r) + " is empty");
+      distinct.assign(items.begin() + b, items.begin() + e);
+      for (int32_t i : distinct)
+        if (i < 0 || i >= vocab)
+          throw Error("history item index " + std::to_string(i) + " out of range [0, " + std::to_string(vocab) + ")");
+      std::sort(distinct.begin(), distinct.end());
+      distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+      // Keyed as user 0: the subset of a long history is the one a lone user gets.
+      cap_history({0, static_cast<int64_t>(distinct.size())}, distinct, cfg_.history, seed_, one_off, one_bag);
+      chunk_bag.insert(chunk_bag.end(), one_bag.begin(), one_bag.end());
+      TOWERREC_CHECK(chunk_bag.size() < (size_t{1} << 31), "histories too long for int32 offsets");
+      chunk_off.push_back(static_cast<int32_t>(chunk_bag.size()));
+      row_idx[static_cast<size_t>(r)] = static_cast<int32_t>(r);
+    }
+    DeviceArray<int32_t> d_off(be_, m + 1), d_val(be_, static_cast<int64_t>(chunk_bag.size())), d_row(be_, m);
+    be_->to_device(d_off.data(), chunk_off.data(), chunk_off.size() * sizeof(int32_t));
+    be_->to_device(d_val.data(), chunk_bag.data(), chunk_bag.size() * sizeof(int32_t));
+    be_->to_device(d_row.data(), row_idx.data(), row_idx.size() * sizeof(int32_t));
+    const HistoryBags bags{d_off.data(), d_val.data(), d_row.data()};
+    // The row indices stand in for entity indices too: the tower reads no
+    // features and, with the unknown-ID bucket, no ID row.
+    const float* y = user_->forward(d_row.data(), m, /*zero_id=*/true, &bags);
+    be_->copy(out.data() + s * d, y, static_cast<size_t>(m * d) * sizeof(float));
+    be_->synchronize();  // the chunk's index arrays go at the end of this scope
+  }
+}
+
 namespace {
 std::vector<float> fetch(Backend& be, const DeviceArray<float>& a) {
   std::vector<float> v(static_cast<size_t>(a.size()));

@@ -162,11 +162,7 @@ class Service {
     // Embed every user and item now, so the first request does not pay for it.
     (void)m_.item_embeddings();
     (void)m_.user_embeddings();
-    if (m_.config().tower.history > 0) {
-      const TowerInputSpec& s = m_.model().user_tower().spec();
-      history_ok_ = s.dense_dim == 0 && s.cat_vocab.empty();
-      m_.model().embed_all_items(V_);  // the ranking of a new user's embedding
-    }
+    history_problem_ = m_.model().history_input_problem();
   }
 
   json info() {
@@ -238,51 +234,23 @@ class Service {
  private:
   // A new user: the user tower on the pooled history alone (the unknown-ID
   // bucket for the ID embedding), ranked against every item; the history's
-  // items are left out unless include_seen.
+  // items are left out unless include_seen (TrainedModel::recommend_histories).
   json recommend_history(const json& h, int k, const RecommendFilter& f) {
-    if (m_.config().tower.history <= 0)
-      refuse(400, "history", "the model has no history input (trained with history 0): give \"user\"");
-    if (!history_ok_)
-      refuse(400, "history", "the model's user tower also reads user features, which a history alone does not give");
+    if (!history_problem_.empty()) {
+      const bool none = m_.config().tower.history <= 0;
+      refuse(400, "history", history_problem_ + (none ? ": give \"user\"" : ""));
+    }
     std::vector<int32_t> items = id_list(m_.items(), h, "history", "item", lim_);
     if (items.empty()) refuse(400, "history", "empty history");
     std::sort(items.begin(), items.end());
     items.erase(std::unique(items.begin(), items.end()), items.end());
-    // The pooled bag: up to `history` items, chosen as inference chooses them.
-    std::vector<int32_t> bag_off, bag;
-    cap_history({0, static_cast<int64_t>(items.size())}, items, m_.config().tower.history, m_.model().seed(),
-                bag_off, bag);
-    const int n_items = m_.n_items(), d = m_.dim();
-    RankFilter rf;
-    rf.restrict = f.has_allow || !f.deny.empty() || !f.where.empty();
-    if (rf.restrict) {
-      const std::vector<char> mask =
-          f.where.empty() ? std::vector<char>() : match_features(m_.checkpoint().item_features, n_items, f.where, "item");
-      rf.candidates = candidate_items(n_items, f.has_allow, f.allow, f.deny, mask);
-    }
-    UserItems seen;
-    seen.offsets = {0, static_cast<int64_t>(items.size())};
-    seen.items = items;
-    if (f.exclude_seen) rf.exclude = &seen;
+    UserItems hist;
+    hist.offsets = {0, static_cast<int64_t>(items.size())};
+    hist.items = std::move(items);
     TopK top;
-    top.k = k;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      Backend& be = m_.backend();
-      const int32_t zero = 0;
-      DeviceArray<int32_t> d_off(&be, 2), d_val(&be, static_cast<int64_t>(bag.size())), d_row(&be, 1);
-      be.to_device(d_off.data(), bag_off.data(), 2 * sizeof(int32_t));
-      be.to_device(d_val.data(), bag.data(), bag.size() * sizeof(int32_t));
-      be.to_device(d_row.data(), &zero, sizeof(int32_t));
-      const HistoryBags bags{d_off.data(), d_val.data(), d_row.data()};
-      const float* y = m_.model().user_tower().forward(d_row.data(), 1, /*zero_id=*/true, &bags);
-      DeviceArray<float> Q(&be, d);
-      be.copy(Q.data(), y, static_cast<size_t>(d) * sizeof(float));
-      rank_topk(be, Q, 1, V_, n_items, d, {0}, k, rf, [&](const TopKBlock& b) {
-        top.ids = b.items;
-        top.scores = b.scores;
-        top.rows = 1;
-      });
+      top = m_.recommend_histories(hist, k, f);
     }
     json out = json::object();
     put_topk(out, "items", top, m_.items());
@@ -292,8 +260,7 @@ class Service {
   TrainedModel m_;
   Limits lim_;
   std::mutex mu_;
-  DeviceArray<float> V_;  // item embeddings for history queries (history models only)
-  bool history_ok_ = false;
+  std::string history_problem_;  // why a history cannot be embedded ("" when it can)
   std::string backend_;
 };
 

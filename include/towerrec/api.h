@@ -97,6 +97,13 @@ class TrainedModel {
   // Top-k items for each of `users` (dense indices; every user when empty),
   // ranked by score, higher first, ties by the lower item index.
   TopK recommend(const std::vector<int32_t>& users, int k, const RecommendFilter& filter = {});
+  // Top-k items for users known only by their items (new users, or known ones
+  // embedded afresh): row r of `histories` is query r, embedded by
+  // TwoTowerModel::embed_histories (the pooled history, the unknown-ID bucket
+  // for the ID embedding). exclude_seen leaves out each row's own history
+  // items (not any stored ones); allow, deny and where apply. Throws Error when
+  // the model cannot embed from a history (history_input_problem).
+  TopK recommend_histories(const UserItems& histories, int k, const RecommendFilter& filter = {});
   // The k items with the highest score <item(q), item(j)> for each query item
   // q (the item itself left out; the filter's allow, deny and where apply,
   // exclude_seen does not); similar_users likewise over user embeddings.

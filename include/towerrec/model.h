@@ -114,6 +114,23 @@ class TwoTowerModel {
   void embed_all_users(DeviceArray<float>& out, int64_t chunk = 8192);
   void embed_all_items(DeviceArray<float>& out, int64_t chunk = 8192);
 
+  // Inductive users: embeddings of users known only by the items they
+  // interacted with. Row r of the CSR `offsets` [rows + 1] into `items` (dense
+  // item indices; order and repeats do not matter) is one user; its pooled
+  // history is up to config().history of its distinct items, chosen as
+  // cap_history chooses them for a lone user (so a row's embedding depends on
+  // its items alone, not on its position or the other rows), and the user tower
+  // reads it with the unknown-ID bucket for the ID embedding. Writes
+  // [rows x out_dim] to `out` in backend memory, computed in chunks of `chunk`
+  // rows. Throws Error with history_input_problem() when the model cannot, and
+  // on an empty row or an item out of range.
+  void embed_histories(const std::vector<int64_t>& offsets, const std::vector<int32_t>& items,
+                       DeviceArray<float>& out, int64_t chunk = 8192);
+  // Why the user tower cannot embed a user from a history alone, "" when it
+  // can: the model has no history input (trained with history 0), or its user
+  // tower also reads user features, which a history does not give.
+  std::string history_input_problem() const;
+
   // Parameters and optimizer state, for checkpoints: named host copies.
   struct State {
     int64_t steps = 0;

@@ -115,6 +115,20 @@ UserItems no_items(int32_t n_users);
 std::vector<int32_t> read_id_list(const std::string& path, const IdMap& map, const std::string& kind,
                                   bool allow_empty = false);
 
+// --histories FILE of recommend and eval: an interaction CSV (header
+// user,item[,rating][,timestamp]) giving each listed user's items. User IDs
+// may be unknown to the model; an unknown item is an InputError naming the
+// file, line and field. Rows rated below the model's rating threshold are
+// dropped, as in training (and a user left with none).
+struct HistoryFile {
+  std::string path;
+  IdMap users;      // the listed users, dense in order of first appearance
+  UserItems items;  // each one's sorted, distinct items
+  int64_t rows = 0, rows_dropped = 0;
+  int32_t users_dropped = 0;
+};
+HistoryFile read_histories(const std::string& path, const LoadedModel& lm, char delimiter);
+
 // The item filters of recommend and similar: --items FILE (allow list),
 // --exclude FILE (deny list), --where CONDITION (column=value, column>=x, ...;
 // repeatable, all must hold).

@@ -157,6 +157,36 @@ UserItems no_items(int32_t n_users) {
   return g;
 }
 
+HistoryFile read_histories(const std::string& path, const LoadedModel& lm, char delimiter) {
+  if (!file_exists(path)) throw Error("--histories " + path + ": no such file");
+  if (is_directory(path)) throw Error("--histories " + path + ": is a directory");
+  IdMap read_users;
+  const Interactions x = read_interactions_new_users(path, read_users, lm.ck.items, delimiter);
+  // Positives only, as in training: rows rated below the model's threshold go,
+  // and so does a user left without any.
+  const float threshold = lm.cfg.rating_threshold;
+  Interactions kept;
+  HistoryFile h;
+  h.path = path;
+  std::vector<int32_t> row_of(static_cast<size_t>(read_users.size()), -1);
+  for (int64_t r = 0; r < x.size(); ++r) {
+    if (!x.rating.empty() && !std::isnan(threshold) && !(x.rating[r] >= threshold)) {
+      ++h.rows_dropped;
+      continue;
+    }
+    int32_t& u = row_of[static_cast<size_t>(x.user[r])];
+    if (u < 0) u = h.users.add(read_users.id(x.user[r]));
+    kept.user.push_back(u);
+    kept.item.push_back(x.item[r]);
+  }
+  h.rows = kept.size();
+  h.users_dropped = read_users.size() - h.users.size();
+  if (h.users.size() == 0)
+    throw InputError(path, 0, "", x.size() == 0 ? "no interactions" : "no interaction rated at or above the model's rating threshold");
+  h.items = group_by_user(kept, h.users.size());
+  return h;
+}
+
 std::vector<int32_t> read_id_list(const std::string& path, const IdMap& map, const std::string& kind,
                                   bool allow_empty) {
   if (!file_exists(path)) throw Error(path + ": no such file");

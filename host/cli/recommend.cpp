@@ -16,7 +16,9 @@ int cmd_recommend(const Args& args) {
       "data). Users are ranked in blocks and rows written as blocks finish; the\n"
       "file appears only when complete. --out - writes the CSV to standard output\n"
       "(and the closing line to standard error). --items, --exclude and --where\n"
-      "filter inside the ranking: each user gets the k best items that pass.",
+      "filter inside the ranking: each user gets the k best items that pass.\n"
+      "--histories FILE ranks the users listed there (known to the model or not)\n"
+      "from those items alone, for a model trained with --history N.",
       "towerrec recommend");
   configure_app(app);
   std::string model, out, users_file, seen_file;
@@ -36,6 +38,14 @@ int cmd_recommend(const Args& args) {
   auto* seen_opt = app.add_option("--seen", seen_file,
                                   "interaction CSV of items to exclude, instead of the training "
                                   "interactions stored in the checkpoint");
+  std::string histories_file;
+  auto* hist_opt = app.add_option(
+      "--histories", histories_file,
+      "interaction CSV (user,item[,...]) of users to embed from their items alone (pooled "
+      "history, no ID embedding): new user IDs welcome, items must be known; each gets its "
+      "history items excluded (unless --include-seen). A known user listed there is embedded "
+      "the same way: the given history replaces the stored one. Needs a model trained with "
+      "--history N and no user features");
   app.add_flag("--include-seen", include_seen, "exclude nothing");
   add_item_filter_options(app, filter);
   app.add_option("--block-users", block, "users ranked per block (0: from a memory budget)")
@@ -48,12 +58,23 @@ int cmd_recommend(const Args& args) {
   add_quiet_option(app, quiet);
   if (!parse_args(app, args)) return 0;
   if (seen_opt->count() && include_seen) throw Error("--seen and --include-seen exclude each other");
+  if (hist_opt->count() && (users_opt->count() || !user_ids.empty()))
+    throw Error("--histories names its own users: leave out --users and --user");
+  if (hist_opt->count() && seen_opt->count())
+    throw Error("--histories excludes each user's history items: leave out --seen");
   check_writable(out);
 
   const auto t0 = std::chrono::steady_clock::now();
   LoadedModel lm = load_model(model, dev.device, dev.threads);
-  const IdMap& users = lm.ck.users;
   const IdMap& items = lm.ck.items;
+  if (hist_opt->count()) {
+    const std::string problem = lm.model->history_input_problem();
+    if (!problem.empty()) throw Error("--histories: " + lm.path + ": " + problem);
+  }
+  HistoryFile hist;
+  if (hist_opt->count()) hist = read_histories(histories_file, lm, delimiter);
+  const IdMap& users = hist_opt->count() ? hist.users : lm.ck.users;
+  const int32_t n_queries = users.size();
   std::vector<int32_t> who;
   if (users_opt->count()) who = read_id_list(users_file, users, "user");
   for (const auto& id : user_ids) {
@@ -65,6 +86,8 @@ int cmd_recommend(const Args& args) {
   const UserItems* exclude = &seen;
   if (include_seen) {
     exclude = nullptr;
+  } else if (hist_opt->count()) {
+    exclude = &hist.items;
   } else if (seen_opt->count()) {
     seen = group_by_user(read_known_interactions(seen_file, users, items, -1e30f, delimiter), lm.n_users());
   } else if (lm.ck.has_seen()) {
@@ -76,13 +99,14 @@ int cmd_recommend(const Args& args) {
   rf.exclude = exclude;
 
   DeviceArray<float> U, V;
-  lm.model->embed_all_users(U);
+  if (hist_opt->count()) lm.model->embed_histories(hist.items.offsets, hist.items.items, U);
+  else lm.model->embed_all_users(U);
   lm.model->embed_all_items(V);
   CsvOutput csv(out);
   std::string buf = "user,item,rank,score\n";
   int64_t rows = 0, n_users = 0;
-  Progress progress("recommend", "users", who.empty() ? lm.n_users() : static_cast<int64_t>(who.size()), quiet);
-  rank_topk(*lm.be, U, lm.n_users(), V, lm.n_items(), lm.model->out_dim(), who, k, rf,
+  Progress progress("recommend", "users", who.empty() ? n_queries : static_cast<int64_t>(who.size()), quiet);
+  rank_topk(*lm.be, U, n_queries, V, lm.n_items(), lm.model->out_dim(), who, k, rf,
             [&](const TopKBlock& b) {
               rows += append_topk_rows(buf, b, users, items);
               n_users += static_cast<int64_t>(b.users.size());
@@ -95,7 +119,13 @@ int cmd_recommend(const Args& args) {
   csv.commit();
   progress.finish();
   if (quiet) return 0;
-  std::string what = exclude ? "seen items excluded" : "seen items included";
+  std::string what = exclude ? (hist_opt->count() ? "history items excluded" : "seen items excluded")
+                             : (hist_opt->count() ? "history items included" : "seen items included");
+  if (hist_opt->count()) {
+    what = "from the histories in " + histories_file + ", " + what;
+    if (hist.users_dropped > 0)
+      what += ", " + std::to_string(hist.users_dropped) + " users without a positive left out";
+  }
   if (rf.restrict) what += ", " + std::to_string(rf.candidates.size()) + " items pass the filters";
   std::fprintf(csv.to_stdout() ? stderr : stdout, "wrote %s: %lld rows for %lld users (k %d, %s) in %s\n",
                csv.name().c_str(), static_cast<long long>(rows), static_cast<long long>(n_users), k,

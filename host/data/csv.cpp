@@ -43,8 +43,12 @@ const char* const kRoleName[4] = {"user", "item", "rating", "timestamp"};
 
 }  // namespace
 
-Interactions read_interactions_csv(const std::string& path, IdMap& users, IdMap& items,
-                                   bool allow_new, char delimiter) {
+namespace {
+
+// new_users / new_items: new IDs of that kind are added, else an unknown one
+// is an InputError (the map is then only searched).
+Interactions read_interactions(const std::string& path, IdMap& users, IdMap& items, bool new_users,
+                               bool new_items, char delimiter) {
   const std::string text = slurp(path);
   CsvReader lines(text, delimiter);
   std::deque<std::string> arena;
@@ -91,7 +95,7 @@ Interactions read_interactions_csv(const std::string& path, IdMap& users, IdMap&
       const std::string_view id = trim(f[static_cast<size_t>(col[r])]);
       if (id.empty()) throw InputError(path, ln, kRoleName[r], "empty ID");
       IdMap& m = r == 0 ? users : items;
-      idx[r] = allow_new ? m.add(id) : m.find(id);
+      idx[r] = (r == 0 ? new_users : new_items) ? m.add(id) : m.find(id);
       if (idx[r] < 0)
         throw InputError(path, ln, kRoleName[r], "unknown ID '" + std::string(id) + "'");
     }
@@ -119,6 +123,19 @@ Interactions read_interactions_csv(const std::string& path, IdMap& users, IdMap&
     }
   }
   return x;
+}
+
+}  // namespace
+
+Interactions read_interactions_csv(const std::string& path, IdMap& users, IdMap& items,
+                                   bool allow_new, char delimiter) {
+  return read_interactions(path, users, items, allow_new, allow_new, delimiter);
+}
+
+Interactions read_interactions_new_users(const std::string& path, IdMap& users, const IdMap& items,
+                                         char delimiter) {
+  // With new_items false the item map is only searched, never changed.
+  return read_interactions(path, users, const_cast<IdMap&>(items), true, false, delimiter);
 }
 
 void write_interactions_csv(const std::string& path, const Interactions& x, const IdMap& users,

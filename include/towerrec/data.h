@@ -118,6 +118,11 @@ Dataset load_auto(const std::string& path, const LoadOptions& opt = {});
 // which case an unknown ID is an InputError.
 Interactions read_interactions_csv(const std::string& path, IdMap& users, IdMap& items,
                                    bool allow_new = true, char delimiter = ',');
+// As read_interactions_csv, but only user IDs may be new (added to `users`):
+// an unknown item ID is an InputError naming the file, line and field "item".
+// For histories of users the model has not seen.
+Interactions read_interactions_new_users(const std::string& path, IdMap& users, const IdMap& items,
+                                         char delimiter = ',');
 // Writes interactions with original IDs (atomic).
 void write_interactions_csv(const std::string& path, const Interactions& x, const IdMap& users,
                             const IdMap& items);

@@ -153,7 +153,8 @@ int cmd_eval(const Args& args) {
       "their --test rows are ranked with these items excluded (unless --include-seen) and "
       "reported apart as test-history. A known user listed there is embedded the same way: "
       "the given history replaces the stored one. Needs a model trained with --history N "
-      "and no user features");
+      "and no user features")
+      ->option_text("FILE");
   app.add_flag("--include-seen", include_seen, "exclude nothing: rank every item");
   bool as_json = false;
   app.add_flag("--json", as_json, "print the metrics as one JSON object on stdout instead of text");

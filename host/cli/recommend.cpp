@@ -45,7 +45,8 @@ int cmd_recommend(const Args& args) {
       "history, no ID embedding): new user IDs welcome, items must be known; each gets its "
       "history items excluded (unless --include-seen). A known user listed there is embedded "
       "the same way: the given history replaces the stored one. Needs a model trained with "
-      "--history N and no user features");
+      "--history N and no user features")
+      ->option_text("FILE");
   app.add_flag("--include-seen", include_seen, "exclude nothing");
   add_item_filter_options(app, filter);
   app.add_option("--block-users", block, "users ranked per block (0: from a memory budget)")

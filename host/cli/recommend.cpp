@@ -1,5 +1,8 @@
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
 
 #include "host/cli/cli.h"
 #include "host/data/text.h"
@@ -44,58 +47,110 @@ int cmd_recommend(const Args& args) {
   char delimiter = ',';
   add_delimiter_option(app, delimiter);
   add_device_options(app, dev);
+  bool distributed = false;
+  double comm_timeout = 300;
+  add_distributed_options(app, distributed, comm_timeout);
+  app.footer(
+      "With --distributed under mpirun -np N, the users are split into N contiguous\n"
+      "shards, each rank ranks its own and writes OUT.part-R, and rank 0 merges the\n"
+      "parts in rank order into OUT (one atomic rename): the same file one rank\n"
+      "writes. OUT must be on a file system every rank sees.");
   if (!parse_args(app, args)) return 0;
   if (seen_opt->count() && include_seen) throw Error("--seen and --include-seen exclude each other");
   check_writable(out);
+  DistributedRun dist;
+  if (distributed) dist = start_distributed(dev.device, comm_timeout, true, false);
+  if (dist.size() > 1 && out == "-")
+    throw Error("--distributed writes a file: give --out FILE, not standard output");
+  return run_on_ranks(dist, "recommend", [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    LoadedModel lm = load_model(model, dev.device, dev.threads);
+    const IdMap& users = lm.ck.users;
+    const IdMap& items = lm.ck.items;
+    std::vector<int32_t> who;
+    if (users_opt->count()) who = read_id_list(users_file, users, "user");
+    for (const auto& id : user_ids) {
+      const int32_t u = users.find(data_detail::trim(id));
+      if (u < 0) throw Error("--user: unknown user ID '" + id + "'");
+      who.push_back(u);
+    }
+    UserItems seen;
+    const UserItems* exclude = &seen;
+    if (include_seen) {
+      exclude = nullptr;
+    } else if (seen_opt->count()) {
+      seen = group_by_user(read_known_interactions(seen_file, users, items, -1e30f, delimiter), lm.n_users());
+    } else if (lm.ck.has_seen()) {
+      exclude = &lm.ck.seen;
+    } else {
+      throw Error(lm.path + " stores no training interactions: give --seen FILE or --include-seen");
+    }
+    RankFilter rf = make_item_filter(lm, filter);
+    rf.exclude = exclude;
 
-  const auto t0 = std::chrono::steady_clock::now();
-  LoadedModel lm = load_model(model, dev.device, dev.threads);
-  const IdMap& users = lm.ck.users;
-  const IdMap& items = lm.ck.items;
-  std::vector<int32_t> who;
-  if (users_opt->count()) who = read_id_list(users_file, users, "user");
-  for (const auto& id : user_ids) {
-    const int32_t u = users.find(data_detail::trim(id));
-    if (u < 0) throw Error("--user: unknown user ID '" + id + "'");
-    who.push_back(u);
-  }
-  UserItems seen;
-  const UserItems* exclude = &seen;
-  if (include_seen) {
-    exclude = nullptr;
-  } else if (seen_opt->count()) {
-    seen = group_by_user(read_known_interactions(seen_file, users, items, -1e30f, delimiter), lm.n_users());
-  } else if (lm.ck.has_seen()) {
-    exclude = &lm.ck.seen;
-  } else {
-    throw Error(lm.path + " stores no training interactions: give --seen FILE or --include-seen");
-  }
-  RankFilter rf = make_item_filter(lm, filter);
-  rf.exclude = exclude;
-
-  DeviceArray<float> U, V;
-  lm.model->embed_all_users(U);
-  lm.model->embed_all_items(V);
-  CsvOutput csv(out);
-  std::string buf = "user,item,rank,score\n";
-  int64_t rows = 0, n_users = 0;
-  rank_topk(*lm.be, U, lm.n_users(), V, lm.n_items(), lm.model->out_dim(), who, k, rf,
-            [&](const TopKBlock& b) {
-              rows += append_topk_rows(buf, b, users, items);
-              n_users += static_cast<int64_t>(b.users.size());
-              csv.write(buf);
-              buf.clear();
-            },
-            block);
-  csv.write(buf);
-  csv.commit();
-  std::string what = exclude ? "seen items excluded" : "seen items included";
-  if (rf.restrict) what += ", " + std::to_string(rf.candidates.size()) + " items pass the filters";
-  std::fprintf(csv.to_stdout() ? stderr : stdout, "wrote %s: %lld rows for %lld users (k %d, %s) in %s\n",
-               csv.name().c_str(), static_cast<long long>(rows), static_cast<long long>(n_users), k,
-               what.c_str(),
-               format_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()).c_str());
-  return 0;
+    // Several ranks: this rank's contiguous shard of the users, in the order one
+    // rank ranks them (every user when none is named).
+    const int rank = dist.rank(), ranks = dist.size();
+    if (ranks > 1) {
+      if (who.empty()) {
+        who.resize(static_cast<size_t>(lm.n_users()));
+        std::iota(who.begin(), who.end(), 0);
+      }
+      const auto n = static_cast<int64_t>(who.size());
+      who = std::vector<int32_t>(who.begin() + n * rank / ranks, who.begin() + n * (rank + 1) / ranks);
+    }
+    const std::string part = out + ".part-" + std::to_string(rank);
+    DeviceArray<float> U, V;
+    lm.model->embed_all_users(U);
+    lm.model->embed_all_items(V);
+    CsvOutput csv(ranks > 1 ? part : out);
+    std::string buf = ranks > 1 ? "" : "user,item,rank,score\n";
+    int64_t rows = 0, n_users = 0;
+    if (ranks == 1 || !who.empty())  // an empty shard ranks nobody (an empty list means everyone)
+      rank_topk(*lm.be, U, lm.n_users(), V, lm.n_items(), lm.model->out_dim(), who, k, rf,
+                [&](const TopKBlock& b) {
+                  rows += append_topk_rows(buf, b, users, items);
+                  n_users += static_cast<int64_t>(b.users.size());
+                  csv.write(buf);
+                  buf.clear();
+                },
+                block);
+    csv.write(buf);
+    csv.commit();
+    if (ranks > 1) {
+      // Every part is complete once all ranks pass the sum; rank 0 merges them.
+      double counts[2] = {static_cast<double>(rows), static_cast<double>(n_users)};
+      dist.control->all_reduce_sum_host(counts, 2);
+      rows = static_cast<int64_t>(counts[0]);
+      n_users = static_cast<int64_t>(counts[1]);
+      if (rank == 0) {
+        AtomicFile merged(out);
+        merged.write(std::string("user,item,rank,score\n"));
+        std::vector<char> chunk(size_t{1} << 20);
+        for (int r = 0; r < ranks; ++r) {
+          const std::string p = out + ".part-" + std::to_string(r);
+          std::ifstream in(p, std::ios::binary);
+          if (!in) throw Error(p + ": cannot read rank " + std::to_string(r) + "'s part (is " + out +
+                               " on a file system every rank sees?)");
+          while (in) {
+            in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+            merged.write(chunk.data(), static_cast<size_t>(in.gcount()));
+          }
+        }
+        merged.commit();
+        for (int r = 0; r < ranks; ++r) std::filesystem::remove(out + ".part-" + std::to_string(r));
+      }
+      dist.control->barrier();
+      if (rank != 0) return 0;
+    }
+    std::string what = exclude ? "seen items excluded" : "seen items included";
+    if (rf.restrict) what += ", " + std::to_string(rf.candidates.size()) + " items pass the filters";
+    std::fprintf(csv.to_stdout() ? stderr : stdout, "wrote %s: %lld rows for %lld users (k %d, %s) in %s\n",
+                 (ranks > 1 ? out : csv.name()).c_str(), static_cast<long long>(rows), static_cast<long long>(n_users), k,
+                 what.c_str(),
+                 format_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()).c_str());
+    return 0;
+  });
 }
 
 }  // namespace towerrec::cli

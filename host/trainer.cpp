@@ -559,11 +559,13 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
   auto loss_sum = [&](int64_t upto) {
     be_.to_host(losses.data() + first, d_losses_.data() + first,
                 static_cast<size_t>(upto - first) * sizeof(float));
-    double sum = 0;
+    double sum = comm_ ? 0.0 : start_loss_sum_;
     for (int64_t s = first; s < upto; ++s) sum += losses[s];
-    // Each rank holds its shard's part of every step's loss.
-    if (comm_) comm_->all_reduce_sum_host(&sum, 1);
-    return start_loss_sum_ + sum;
+    if (comm_) {  // each rank holds its shard's part of every step's loss
+      comm_->all_reduce_sum_host(&sum, 1);
+      sum += start_loss_sum_;
+    }
+    return sum;
   };
   auto mean_loss = [&](int64_t upto) { return upto ? loss_sum(upto) / static_cast<double>(upto) : 0.0; };
   model_.set_training(true);

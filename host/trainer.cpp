@@ -279,9 +279,6 @@ void Trainer::set_communicator(Communicator* control, Communicator* gradients) {
   rank_ = comm_ ? comm_->rank() : 0;
   ranks_ = comm_ ? comm_->size() : 1;
   if (!comm_) return;
-  TOWERREC_CHECK(history_cap_ == 0,
-                 "distributed training does not support --history yet (its per-batch target "
-                 "exclusion spans the ranks' shards)");
   TOWERREC_CHECK(!grad_comm_ || grad_comm_->size() == ranks_,
                  "the gradient communicator's ranks differ from the control communicator's");
 }
@@ -377,7 +374,26 @@ void Trainer::plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const
                  out.user_pairs);
   build_pair_csr(out.pair_item, static_cast<int32_t>(out.items.size()), out.item_offsets,
                  out.item_pairs);
-  if (history_cap_ > 0) plan_history(epoch, b, out, sc);
+  if (history_cap_ > 0) {
+    // A user's history leaves out its positives of the whole global batch, so
+    // collect those of the other ranks' shards for this shard's users.
+    out.other_target_offsets.assign(out.users.size() + 1, 0);
+    out.other_targets.clear();
+    if (ranks_ > 1) {
+      std::vector<std::pair<int32_t, int32_t>> other;  // (local user, item)
+      for (int64_t t = glo; t < ghi; ++t) {
+        if (t >= lo && t < hi) continue;
+        const int32_t u = train_.user[perm_[t]];
+        if (sc.user_stamp[u] == stamp) other.emplace_back(sc.user_local[u], train_.item[perm_[t]]);
+      }
+      for (const auto& [lu, item] : other) ++out.other_target_offsets[static_cast<size_t>(lu) + 1];
+      for (size_t j = 0; j < out.users.size(); ++j) out.other_target_offsets[j + 1] += out.other_target_offsets[j];
+      out.other_targets.resize(other.size());
+      std::vector<int32_t> fill(out.other_target_offsets.begin(), out.other_target_offsets.end() - 1);
+      for (const auto& [lu, item] : other) out.other_targets[static_cast<size_t>(fill[lu]++)] = item;
+    }
+    plan_history(epoch, b, out, sc);
+  }
 }
 
 void Trainer::plan_history(int epoch, int64_t b, Batch& out, PlanScratch& sc) const {
@@ -398,6 +414,8 @@ void Trainer::plan_history(int epoch, int64_t b, Batch& out, PlanScratch& sc) co
       if (out.label[static_cast<size_t>(p)] > 0.0f)
         sc.target_stamp[static_cast<size_t>(out.items[static_cast<size_t>(out.pair_item[p])])] = mark;
     }
+    for (int32_t q = out.other_target_offsets[lu]; q < out.other_target_offsets[lu + 1]; ++q)
+      sc.target_stamp[static_cast<size_t>(out.other_targets[static_cast<size_t>(q)])] = mark;
     const int32_t u = out.users[lu];
     sc.pick.clear();
     // Each distinct item once (the list is sorted), as in the model's own histories.

@@ -143,7 +143,7 @@ class Trainer {
   // every rank takes the same optimizer step: the parameters stay identical.
   // `gradients` reduces the backend's buffers when it takes their memory (the
   // MPI communicator for the CPU backend, NCCL for CUDA); null: staged through
-  // host memory over `control`. Not supported yet: history pooling.
+  // host memory over `control`.
   void set_communicator(Communicator* control, Communicator* gradients = nullptr);
   int rank() const { return rank_; }
   int ranks() const { return ranks_; }
@@ -158,6 +158,10 @@ class Trainer {
     // over `users`, each user's training items without its targets in this
     // batch, at most the model's cap; hist_rows is 0, 1, ... (one per user).
     std::vector<int32_t> hist_offsets, hist_items, hist_rows;
+    // Several ranks with histories: each unique user's positives in the global
+    // batch outside this rank's shard (CSR over `users`), which its history
+    // leaves out as one rank's does.
+    std::vector<int32_t> other_target_offsets, other_targets;
     // Pairs of the whole global batch (all ranks'): the losses' mean is over them.
     int64_t global_pairs = 0;
   };

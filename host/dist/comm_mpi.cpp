@@ -6,6 +6,13 @@
 // naming this rank and the call, instead of a process that hangs for ever.
 // Polling spins briefly, then sleeps in short naps so a waiting rank leaves
 // the cores to the ranks still computing.
+// The C API only: no MPI C++ bindings (deprecated, a library of their own).
+#ifndef OMPI_SKIP_MPICXX
+#define OMPI_SKIP_MPICXX 1
+#endif
+#ifndef MPICH_SKIP_MPICXX
+#define MPICH_SKIP_MPICXX 1
+#endif
 #include <mpi.h>
 
 #include <chrono>

@@ -251,10 +251,84 @@ void Tower::backward() {
   pending_rows_ = cfg.id_dim > 0;
 }
 
+namespace {
+// Sums `n` floats of backend memory over the ranks: through `data` when it
+// takes the backend's memory, else staged through host memory over `control`.
+void reduce_backend_floats(Backend& be, float* buf, int64_t n, Communicator& control, Communicator* data) {
+  const bool device_mem = be.kind() != DeviceKind::kCPU;
+  if (data && (data->memory() == CommMemory::kDevice) == device_mem) {
+    be.synchronize();  // the communicator runs on its own stream
+    data->all_reduce_sum(buf, n);
+    return;
+  }
+  if (!device_mem) {
+    TOWERREC_CHECK(control.memory() == CommMemory::kHost, "the CPU backend needs a host-memory communicator");
+    control.all_reduce_sum(buf, n);
+    return;
+  }
+  std::vector<float> host(static_cast<size_t>(n));
+  be.to_host(host.data(), buf, host.size() * sizeof(float));
+  control.all_reduce_sum(host.data(), n);
+  be.to_device(buf, host.data(), host.size() * sizeof(float));
+}
+}  // namespace
+
+void Tower::reduce_rows(Communicator& control, Communicator* data) {
+  Backend* be = model_->be_;
+  const int dim = model_->cfg_.id_dim;
+  use_union_ = false;
+  if (dim == 0) return;
+  // This rank's rows and their gradients (the ID columns of dX), on the host.
+  const int64_t n = pending_rows_ ? last_n_ : 0;
+  std::vector<int32_t> rows(static_cast<size_t>(n));
+  std::vector<float> dx(static_cast<size_t>(n) * static_cast<size_t>(in_dim_));
+  if (n > 0) {
+    be->to_host(rows.data(), last_idx_, rows.size() * sizeof(int32_t));
+    be->to_host(dx.data(), grad_act_[0].data(), dx.size() * sizeof(float));
+  }
+  std::vector<int32_t> all = control.all_gatherv_i32(rows);
+  std::sort(all.begin(), all.end());
+  all.erase(std::unique(all.begin(), all.end()), all.end());
+  union_n_ = static_cast<int64_t>(all.size());
+  pending_rows_ = union_n_ > 0;
+  if (!pending_rows_) return;
+  std::vector<float> g(all.size() * static_cast<size_t>(dim), 0.0f);
+  for (int64_t j = 0; j < n; ++j) {
+    const auto at = static_cast<size_t>(std::lower_bound(all.begin(), all.end(), rows[j]) - all.begin());
+    const float* src = dx.data() + static_cast<size_t>(j) * static_cast<size_t>(in_dim_);
+    float* dst = g.data() + at * static_cast<size_t>(dim);
+    for (int c = 0; c < dim; ++c) dst[c] += src[c];
+  }
+  union_idx_.ensure(be, union_n_);
+  union_grad_.ensure(be, union_n_ * dim);
+  be->to_device(union_idx_.data(), all.data(), all.size() * sizeof(int32_t));
+  if (!data && be->kind() != DeviceKind::kCPU) {
+    control.all_reduce_sum(g.data(), static_cast<int64_t>(g.size()));  // host buffer already
+    be->to_device(union_grad_.data(), g.data(), g.size() * sizeof(float));
+  } else {
+    be->to_device(union_grad_.data(), g.data(), g.size() * sizeof(float));
+    reduce_backend_floats(*be, union_grad_.data(), static_cast<int64_t>(g.size()), control, data);
+  }
+  use_union_ = true;
+}
+
 void Tower::sparse_step(const OptimizerConfig& opt, int64_t step) {
   if (!pending_rows_) return;
   Backend* be = model_->be_;
   const int dim = model_->cfg_.id_dim;
+  if (use_union_) {
+    if (opt.kind == OptimizerKind::kSgd) {
+      be->sparse_sgd(id_table_.data(), dim, union_idx_.data(), union_n_, union_grad_.data(), dim, 0,
+                     opt.lr, opt.embedding_decay);
+    } else {
+      AdamParams p{opt.lr, opt.beta1, opt.beta2, opt.eps, opt.embedding_decay, step};
+      be->sparse_adam(id_table_.data(), id_m_.data(), id_v_.data(), dim, union_idx_.data(), union_n_,
+                      union_grad_.data(), dim, 0, p);
+    }
+    pending_rows_ = false;
+    use_union_ = false;
+    return;
+  }
   if (opt.kind == OptimizerKind::kSgd) {
     be->sparse_sgd(id_table_.data(), dim, last_idx_, last_n_, grad_act_[0].data(), in_dim_, 0,
                    opt.lr, opt.embedding_decay);
@@ -376,6 +450,13 @@ void cap_history(const std::vector<int64_t>& offsets, const std::vector<int32_t>
 }
 
 void TwoTowerModel::zero_grad() { be_->fill(grads_.data(), grads_.size(), 0.0f); }
+
+void TwoTowerModel::reduce_gradients(Communicator& control, Communicator* data) {
+  if (control.size() <= 1) return;
+  reduce_backend_floats(*be_, grads_.data(), grads_.size(), control, data);
+  user_->reduce_rows(control, data);
+  item_->reduce_rows(control, data);
+}
 
 void TwoTowerModel::step(const OptimizerConfig& opt) {
   ++steps_;

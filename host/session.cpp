@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cerrno>
@@ -118,6 +119,27 @@ void check_inputs(const Config& cfg) {
 // Refuses, before any work, an output training could not write: OUT not a
 // directory (or not one that can be created) or not writable, OUT/model.ckpt
 // not a file; and with --resume a checkpoint that cannot be read.
+// FNV-1a over bytes, continued from h.
+uint64_t hash_bytes(const void* data, size_t n, uint64_t h = 1469598103934665603ull) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+template <typename T>
+uint64_t hash_vector(const std::vector<T>& v, uint64_t h) {
+  const uint64_t n = v.size();
+  h = hash_bytes(&n, sizeof n, h);
+  return hash_bytes(v.data(), v.size() * sizeof(T), h);
+}
+uint64_t hash_state(const TwoTowerModel::State& st) {
+  uint64_t h = hash_bytes(&st.steps, sizeof st.steps);
+  for (size_t t = 0; t < st.tensors.size(); ++t) {
+    h = hash_bytes(st.names[t].data(), st.names[t].size(), h);
+    h = hash_vector(st.tensors[t], h);
+  }
+  return h;
+}
+
 void check_outputs(const std::string& out, const std::string& ckpt, bool resume) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -205,6 +227,7 @@ std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
 TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCallbacks callbacks)
     : cfg_(std::move(cfg)), options_(options), cb_(std::move(callbacks)) {
   if (cfg_.quiet) cb_.note = nullptr;
+  if (!writer()) cb_ = SessionCallbacks{};  // rank 0 reports for all
   if (cfg_.early_stopping > 0 && cfg_.eval_every == 0) cfg_.eval_every = 1;
   if (cfg_.holdout > 0 && !cfg_.validation_file.empty())
     throw Error("give --validation F or --validation-file FILE, not both");
@@ -232,17 +255,42 @@ TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCall
   model_ = build_model(*be_, cfg_, ds_.user_features, ds_.users.size(), ds_.item_features,
                        ds_.items.size(), &seen_train_);
   if (options_.resume) resume_from_checkpoint();
+  if (distributed()) {
+    // Every rank must train the same model on the same data from the same
+    // state. These collectives also keep rank 0 from writing OUT/ before every
+    // rank has read what it resumes from.
+    json c = json::parse(config_text_);
+    c.erase("device");
+    c.erase("threads");
+    check_ranks_agree(hash_bytes(c.dump().data(), c.dump().size()), "configuration");
+    uint64_t h = hash_vector(train_.user, 1469598103934665603ull);
+    h = hash_vector(train_.item, h);
+    h = hash_vector(test_.user, h);
+    h = hash_vector(test_.item, h);
+    for (const auto& id : ds_.users.ids()) h = hash_bytes(id.data(), id.size() + 1, h);
+    for (const auto& id : ds_.items.ids()) h = hash_bytes(id.data(), id.size() + 1, h);
+    check_ranks_agree(h, "training data (interactions, IDs or split)");
+    check_ranks_agree(hash_state(model_->save_state()), "initial parameters");
+    emit(cb_.note, format("distributed: %d ranks over %s%s; global batch %lld, %lld positives per rank",
+                          options_.comm->size(), options_.comm->name().c_str(),
+                          options_.gradient_comm ? (", gradients over " + options_.gradient_comm->name()).c_str() : "",
+                          static_cast<long long>(cfg_.train.batch_size),
+                          static_cast<long long>(cfg_.train.batch_size / options_.comm->size())));
+  }
   emit(cb_.note, "backend: " + be_->describe());
   emit(cb_.note, format("model: %lld parameters; user input %d, item input %d",
                         static_cast<long long>(model_->parameter_count()),
                         model_->user_tower().input_dim(), model_->item_tower().input_dim()));
 
-  make_directories(cfg_.out);
-  // Temporary files of killed runs are never read; reclaim their space.
-  remove_stale_temp_files(checkpoint_path());
-  remove_stale_temp_files(cfg_.out + "/config.json");
-  write_file_atomic(cfg_.out + "/config.json", config_text_);
+  if (writer()) {
+    make_directories(cfg_.out);
+    // Temporary files of killed runs are never read; reclaim their space.
+    remove_stale_temp_files(checkpoint_path());
+    remove_stale_temp_files(cfg_.out + "/config.json");
+    write_file_atomic(cfg_.out + "/config.json", config_text_);
+  }
   trainer_ = std::make_unique<Trainer>(*model_, train_, cfg_.train);
+  if (distributed()) trainer_->set_communicator(options_.comm, options_.gradient_comm);
   trainer_->set_epochs_done(start_pos_.epoch);
   if (start_pos_.step > 0) {
     if (start_pos_.step >= trainer_->steps_per_epoch())
@@ -365,7 +413,10 @@ void TrainingSession::save_at(const TrainPosition& pos) {
                             "' holds a non-finite value at " + describe(pos) +
                             " (lower the learning rate)");
   ck.seen = seen_all_;
-  save_checkpoint(checkpoint_path(), ck);
+  // The ranks' parameters must still be identical (the same summed gradients
+  // and steps); rank 0 writes them.
+  if (distributed()) check_ranks_agree(hash_state(ck.state), "parameters at " + describe(pos));
+  if (writer()) save_checkpoint(checkpoint_path(), ck);
   saved_at_ = describe(pos);
   steps_since_save_ = 0;
   last_save_ = now_seconds();
@@ -375,8 +426,14 @@ void TrainingSession::save_at(const TrainPosition& pos) {
 bool TrainingSession::step_hook(const TrainPosition& next, const std::function<double()>& loss_sum) {
   ++steps_since_save_;
   const bool by_steps = cfg_.checkpoint_every_steps > 0 && steps_since_save_ >= cfg_.checkpoint_every_steps;
-  const bool by_time = cfg_.checkpoint_every_minutes > 0 &&
-                       now_seconds() - last_save_ >= cfg_.checkpoint_every_minutes * 60.0;
+  bool by_time = cfg_.checkpoint_every_minutes > 0 &&
+                 now_seconds() - last_save_ >= cfg_.checkpoint_every_minutes * 60.0;
+  // Rank 0's clock decides for every rank (the checkpoint is a collective).
+  if (distributed() && cfg_.checkpoint_every_minutes > 0) {
+    char b = by_time ? 1 : 0;
+    options_.comm->broadcast(&b, 1, 0);
+    by_time = b != 0;
+  }
   if (!by_steps && !by_time) return true;
   TrainPosition p = next;
   p.loss_sum = loss_sum();
@@ -408,7 +465,8 @@ bool TrainingSession::early_stop_check(int epochs_done) {
   record_metrics(m);
   if (cb_.metrics) cb_.metrics("validation", m);
   if (cfg_.early_stopping <= 0) return false;
-  const double ndcg = m.ndcg[0];
+  double ndcg = m.ndcg[0];
+  if (distributed()) options_.comm->broadcast(&ndcg, sizeof ndcg, 0);  // rank 0 decides for all
   if (ndcg > best_ndcg_) {
     best_ndcg_ = ndcg;
     best_epoch_ = epochs_done;
@@ -482,6 +540,16 @@ SessionResult TrainingSession::run_epochs() {
   signals.reset();
   keep_best_epoch();
   result_.seconds = now_seconds() - t0;
+  if (distributed() && !result_.history.empty()) {
+    int64_t steps = 0;
+    for (const auto& h : result_.history) steps += h.steps;
+    const int64_t sent = options_.comm->bytes_sent() +
+                         (options_.gradient_comm ? options_.gradient_comm->bytes_sent() : 0);
+    emit(cb_.out, format("distributed: %d ranks; rank 0 sent %.1f KiB per step (%lld bytes over %lld steps, "
+                         "collective payloads)",
+                         options_.comm->size(), static_cast<double>(sent) / 1024.0 / std::max<int64_t>(steps, 1),
+                         static_cast<long long>(sent), static_cast<long long>(steps)));
+  }
   if (result_.history.empty()) {
     if (resumed_) {
       result_.end = SessionResult::End::kNothingToDo;
@@ -531,7 +599,7 @@ void TrainingSession::write_history() const {
     for (const auto& [name, value] : r.metrics) j[name] = value;
     text += j.dump() + "\n";
   }
-  write_file_atomic(cfg_.out + "/history.jsonl", text);
+  if (writer()) write_file_atomic(cfg_.out + "/history.jsonl", text);
 }
 
 void TrainingSession::record_epoch(const EpochStats& st, double train_seconds) {
@@ -558,6 +626,14 @@ void TrainingSession::record_metrics(const RankingMetrics& m) {
   write_history();
 }
 
+void TrainingSession::check_ranks_agree(uint64_t value, const std::string& what) const {
+  const std::vector<uint64_t> all = options_.comm->all_gather_u64(value);
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0])
+      throw Error("rank " + std::to_string(r) + " differs from rank 0 in its " + what +
+                  ": every rank must run the same command on the same data");
+}
+
 HoldoutEvaluation TrainingSession::evaluate() {
   // Users without training interactions are embedded through the unknown-ID
   // bucket from here on. Items keep their rows: an item seen only as a sampled
@@ -566,7 +642,7 @@ HoldoutEvaluation TrainingSession::evaluate() {
   // use the bucket too).
   model_->set_cold(cold_users(seen_train_), {});
   HoldoutEvaluation ev;
-  if (test_.size() == 0) return ev;
+  if (test_.size() == 0 || !writer()) return ev;  // distributed: rank 0 evaluates
   const double t0 = now_seconds();
   ev.done = true;
   ev.label = cfg_.eval_every > 0 ? "validation" : "holdout";

@@ -273,6 +273,16 @@ int32_t Trainer::sample_negative(uint64_t counter) const {
   return u < alias_prob_[i] ? i : alias_idx_[i];
 }
 
+void Trainer::set_communicator(Communicator* control, Communicator* gradients) {
+  comm_ = control && control->size() > 1 ? control : nullptr;
+  grad_comm_ = comm_ ? gradients : nullptr;
+  rank_ = comm_ ? comm_->rank() : 0;
+  ranks_ = comm_ ? comm_->size() : 1;
+  if (!comm_) return;
+  TOWERREC_CHECK(!grad_comm_ || grad_comm_->size() == ranks_,
+                 "the gradient communicator's ranks differ from the control communicator's");
+}
+
 void Trainer::plan_batch(int epoch, int64_t b, Batch& out) {
   shuffle(epoch);
   plan_into(epoch, b, out, scratch_);
@@ -281,14 +291,23 @@ void Trainer::plan_batch(int epoch, int64_t b, Batch& out) {
 void Trainer::plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const {
   sc.size(n_users_, n_items_);
   const int64_t n = train_.size();
-  const int64_t lo = b * cfg_.batch_size;
-  const int64_t hi = std::min(n, lo + cfg_.batch_size);
-  TOWERREC_CHECK(lo < hi, "batch index out of range");
+  const int64_t glo = b * cfg_.batch_size;
+  const int64_t ghi = std::min(n, glo + cfg_.batch_size);
+  TOWERREC_CHECK(glo < ghi, "batch index out of range");
+  // This rank's shard [lo, hi) of the global batch's positives (all of them on
+  // one rank); a shard may be empty when the batch has fewer positives than ranks.
+  const int64_t lo = glo + (ghi - glo) * rank_ / ranks_;
+  const int64_t hi = glo + (ghi - glo) * (rank_ + 1) / ranks_;
   const int k = cfg_.negatives;
   // The softmax and ccl losses score each positive against every item of the
   // batch, so their negatives join the batch's items but not its pairs.
   const bool negatives_are_pairs = !in_batch_loss(cfg_.loss);
   const int64_t n_pairs = (hi - lo) * (negatives_are_pairs ? 1 + k : 1);
+  out.global_pairs = (ghi - glo) * (negatives_are_pairs ? 1 + k : 1);
+  // In-batch losses need every item of the global batch, in the order one rank
+  // meets them: the positions outside the shard add their items, no pairs.
+  const int64_t t_begin = negatives_are_pairs ? lo : glo;
+  const int64_t t_end = negatives_are_pairs ? hi : ghi;
   out.users.clear();
   out.items.clear();
   out.pair_user.resize(static_cast<size_t>(n_pairs));
@@ -312,23 +331,29 @@ void Trainer::plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const
     return sc.item_local[i];
   };
   int64_t p = 0;
-  for (int64_t t = lo; t < hi; ++t) {
+  for (int64_t t = t_begin; t < t_end; ++t) {
     // The shuffled rows are scattered over the interaction arrays: fetch a few
     // iterations ahead so their cache misses overlap.
-    if (t + 16 < hi) {
+    if (t + 16 < t_end) {
       __builtin_prefetch(&train_.user[perm_[t + 16]]);
       __builtin_prefetch(&train_.item[perm_[t + 16]]);
     }
     if (cfg_.reject_hits) {  // and the user's seen list, in two stages
-      if (t + 8 < hi) __builtin_prefetch(&seen_offsets_[train_.user[perm_[t + 8]]]);
-      if (t + 4 < hi) __builtin_prefetch(&seen_items_[seen_offsets_[train_.user[perm_[t + 4]]]]);
+      if (t + 8 < t_end) __builtin_prefetch(&seen_offsets_[train_.user[perm_[t + 8]]]);
+      if (t + 4 < t_end) __builtin_prefetch(&seen_items_[seen_offsets_[train_.user[perm_[t + 4]]]]);
     }
     const int64_t row = perm_[t];
-    const int32_t lu = local_user(train_.user[row]);
-    out.pair_user[p] = lu;
-    out.pair_item[p] = local_item(train_.item[row]);
-    out.label[p] = 1.0f;
-    ++p;
+    const bool mine = t >= lo && t < hi;
+    int32_t lu = 0;
+    if (mine) {
+      lu = local_user(train_.user[row]);
+      out.pair_user[p] = lu;
+      out.pair_item[p] = local_item(train_.item[row]);
+      out.label[p] = 1.0f;
+      ++p;
+    } else {
+      local_item(train_.item[row]);
+    }
     const uint64_t c0 = (static_cast<uint64_t>(epoch) * static_cast<uint64_t>(n) + static_cast<uint64_t>(t)) *
                         static_cast<uint64_t>(k);
     const int32_t user = train_.user[row];
@@ -337,7 +362,7 @@ void Trainer::plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const
       for (uint64_t attempt = 1; cfg_.reject_hits && attempt < 8 && is_seen(user, neg); ++attempt)
         neg = sample_negative(c0 + static_cast<uint64_t>(j) + (attempt << 56));
       const int32_t li = local_item(neg);
-      if (!negatives_are_pairs) continue;
+      if (!negatives_are_pairs || !mine) continue;
       out.pair_user[p] = lu;
       out.pair_item[p] = li;
       out.label[p] = -1.0f;
@@ -349,7 +374,26 @@ void Trainer::plan_into(int epoch, int64_t b, Batch& out, PlanScratch& sc) const
                  out.user_pairs);
   build_pair_csr(out.pair_item, static_cast<int32_t>(out.items.size()), out.item_offsets,
                  out.item_pairs);
-  if (history_cap_ > 0) plan_history(epoch, b, out, sc);
+  if (history_cap_ > 0) {
+    // A user's history leaves out its positives of the whole global batch, so
+    // collect those of the other ranks' shards for this shard's users.
+    out.other_target_offsets.assign(out.users.size() + 1, 0);
+    out.other_targets.clear();
+    if (ranks_ > 1) {
+      std::vector<std::pair<int32_t, int32_t>> other;  // (local user, item)
+      for (int64_t t = glo; t < ghi; ++t) {
+        if (t >= lo && t < hi) continue;
+        const int32_t u = train_.user[perm_[t]];
+        if (sc.user_stamp[u] == stamp) other.emplace_back(sc.user_local[u], train_.item[perm_[t]]);
+      }
+      for (const auto& [lu, item] : other) ++out.other_target_offsets[static_cast<size_t>(lu) + 1];
+      for (size_t j = 0; j < out.users.size(); ++j) out.other_target_offsets[j + 1] += out.other_target_offsets[j];
+      out.other_targets.resize(other.size());
+      std::vector<int32_t> fill(out.other_target_offsets.begin(), out.other_target_offsets.end() - 1);
+      for (const auto& [lu, item] : other) out.other_targets[static_cast<size_t>(fill[lu]++)] = item;
+    }
+    plan_history(epoch, b, out, sc);
+  }
 }
 
 void Trainer::plan_history(int epoch, int64_t b, Batch& out, PlanScratch& sc) const {
@@ -370,6 +414,8 @@ void Trainer::plan_history(int epoch, int64_t b, Batch& out, PlanScratch& sc) co
       if (out.label[static_cast<size_t>(p)] > 0.0f)
         sc.target_stamp[static_cast<size_t>(out.items[static_cast<size_t>(out.pair_item[p])])] = mark;
     }
+    for (int32_t q = out.other_target_offsets[lu]; q < out.other_target_offsets[lu + 1]; ++q)
+      sc.target_stamp[static_cast<size_t>(out.other_targets[static_cast<size_t>(q)])] = mark;
     const int32_t u = out.users[lu];
     sc.pick.clear();
     // Each distinct item once (the list is sorted), as in the model's own histories.
@@ -398,6 +444,7 @@ void Trainer::stage(const Batch& b, Staged& st) {
   st.nu = b.users.size();
   st.ni = b.items.size();
   st.np = b.pair_user.size();
+  st.global_pairs = b.global_pairs ? b.global_pairs : static_cast<int64_t>(st.np);
   const size_t total = st.nu + st.ni + 4 * st.np + (st.nu + 1) + (st.ni + 1) +
                        b.hist_offsets.size() + b.hist_items.size() + b.hist_rows.size();
   st.ints.ensure(&be_, static_cast<int64_t>(total));
@@ -440,6 +487,13 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
   st.fence = be_.fence();
   d_pair_grad_.ensure(&be_, static_cast<int64_t>(np));
   const int32_t* base = d_ints_.data();
+  if (np == 0) {  // an empty shard: no gradient, no loss (the ranks' sums still run)
+    model_.zero_grad();
+    be_.fill(loss_slot, 1, 0.0f);
+    return;
+  }
+  // The mean is over the global batch's pairs: the ranks' gradients and losses sum to it.
+  const auto gp = static_cast<float>(st.global_pairs);
 
   Tower& ut = model_.user_tower();
   Tower& it = model_.item_tower();
@@ -464,11 +518,11 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
   pb.item_pairs = base + st.o_ip;
   const int d = model_.out_dim();
   if (cfg_.loss == Loss::kLogistic) {
-    be_.logistic_loss(U, V, d, pb, 1.0f / static_cast<float>(np), ut.output_grad(),
+    be_.logistic_loss(U, V, d, pb, 1.0f / gp, ut.output_grad(),
                       it.output_grad(), d_pair_grad_.data(), loss_slot);
   } else if (cfg_.loss == Loss::kBpr) {
     const int group = 1 + cfg_.negatives;
-    const float scale = 1.0f / static_cast<float>(np / group * cfg_.negatives);
+    const float scale = 1.0f / (gp / static_cast<float>(group) * static_cast<float>(cfg_.negatives));
     be_.bpr_loss(U, V, d, pb, group, scale, ut.output_grad(), it.output_grad(),
                  d_pair_grad_.data(), loss_slot);
   } else {
@@ -476,7 +530,7 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
                                            cfg_.logits_scratch_mb);
     d_logits_.ensure(&be_, static_cast<int64_t>(np) * std::min<int64_t>(tile, ni));
     d_pair_rows_.ensure(&be_, static_cast<int64_t>(np) * d * (tile < static_cast<int64_t>(ni) ? 2 : 1));
-    const float scale = 1.0f / static_cast<float>(np);
+    const float scale = 1.0f / gp;
     const float* log_q = cfg_.logq ? d_floats_.data() + np : nullptr;
     if (cfg_.loss == Loss::kCcl) {
       be_.ccl_loss(U, V, d, pb, log_q, cfg_.margin, cfg_.negative_weight, scale, ut.output_grad(),
@@ -523,8 +577,12 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
   auto loss_sum = [&](int64_t upto) {
     be_.to_host(losses.data() + first, d_losses_.data() + first,
                 static_cast<size_t>(upto - first) * sizeof(float));
-    double sum = start_loss_sum_;
+    double sum = comm_ ? 0.0 : start_loss_sum_;
     for (int64_t s = first; s < upto; ++s) sum += losses[s];
+    if (comm_) {  // each rank holds its shard's part of every step's loss
+      comm_->all_reduce_sum_host(&sum, 1);
+      sum += start_loss_sum_;
+    }
     return sum;
   };
   auto mean_loss = [&](int64_t upto) { return upto ? loss_sum(upto) / static_cast<double>(upto) : 0.0; };
@@ -551,6 +609,7 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
   for (int64_t s = first; s < steps; ++s) {
     forward_backward(slots_[s & 1], d_losses_.data() + s);
     opt.lr = learning_rate(static_cast<int64_t>(epoch) * steps + s);
+    if (comm_) model_.reduce_gradients(*comm_, grad_comm_);
     model_.step(opt);
     if (s + 1 < steps) plan_and_stage(s + 1);
     samples += std::min(cfg_.batch_size, train_.size() - s * cfg_.batch_size);
@@ -562,6 +621,7 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
     }
     if (s + 1 < steps) {
       bool go = !(stop_ && stop_->load(std::memory_order_relaxed));
+      if (comm_) go = !comm_->any(!go);  // a stop on any rank stops every rank at this step
       if (go && hook_)
         go = hook_(TrainPosition{epoch, s + 1, std::numeric_limits<double>::quiet_NaN()},
                    [&, upto = s + 1] { return loss_sum(upto); });

@@ -11,6 +11,7 @@
 #include "towerrec/api.h"
 #include "towerrec/backend.h"
 #include "towerrec/checkpoint.h"
+#include "towerrec/comm.h"
 #include "towerrec/config.h"
 #include "towerrec/data.h"
 #include "towerrec/io.h"
@@ -47,6 +48,25 @@ void add_device_options(CLI::App& app, DeviceOptions& d);
 // --delimiter C: the field separator of the CSV files a command reads
 // (parse_delimiter's values; outputs are always comma-separated).
 void add_delimiter_option(CLI::App& app, char& delimiter);
+
+// `--distributed`: the ranks of an MPI launch (mpirun -np N towerrec ...).
+// `control` carries host values (and the CPU backend's gradients);
+// `gradients` is NCCL for a CUDA device when the build has it, else null.
+// Started outside an MPI launcher it is one rank (a note says so), unless
+// WORLD_SIZE asks for more (then an Error: the ranks must come from mpirun).
+// RANK and WORLD_SIZE, where set, must agree with MPI's. `device` "cuda"
+// becomes "cuda:LOCAL_RANK" (one GPU per rank).
+struct DistributedRun {
+  std::unique_ptr<Communicator> control, gradients;
+  int rank() const { return control ? control->rank() : 0; }
+  int size() const { return control ? control->size() : 1; }
+};
+void add_distributed_options(CLI::App& app, bool& distributed, double& timeout_s);
+// `gradients`: also make the NCCL communicator (training; scoring needs none).
+DistributedRun start_distributed(std::string& device, double timeout_s, bool quiet, bool gradients = true);
+// Runs `body`; when it throws with several ranks, prints the error naming this
+// rank and ends every rank (the others would wait on this one for ever).
+int run_on_ranks(const DistributedRun& run, const char* cmd, const std::function<int()>& body);
 
 // Prints progress on stderr: a refreshed line on a terminal, plain lines otherwise.
 class ProgressPrinter {

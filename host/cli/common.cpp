@@ -36,6 +36,51 @@ void add_device_options(CLI::App& app, DeviceOptions& d) {
       ->capture_default_str();
 }
 
+void add_distributed_options(CLI::App& app, bool& distributed, double& timeout_s) {
+  app.add_flag("--distributed", distributed,
+               "run on the ranks of an MPI launch (mpirun -np N towerrec ...): data-parallel, "
+               "rank 0 writes the outputs");
+  app.add_option("--comm-timeout", timeout_s,
+                 "seconds a rank waits in a collective before it gives up and ends the run (0: no limit)")
+      ->check(CLI::Range(0.0, 1e7))
+      ->capture_default_str();
+}
+
+DistributedRun start_distributed(std::string& device, double timeout_s, bool quiet, bool gradients) {
+  DistributedRun run;
+  if (!launched_by_mpi()) {
+    const char* ws = std::getenv("WORLD_SIZE");
+    if (ws && *ws && std::string(ws) != "1")
+      throw Error(std::string("WORLD_SIZE=") + ws +
+                  " but this process was not started by an MPI launcher: start the ranks with "
+                  "mpirun -np N towerrec ... --distributed (MPI connects them)");
+    if (!quiet) std::fprintf(stderr, "--distributed: not started by mpirun; running as one rank\n");
+    run.control = std::make_unique<SingleRankCommunicator>();
+    return run;
+  }
+  run.control = make_mpi_communicator(timeout_s);
+  check_rank_environment(*run.control);
+  if (run.size() > 1 && (device == "cuda" || device.rfind("cuda:", 0) == 0)) {
+    const int gpu = device == "cuda" ? local_rank() : std::stoi(device.substr(5));
+    device = "cuda:" + std::to_string(gpu);
+    if (gradients && have_nccl()) run.gradients = make_nccl_communicator(*run.control, gpu);
+  }
+  return run;
+}
+
+int run_on_ranks(const DistributedRun& run, const char* cmd, const std::function<int()>& body) {
+  if (run.size() <= 1) return body();
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "towerrec %s: rank %d of %d: error: %s\n", cmd, run.rank(), run.size(), e.what());
+    std::fflush(stderr);
+    std::fflush(stdout);
+    run.control->abort(1);
+    throw;
+  }
+}
+
 void add_delimiter_option(CLI::App& app, char& delimiter) {
   app.add_option_function<std::string>(
          "--delimiter", [&delimiter](const std::string& v) { delimiter = parse_delimiter("--delimiter", v); },

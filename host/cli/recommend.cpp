@@ -1,5 +1,8 @@
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
 
 #include "host/cli/cli.h"
 #include "host/data/text.h"
@@ -57,6 +60,14 @@ int cmd_recommend(const Args& args) {
   add_device_options(app, dev);
   bool quiet = false;
   add_quiet_option(app, quiet);
+  bool distributed = false;
+  double comm_timeout = 300;
+  add_distributed_options(app, distributed, comm_timeout);
+  app.footer(
+      "With --distributed under mpirun -np N, the users are split into N contiguous\n"
+      "shards, each rank ranks its own and writes OUT.part-R, and rank 0 merges the\n"
+      "parts in rank order into OUT (one atomic rename): the same file one rank\n"
+      "writes. OUT must be on a file system every rank sees.");
   if (!parse_args(app, args)) return 0;
   if (seen_opt->count() && include_seen) throw Error("--seen and --include-seen exclude each other");
   if (hist_opt->count() && (users_opt->count() || !user_ids.empty()))
@@ -64,75 +75,120 @@ int cmd_recommend(const Args& args) {
   if (hist_opt->count() && seen_opt->count())
     throw Error("--histories excludes each user's history items: leave out --seen");
   check_writable(out);
+  DistributedRun dist;
+  if (distributed) dist = start_distributed(dev.device, comm_timeout, true, false);
+  if (dist.size() > 1 && out == "-")
+    throw Error("--distributed writes a file: give --out FILE, not standard output");
+  return run_on_ranks(dist, "recommend", [&] {
+    const auto t0 = std::chrono::steady_clock::now();
+    LoadedModel lm = load_model(model, dev.device, dev.threads);
+    const IdMap& items = lm.ck.items;
+    if (hist_opt->count()) {
+      const std::string problem = lm.model->history_input_problem();
+      if (!problem.empty()) throw Error("--histories: " + lm.path + ": " + problem);
+    }
+    HistoryFile hist;
+    if (hist_opt->count()) hist = read_histories(histories_file, lm, delimiter);
+    const IdMap& users = hist_opt->count() ? hist.users : lm.ck.users;
+    const int32_t n_queries = users.size();
+    std::vector<int32_t> who;
+    if (users_opt->count()) who = read_id_list(users_file, users, "user");
+    for (const auto& id : user_ids) {
+      const int32_t u = users.find(data_detail::trim(id));
+      if (u < 0) throw Error("--user: unknown user ID '" + id + "'");
+      who.push_back(u);
+    }
+    UserItems seen;
+    const UserItems* exclude = &seen;
+    if (include_seen) {
+      exclude = nullptr;
+    } else if (hist_opt->count()) {
+      exclude = &hist.items;
+    } else if (seen_opt->count()) {
+      seen = group_by_user(read_known_interactions(seen_file, users, items, -1e30f, delimiter), lm.n_users());
+    } else if (lm.ck.has_seen()) {
+      exclude = &lm.ck.seen;
+    } else {
+      throw Error(lm.path + " stores no training interactions: give --seen FILE or --include-seen");
+    }
+    RankFilter rf = make_item_filter(lm, filter, quiet);
+    rf.exclude = exclude;
 
-  const auto t0 = std::chrono::steady_clock::now();
-  LoadedModel lm = load_model(model, dev.device, dev.threads);
-  const IdMap& items = lm.ck.items;
-  if (hist_opt->count()) {
-    const std::string problem = lm.model->history_input_problem();
-    if (!problem.empty()) throw Error("--histories: " + lm.path + ": " + problem);
-  }
-  HistoryFile hist;
-  if (hist_opt->count()) hist = read_histories(histories_file, lm, delimiter);
-  const IdMap& users = hist_opt->count() ? hist.users : lm.ck.users;
-  const int32_t n_queries = users.size();
-  std::vector<int32_t> who;
-  if (users_opt->count()) who = read_id_list(users_file, users, "user");
-  for (const auto& id : user_ids) {
-    const int32_t u = users.find(data_detail::trim(id));
-    if (u < 0) throw Error("--user: unknown user ID '" + id + "'");
-    who.push_back(u);
-  }
-  UserItems seen;
-  const UserItems* exclude = &seen;
-  if (include_seen) {
-    exclude = nullptr;
-  } else if (hist_opt->count()) {
-    exclude = &hist.items;
-  } else if (seen_opt->count()) {
-    seen = group_by_user(read_known_interactions(seen_file, users, items, -1e30f, delimiter), lm.n_users());
-  } else if (lm.ck.has_seen()) {
-    exclude = &lm.ck.seen;
-  } else {
-    throw Error(lm.path + " stores no training interactions: give --seen FILE or --include-seen");
-  }
-  RankFilter rf = make_item_filter(lm, filter, quiet);
-  rf.exclude = exclude;
-
-  DeviceArray<float> U, V;
-  if (hist_opt->count()) lm.model->embed_histories(hist.items.offsets, hist.items.items, U);
-  else lm.model->embed_all_users(U);
-  lm.model->embed_all_items(V);
-  CsvOutput csv(out);
-  std::string buf = "user,item,rank,score\n";
-  int64_t rows = 0, n_users = 0;
-  Progress progress("recommend", "users", who.empty() ? n_queries : static_cast<int64_t>(who.size()), quiet);
-  rank_topk(*lm.be, U, n_queries, V, lm.n_items(), lm.model->out_dim(), who, k, rf,
-            [&](const TopKBlock& b) {
-              rows += append_topk_rows(buf, b, users, items);
-              n_users += static_cast<int64_t>(b.users.size());
-              csv.write(buf);
-              buf.clear();
-              progress.set(n_users);
-            },
-            block);
-  csv.write(buf);
-  csv.commit();
-  progress.finish();
-  if (quiet) return 0;
-  std::string what = exclude ? (hist_opt->count() ? "history items excluded" : "seen items excluded")
-                             : (hist_opt->count() ? "history items included" : "seen items included");
-  if (hist_opt->count()) {
-    what = "from the histories in " + histories_file + ", " + what;
-    if (hist.users_dropped > 0)
-      what += ", " + std::to_string(hist.users_dropped) + " users without a positive left out";
-  }
-  if (rf.restrict) what += ", " + std::to_string(rf.candidates.size()) + " items pass the filters";
-  std::fprintf(csv.to_stdout() ? stderr : stdout, "wrote %s: %lld rows for %lld users (k %d, %s) in %s\n",
-               csv.name().c_str(), static_cast<long long>(rows), static_cast<long long>(n_users), k,
-               what.c_str(),
-               format_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()).c_str());
-  return 0;
+    // Several ranks: this rank's contiguous shard of the users, in the order one
+    // rank ranks them (every user when none is named).
+    const int rank = dist.rank(), ranks = dist.size();
+    if (ranks > 1) {
+      if (who.empty()) {
+        who.resize(static_cast<size_t>(n_queries));
+        std::iota(who.begin(), who.end(), 0);
+      }
+      const auto n = static_cast<int64_t>(who.size());
+      who = std::vector<int32_t>(who.begin() + n * rank / ranks, who.begin() + n * (rank + 1) / ranks);
+    }
+    const std::string part = out + ".part-" + std::to_string(rank);
+    DeviceArray<float> U, V;
+    if (hist_opt->count()) lm.model->embed_histories(hist.items.offsets, hist.items.items, U);
+    else lm.model->embed_all_users(U);
+    lm.model->embed_all_items(V);
+    CsvOutput csv(ranks > 1 ? part : out);
+    std::string buf = ranks > 1 ? "" : "user,item,rank,score\n";
+    int64_t rows = 0, n_users = 0;
+    Progress progress("recommend", "users", who.empty() ? n_queries : static_cast<int64_t>(who.size()),
+                      quiet || rank != 0);
+    if (ranks == 1 || !who.empty())  // an empty shard ranks nobody (an empty list means everyone)
+      rank_topk(*lm.be, U, n_queries, V, lm.n_items(), lm.model->out_dim(), who, k, rf,
+                [&](const TopKBlock& b) {
+                  rows += append_topk_rows(buf, b, users, items);
+                  n_users += static_cast<int64_t>(b.users.size());
+                  csv.write(buf);
+                  buf.clear();
+                  progress.set(n_users);
+                },
+                block);
+    csv.write(buf);
+    csv.commit();
+    progress.finish();
+    if (ranks > 1) {
+      // Every part is complete once all ranks pass the sum; rank 0 merges them.
+      double counts[2] = {static_cast<double>(rows), static_cast<double>(n_users)};
+      dist.control->all_reduce_sum_host(counts, 2);
+      rows = static_cast<int64_t>(counts[0]);
+      n_users = static_cast<int64_t>(counts[1]);
+      if (rank == 0) {
+        AtomicFile merged(out);
+        merged.write(std::string("user,item,rank,score\n"));
+        std::vector<char> chunk(size_t{1} << 20);
+        for (int r = 0; r < ranks; ++r) {
+          const std::string p = out + ".part-" + std::to_string(r);
+          std::ifstream in(p, std::ios::binary);
+          if (!in) throw Error(p + ": cannot read rank " + std::to_string(r) + "'s part (is " + out +
+                               " on a file system every rank sees?)");
+          while (in) {
+            in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+            merged.write(chunk.data(), static_cast<size_t>(in.gcount()));
+          }
+        }
+        merged.commit();
+        for (int r = 0; r < ranks; ++r) std::filesystem::remove(out + ".part-" + std::to_string(r));
+      }
+      dist.control->barrier();
+      if (rank != 0) return 0;
+    }
+    if (quiet) return 0;
+    std::string what = exclude ? (hist_opt->count() ? "history items excluded" : "seen items excluded")
+                               : (hist_opt->count() ? "history items included" : "seen items included");
+    if (hist_opt->count()) {
+      what = "from the histories in " + histories_file + ", " + what;
+      if (hist.users_dropped > 0)
+        what += ", " + std::to_string(hist.users_dropped) + " users without a positive left out";
+    }
+    if (rf.restrict) what += ", " + std::to_string(rf.candidates.size()) + " items pass the filters";
+    std::fprintf(csv.to_stdout() ? stderr : stdout, "wrote %s: %lld rows for %lld users (k %d, %s) in %s\n",
+                 (ranks > 1 ? out : csv.name()).c_str(), static_cast<long long>(rows), static_cast<long long>(n_users), k,
+                 what.c_str(),
+                 format_seconds(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()).c_str());
+    return 0;
+  });
 }
 
 }  // namespace towerrec::cli

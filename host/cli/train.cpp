@@ -112,22 +112,36 @@ int cmd_train(const Args& args) {
                "print the effective configuration (OUT/config.json) on stderr before training");
   add_validation_option(app, cfg);
   add_config_options(app, cfg);
+  bool distributed = false;
+  double comm_timeout = 300;
+  add_distributed_options(app, distributed, comm_timeout);
   app.footer(
       "Ctrl-C (SIGINT) or SIGTERM finishes the current step, writes OUT/model.ckpt and\n"
       "exits with status 130 (143 for SIGTERM); --resume continues from that step.\n"
       "A non-finite loss or parameter stops training with an error; OUT/model.ckpt\n"
-      "then keeps the last good state.");
+      "then keeps the last good state.\n"
+      "Several ranks: mpirun -np N towerrec train --distributed ... (README, \"Running\n"
+      "on several GPUs / nodes\"): the global --batch-size is split over the ranks.");
   if (!parse_args(app, args)) return 0;
   resolve_defaults(cfg);
-  ProgressPrinter printer(cfg.quiet);
-  TrainingSession session(cfg, options, printing_callbacks(printer));
-  if (show_config) std::fputs(read_file(cfg.out + "/config.json").c_str(), stderr);
-  const SessionResult r = session.run();
-  if (r.end == SessionResult::End::kStopped) return report_stop(r, session.checkpoint_path());
-  print_summary(r, session.checkpoint_path());
-  print_evaluation(session.evaluate());
-  if (!cfg.quiet) print_samples(session);
-  return 0;
+  DistributedRun dist;
+  if (distributed) dist = start_distributed(cfg.device, comm_timeout, cfg.quiet);
+  return run_on_ranks(dist, "train", [&] {
+    options.comm = dist.control.get();
+    options.gradient_comm = dist.gradients.get();
+    const bool rank0 = dist.rank() == 0;
+    ProgressPrinter printer(cfg.quiet || !rank0);
+    TrainingSession session(cfg, options, printing_callbacks(printer));
+    if (show_config && rank0) std::fputs(read_file(cfg.out + "/config.json").c_str(), stderr);
+    const SessionResult r = session.run();
+    if (r.end == SessionResult::End::kStopped)
+      return rank0 ? report_stop(r, session.checkpoint_path()) : 128 + (r.signal ? r.signal : SIGINT);
+    if (!rank0) return 0;
+    print_summary(r, session.checkpoint_path());
+    print_evaluation(session.evaluate());
+    if (!cfg.quiet) print_samples(session);
+    return 0;
+  });
 }
 
 }  // namespace towerrec::cli

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "towerrec/backend.h"
+#include "towerrec/comm.h"
 #include "towerrec/data.h"
 #include "towerrec/options.h"
 
@@ -95,8 +96,17 @@ class TwoTowerModel {
   // Zero the gradient arena (before each step's backward).
   void zero_grad();
   // One optimizer step: the dense arena, and the ID rows the towers' last
-  // backward touched.
+  // backward touched (after reduce_gradients: the union of every rank's).
   void step(const OptimizerConfig& opt);
+  // Data parallel, between backward and step (collective over `control`'s
+  // ranks): sums the dense arena's gradient over the ranks, and per tower
+  // gathers every rank's touched ID rows, sums their gradients into the
+  // union's rows (sorted by row), so the next step() updates the same rows
+  // with the same gradients on every rank. `data` reduces backend buffers
+  // when it takes the backend's memory; else they are staged through host
+  // memory over `control`. A rank whose shard was empty (no forward) passes
+  // no rows and zero gradients.
+  void reduce_gradients(Communicator& control, Communicator* data = nullptr);
   int64_t step_count() const { return steps_; }
   // Training mode turns dropout on; inference (the default) turns it off.
   void set_training(bool on) { training_ = on; }
@@ -231,6 +241,13 @@ class Tower {
   MatmulPrecision last_precision_ = MatmulPrecision::kFP32;  // of the last forward
   uint64_t dropout_seed(size_t layer) const;
   bool pending_rows_ = false;
+  // The union of the ranks' touched rows and their summed gradients
+  // [union_n_ x id_dim] (reduce_gradients); the next sparse step uses them.
+  void reduce_rows(Communicator& control, Communicator* data);
+  DeviceArray<int32_t> union_idx_;
+  DeviceArray<float> union_grad_;
+  int64_t union_n_ = 0;
+  bool use_union_ = false;
 };
 
 }  // namespace towerrec

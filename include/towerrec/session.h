@@ -16,6 +16,7 @@
 
 #include "towerrec/backend.h"
 #include "towerrec/checkpoint.h"
+#include "towerrec/comm.h"
 #include "towerrec/config.h"
 #include "towerrec/data.h"
 #include "towerrec/model.h"
@@ -67,6 +68,15 @@ struct SessionOptions {
   // Install SIGINT and SIGTERM handlers while training that request a stop
   // (SA_RESETHAND: a second signal ends the process at once).
   bool handle_signals = false;
+  // Data-parallel training over this communicator's ranks (null or one rank:
+  // not distributed); see Trainer::set_communicator. Every rank loads the
+  // data (and, resuming, the checkpoint) and trains; rank 0 alone writes
+  // OUT/ and reports through the callbacks. The ranks must agree on the
+  // configuration (--device and --threads aside), the data and the initial
+  // parameters: a difference is an Error naming the first rank that differs.
+  // `gradient_comm` reduces backend buffers (see Trainer::set_communicator).
+  Communicator* comm = nullptr;
+  Communicator* gradient_comm = nullptr;
 };
 
 // How run() ended.
@@ -135,6 +145,11 @@ class TrainingSession {
   void check_resumable(const Checkpoint& ck) const;
   void save_at(const TrainPosition& pos);
   void save() { save_at(trainer_->position()); }
+  bool distributed() const { return options_.comm && options_.comm->size() > 1; }
+  bool writer() const { return !distributed() || options_.comm->rank() == 0; }
+  // Compares a value every rank computed (a hash) and throws naming the first
+  // rank whose value differs from rank 0's.
+  void check_ranks_agree(uint64_t value, const std::string& what) const;
   SessionResult run_epochs();
   bool step_hook(const TrainPosition& next, const std::function<double()>& loss_sum);
   std::string kept_note() const;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "towerrec/backend.h"
+#include "towerrec/comm.h"
 #include "towerrec/data.h"
 #include "towerrec/model.h"
 #include "towerrec/options.h"
@@ -130,6 +131,23 @@ class Trainer {
   // Learning rate at a global step (0-based) under the schedule.
   float learning_rate(int64_t global_step) const;
 
+  // Data-parallel training over the ranks of `control` (size 1 or null: one
+  // rank; call before the first step). Global batch b is the one a single
+  // rank with the same batch size plans, split into N contiguous shards of its
+  // positives: rank r takes positives [B r / N, B (r + 1) / N) of it, with
+  // their negatives (drawn from the same counters). The softmax and ccl losses
+  // score each positive against every item of the *global* batch, so every
+  // rank runs the item tower on all of them (replicated) and its own pairs'
+  // users only. After each backward the dense gradients and the touched
+  // ID-embedding rows (the union over ranks) are summed over the ranks, and
+  // every rank takes the same optimizer step: the parameters stay identical.
+  // `gradients` reduces the backend's buffers when it takes their memory (the
+  // MPI communicator for the CPU backend, NCCL for CUDA); null: staged through
+  // host memory over `control`.
+  void set_communicator(Communicator* control, Communicator* gradients = nullptr);
+  int rank() const { return rank_; }
+  int ranks() const { return ranks_; }
+
   // A planned batch, exposed for tests.
   struct Batch {
     std::vector<int32_t> users, items;            // unique entity indices
@@ -140,6 +158,12 @@ class Trainer {
     // over `users`, each user's training items without its targets in this
     // batch, at most the model's cap; hist_rows is 0, 1, ... (one per user).
     std::vector<int32_t> hist_offsets, hist_items, hist_rows;
+    // Several ranks with histories: each unique user's positives in the global
+    // batch outside this rank's shard (CSR over `users`), which its history
+    // leaves out as one rank's does.
+    std::vector<int32_t> other_target_offsets, other_targets;
+    // Pairs of the whole global batch (all ranks'): the losses' mean is over them.
+    int64_t global_pairs = 0;
   };
   // Plans batch `b` of epoch `epoch` (0-based) on the host.
   void plan_batch(int epoch, int64_t b, Batch& out);
@@ -159,6 +183,7 @@ class Trainer {
     size_t o_users = 0, o_items = 0, o_pu = 0, o_pi = 0, o_uo = 0, o_up = 0, o_io = 0, o_ip = 0;
     size_t o_ho = 0, o_hv = 0, o_hr = 0;  // history CSR and rows (history models)
     uint64_t fence = 0;          // passes once the upload has read the buffers
+    int64_t global_pairs = 0;
   };
   // Packs `b` into `st` (waiting first for st's previous upload).
   void stage(const Batch& b, Staged& st);
@@ -168,6 +193,9 @@ class Trainer {
 
   TwoTowerModel& model_;
   Backend& be_;
+  Communicator* comm_ = nullptr;
+  Communicator* grad_comm_ = nullptr;
+  int rank_ = 0, ranks_ = 1;
   const Interactions& train_;
   TrainConfig cfg_;
   int32_t n_users_, n_items_;

@@ -303,6 +303,30 @@ NB_MODULE(_core, m) {
           },
           "users"_a, "k"_a, "exclude_seen"_a, "deny"_a, "allow"_a, "has_allow"_a)
       .def(
+          "recommend_histories",
+          [](TrainedModel& t, const IntArray& counts, const IntArray& items, int k,
+             bool exclude_seen, const IntArray& deny, const IntArray& allow, bool has_allow) {
+            RecommendFilter f;
+            f.exclude_seen = exclude_seen;
+            f.deny = to_vector(deny);
+            f.allow = to_vector(allow);
+            f.has_allow = has_allow;
+            UserItems h;
+            h.offsets.assign(counts.shape(0) + 1, 0);
+            for (size_t r = 0; r < counts.shape(0); ++r) h.offsets[r + 1] = h.offsets[r] + counts.data()[r];
+            h.items = to_vector(items);
+            if (h.offsets.back() != static_cast<int64_t>(h.items.size()))
+              throw Error("recommend_histories: the counts do not add up to the items");
+            TopK r;
+            {
+              nb::gil_scoped_release release;
+              r = t.recommend_histories(h, k, f);
+            }
+            r.rows = static_cast<int64_t>(counts.shape(0));
+            return topk_arrays(std::move(r));
+          },
+          "counts"_a, "items"_a, "k"_a, "exclude_seen"_a, "deny"_a, "allow"_a, "has_allow"_a)
+      .def(
           "similar_items",
           [](TrainedModel& t, const IntArray& items, int k) {
             std::vector<int32_t> q = to_vector(items);

@@ -501,6 +501,40 @@ class TwoTower:
                                    items is not None)
         return self._result(rows, scores, single)
 
+    def recommend_from_history(self, histories, N: int = 10, filter_already_liked_items: bool = True,
+                               filter_items: Optional[Iterable] = None,
+                               items: Optional[Iterable] = None):
+        """Top-N items for users embedded from item histories alone, e.g. users
+        who arrived after training: ``histories`` is one list of item IDs (1-D
+        result) or a list of such lists (one row each). Needs a model trained
+        with ``history`` > 0 whose user tower reads no user features; the pooled
+        mean of up to ``history`` of each list's items goes through the user
+        tower with the unknown-user ID embedding, as ``towerrec recommend
+        --histories`` does. ``filter_already_liked_items`` leaves out each
+        row's own history items; ``filter_items`` and ``items`` as in
+        recommend()."""
+        m = self._need()
+        if _scalar(histories):
+            raise TypeError("histories: give a list of item IDs or a list of such lists")
+        hs = list(histories)
+        single = len(hs) > 0 and all(_scalar(x) for x in hs)  # one flat list of IDs
+        if not single and any(_scalar(x) for x in hs):
+            raise TypeError("histories: mixes item IDs and lists")
+        rows_in = [hs] if single else [list(h) for h in hs]
+        counts = np.array([len(h) for h in rows_in], dtype=np.int32)
+        flat = [i for h in rows_in for i in h]
+        it = self._items.rows(flat, "histories", "item")
+        deny = self._items.rows(filter_items if filter_items is not None else [], "filter_items", "item")
+        allow = self._items.rows(items if items is not None else [], "items", "item")
+        N = int(N)
+        if N <= 0:
+            raise ValueError("N must be positive")
+        if len(rows_in) == 0:
+            return self._empty(N)
+        rows, scores = m.recommend_histories(counts, it, N, bool(filter_already_liked_items), deny,
+                                             allow, items is not None)
+        return self._result(rows, scores, single)
+
     def recommend_all(self, N: int = 10, filter_already_liked_items: bool = True) -> pd.DataFrame:
         """Every user's top-N as a DataFrame ``user, item, rank, score`` (rank from
         1), as ``towerrec recommend`` writes it (no padded rows)."""

@@ -1,5 +1,6 @@
 """The CLI and the Python package read and write the same checkpoints and give
 the same recommendations and metrics for them."""
+import io
 import subprocess
 
 import numpy as np
@@ -91,3 +92,34 @@ def test_movielens_cli_and_python_agree(cli, ml100k, tmp_path):
     users = list(m.user_ids[:50])
     ids, scores = m.recommend(users, N=10)
     same_lists(ids, scores, cli_df, users)
+
+
+def test_recommend_from_history_matches_the_cli(cli, tmp_path):
+    """New users embedded from item lists: the same lists and scores as
+    `towerrec recommend --histories`, their own items left out."""
+    run(cli, "synth", "--out", str(tmp_path / "data"), "--users", "200", "--items", "120",
+        "--interactions-per-user", "10", "--seed", "3")
+    run(cli, "train", "--data", str(tmp_path / "data"), "--epochs", "2", "--quiet", "--device", "cpu",
+        "--features", "false", "--history", "4", "--out", str(tmp_path / "model"))
+    m = towerrec.TwoTower.load(tmp_path / "model", device="cpu")
+    items = list(m.item_ids)
+    hist = [items[:3], items[10:16], [items[7]]]  # the second is past the cap of 4
+    rows = [(f"new{r}", i) for r, h in enumerate(hist) for i in h]
+    pd.DataFrame(rows, columns=["user", "item"]).to_csv(tmp_path / "hist.csv", index=False)
+    out = run(cli, "recommend", "--model", str(tmp_path / "model"), "--histories",
+              str(tmp_path / "hist.csv"), "--k", "6", "--device", "cpu", "--out", "-")
+    cli_df = pd.read_csv(io.StringIO(out), dtype={"user": str, "item": str})
+    ids, scores = m.recommend_from_history(hist, N=6)
+    same_lists(ids, scores, cli_df, [f"new{r}" for r in range(len(hist))])
+    for r, h in enumerate(hist):
+        assert not set(ids[r]) & set(h)
+    one_ids, one_scores = m.recommend_from_history(hist[0], N=6)
+    assert list(one_ids) == list(ids[0])
+    np.testing.assert_array_equal(one_scores, scores[0])
+    with pytest.raises(towerrec.InputError):
+        m.recommend_from_history(["no-such-item"], N=3)
+    run(cli, "train", "--data", str(tmp_path / "data"), "--epochs", "1", "--quiet", "--device", "cpu",
+        "--out", str(tmp_path / "plain"))
+    plain = towerrec.TwoTower.load(tmp_path / "plain", device="cpu")
+    with pytest.raises(Exception, match="history"):
+        plain.recommend_from_history(hist[0], N=3)

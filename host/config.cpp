@@ -447,13 +447,21 @@ std::string resolve_data_defaults(Config& cfg, const DataShape& shape) {
   // (sparse): hidden layers over the ID embedding help the dense data and
   // cost the sparse data about a quarter of its Recall@20, where a wider
   // linear map and fewer epochs do better in a third of the time.
-  const auto& auto_keys = cfg.data_auto;
-  if (auto_keys.count("hidden")) cfg.tower.hidden = sparse ? std::vector<int>{} : std::vector<int>{128, 64};
-  if (auto_keys.count("id-dim")) cfg.tower.id_dim = sparse ? 128 : 64;
-  if (auto_keys.count("dim")) cfg.tower.out_dim = sparse ? 128 : 64;
-  if (auto_keys.count("epochs")) cfg.train.epochs = sparse ? 10 : 30;
-  const std::set<std::string> filled = cfg.data_auto;
+  // A key still "auto" whose field code has changed from the built-in default
+  // (a program filling Config directly) keeps that value.
+  const Config def;
+  std::set<std::string> filled;
+  auto fill = [&](const char* key, auto& field, const auto& built_in, auto value) {
+    if (!cfg.data_auto.count(key) || field != built_in) return;
+    field = value;
+    filled.insert(key);
+  };
+  fill("hidden", cfg.tower.hidden, def.tower.hidden, sparse ? std::vector<int>{} : std::vector<int>{128, 64});
+  fill("id-dim", cfg.tower.id_dim, def.tower.id_dim, sparse ? 128 : 64);
+  fill("dim", cfg.tower.out_dim, def.tower.out_dim, sparse ? 128 : 64);
+  fill("epochs", cfg.train.epochs, def.train.epochs, sparse ? 10 : 30);
   cfg.data_auto.clear();
+  if (filled.empty()) return "";
   std::string names;
   for (const auto& n : filled) {
     std::string v = find_key(n)->get(cfg);

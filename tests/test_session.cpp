@@ -57,25 +57,36 @@ Config small_config(const std::string& out) {
 }
 
 // Left "auto", the tower shape and epochs come from the data's density, and
-// OUT/config.json records the values used, not "auto".
+// OUT/config.json records the values used, not "auto"; a field set in code
+// stays as set.
 TEST(TrainingSession, DataShapedDefaultsAreResolvedAndSaved) {
+  SynthOptions o;  // 300 users x 1500 items, 4 interactions each: density 0.27%
+  o.users = 300;
+  o.items = 1500;
+  o.interactions_per_user = 4;
+  o.seed = 4;
+  write_synthetic(path("syn_sparse"), o);
   Config c = small_config("s_auto");
+  c.data = path("syn_sparse");
+  c.tower = TowerConfig{};
+  c.tower.out_dim = 8;  // set in code: kept
   c.data_auto = {"hidden", "id-dim", "dim"};
   std::vector<std::string> notes;
   SessionCallbacks cb;
   cb.note = [&](const std::string& line) { notes.push_back(line); };
   c.quiet = false;
   TrainingSession s(c, {}, cb);
-  // 120 users x 60 items with about 12 interactions per user: dense.
-  EXPECT_EQ(s.config().tower.hidden, (std::vector<int>{128, 64}));
-  EXPECT_EQ(s.config().tower.id_dim, 64);
+  EXPECT_TRUE(s.config().tower.hidden.empty());
+  EXPECT_EQ(s.config().tower.id_dim, 128);
+  EXPECT_EQ(s.config().tower.out_dim, 8) << "set in code";
   EXPECT_EQ(s.config().train.epochs, 3) << "given, not auto";
   bool said = false;
-  for (const auto& n : notes) said |= n.find("defaults for dense data") != std::string::npos;
+  for (const auto& n : notes) said |= n.find("defaults for sparse data") != std::string::npos;
   EXPECT_TRUE(said);
   const auto j = nlohmann::json::parse(read_file(path("s_auto") + "/config.json"));
-  EXPECT_EQ(j["hidden"], "128,64");
-  EXPECT_EQ(j["dim"], 64);
+  EXPECT_EQ(j["hidden"], "none");
+  EXPECT_EQ(j["id-dim"], 128);
+  EXPECT_EQ(j["dim"], 8);
 }
 
 bool all_finite(const Checkpoint& ck) {

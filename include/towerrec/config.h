@@ -51,8 +51,8 @@ struct Config {
   // Keys whose default depends on the training data ("auto", the default):
   // hidden, id-dim, dim and epochs, filled by resolve_data_defaults when a
   // training session has read its data. Giving a key a value (flag, JSON or
-  // the Python keyword) takes it out of this set; code that sets the tower or
-  // epoch fields directly should clear the set (or the names it sets).
+  // the Python keyword) takes it out of this set. A field that code has set
+  // directly to something other than its built-in default is kept as well.
   std::set<std::string> data_auto = {"hidden", "id-dim", "dim", "epochs"};
 };
 

@@ -274,7 +274,7 @@ void add_training_keys(std::vector<ConfigKey>& k) {
                                     [](Config& c) -> int& { return c.train.epochs; }, 0, 100000)));
   k.push_back(int_key("batch-size", "positives per batch",
                       [](Config& c) -> int64_t& { return c.train.batch_size; }, 1, 1 << 24));
-  k.push_back({"negatives", "sampled negatives per positive (auto: 0 for softmax, 4 otherwise)",
+  k.push_back({"negatives", "sampled negatives per positive (auto: 0 for softmax and ccl, 2 there on sparse data, see README; 4 otherwise)",
                [](Config& c, const std::string& v) {
                  if (v == "auto") {
                    c.negatives_auto = true;
@@ -331,8 +331,8 @@ void add_training_keys(std::vector<ConfigKey>& k) {
                         true));
   k.push_back(float_key("weight-decay", "decoupled weight decay of tower layers and feature tables",
                         [](Config& c) -> float& { return c.train.optimizer.weight_decay; }, 0.0f, 10.0f));
-  k.push_back(float_key("embedding-decay", "decoupled weight decay of ID-embedding rows used in a batch",
-                        [](Config& c) -> float& { return c.train.optimizer.embedding_decay; }, 0.0f, 10.0f));
+  k.push_back(data_auto_key(float_key("embedding-decay", "decoupled weight decay of ID-embedding rows used in a batch",
+                        [](Config& c) -> float& { return c.train.optimizer.embedding_decay; }, 0.0f, 10.0f)));
   k.push_back({"seed", "random seed (initialisation, shuffling, negatives)",
                [](Config& c, const std::string& v) {
                  const int64_t x = parse_int("seed", v);
@@ -374,11 +374,11 @@ std::vector<ConfigKey> build_keys() {
   // The JSON types and value names of the keys with their own parsers.
   const std::pair<const char*, char> kinds[] = {
       {"holdout", 'f'}, {"split-seed", 'i'}, {"rating-threshold", 't'}, {"hidden", 'h'},
-      {"negatives", 'n'}, {"id-dim", 'n'}, {"dim", 'n'}, {"epochs", 'n'}, {"seed", 'i'}, {"device", 's'}, {"checkpoint-every-minutes", 'f'}};
+      {"negatives", 'n'}, {"id-dim", 'n'}, {"dim", 'n'}, {"epochs", 'n'}, {"embedding-decay", 'F'}, {"seed", 'i'}, {"device", 's'}, {"checkpoint-every-minutes", 'f'}};
   for (const auto& [name, kind] : kinds) json_kind(name, kind);
   const std::pair<const char*, const char*> value_names[] = {
       {"holdout", "X"}, {"split-seed", "N"}, {"rating-threshold", "X|none"}, {"hidden", "W,W,..|none|auto"}, {"negatives", "N|auto"},
-      {"id-dim", "N|auto"}, {"dim", "N|auto"}, {"epochs", "N|auto"},
+      {"id-dim", "N|auto"}, {"dim", "N|auto"}, {"epochs", "N|auto"}, {"embedding-decay", "X|auto"},
       {"seed", "N"}, {"device", "auto|cpu|cuda|cuda:N"}, {"checkpoint-every-minutes", "X"}};
   for (auto& key : k)
     for (const auto& [name, value] : value_names)
@@ -401,6 +401,7 @@ std::string type_error(char kind, const json& v) {
     case 'b': return v.is_boolean() ? "" : "true or false";
     case 's': return v.is_string() ? "" : "a string";
     case 'n': return integer || v == "auto" ? "" : "an integer or \"auto\"";
+    case 'F': return v.is_number() || v == "auto" ? "" : "a number or \"auto\"";
     case 't': return v.is_number() || v == "none" ? "" : "a number or \"none\"";
     case 'h': return v.is_string() || v.is_array() ? "" : "\"W,W,...\", [W, W, ...] or \"none\"";
     case 'B': return v.is_boolean() || v.is_string() ? "" : "true, false or \"auto\"";
@@ -428,6 +429,8 @@ void resolve_defaults(Config& cfg) {
   if (cfg.negatives_auto) {
     cfg.train.negatives = in_batch ? 0 : 4;
     cfg.negatives_auto = false;
+    // The in-batch losses' pool of sampled negatives also depends on the data.
+    if (in_batch) cfg.data_auto.insert("negatives");
   }
   if (cfg.normalize == "auto") cfg.normalize = in_batch ? "true" : "false";
   cfg.tower.normalize = cfg.normalize == "true";
@@ -460,6 +463,10 @@ std::string resolve_data_defaults(Config& cfg, const DataShape& shape) {
   fill("id-dim", cfg.tower.id_dim, def.tower.id_dim, sparse ? 128 : 64);
   fill("dim", cfg.tower.out_dim, def.tower.out_dim, sparse ? 128 : 64);
   fill("epochs", cfg.train.epochs, def.train.epochs, sparse ? 10 : 30);
+  fill("embedding-decay", cfg.train.optimizer.embedding_decay, def.train.optimizer.embedding_decay,
+       sparse ? kSparseEmbeddingDecay : 2.0f);
+  // Set by resolve_defaults for the softmax and ccl losses only (0 there).
+  fill("negatives", cfg.train.negatives, 0, sparse ? kSparseNegatives : 0);
   cfg.data_auto.clear();
   if (filled.empty()) return "";
   std::string names;

@@ -49,7 +49,8 @@ TEST(Config, DataShapedDefaultsFollowTheDensityRule) {
   ASSERT_GE(dense.density(), kSparseDensity);
   Config c;
   const auto before = nlohmann::json::parse(to_json(c));
-  for (const char* k : {"hidden", "id-dim", "dim", "epochs"}) EXPECT_EQ(before[k], "auto") << k;
+  for (const char* k : {"hidden", "id-dim", "dim", "epochs", "embedding-decay"})
+    EXPECT_EQ(before[k], "auto") << k;
   const std::string said = resolve_data_defaults(c, sparse);
   EXPECT_TRUE(c.tower.hidden.empty());
   EXPECT_EQ(c.tower.id_dim, 128);
@@ -75,12 +76,35 @@ TEST(Config, DataShapedDefaultsFollowTheDensityRule) {
   Config e;
   apply_flags(e, {"--epochs", "3", "--dim", "16"});
   apply_json(e, R"({"hidden": "32", "id-dim": "auto"})", "e.json");
-  EXPECT_EQ(e.data_auto, (std::set<std::string>{"id-dim"}));
+  EXPECT_EQ(e.data_auto, (std::set<std::string>{"embedding-decay", "id-dim"}));
   resolve_data_defaults(e, sparse);
   EXPECT_EQ(e.train.epochs, 3);
   EXPECT_EQ(e.tower.out_dim, 16);
   EXPECT_EQ(e.tower.hidden, (std::vector<int>{32}));
   EXPECT_EQ(e.tower.id_dim, 128);
+  // The in-batch losses' sampled negatives and the ID-row decay follow the
+  // data too; other losses keep their 4 negatives.
+  Config g;
+  resolve_defaults(g);
+  resolve_data_defaults(g, sparse);
+  EXPECT_EQ(g.train.negatives, kSparseNegatives);
+  EXPECT_FLOAT_EQ(g.train.optimizer.embedding_decay, kSparseEmbeddingDecay);
+  Config h;
+  apply_flags(h, {"--loss", "logistic"});
+  resolve_defaults(h);
+  resolve_data_defaults(h, sparse);
+  EXPECT_EQ(h.train.negatives, 4);
+  Config dn;
+  resolve_defaults(dn);
+  resolve_data_defaults(dn, dense);
+  EXPECT_EQ(dn.train.negatives, 0);
+  EXPECT_FLOAT_EQ(dn.train.optimizer.embedding_decay, 2.0f);
+  Config given;
+  apply_flags(given, {"--negatives", "0", "--embedding-decay", "1"});
+  resolve_defaults(given);
+  resolve_data_defaults(given, sparse);
+  EXPECT_EQ(given.train.negatives, 0);
+  EXPECT_FLOAT_EQ(given.train.optimizer.embedding_decay, 1.0f);
   // "auto" is the only word these integer keys take.
   Config f;
   EXPECT_THROW(apply_flags(f, {"--epochs", "many"}), Error);

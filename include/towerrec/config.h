@@ -53,7 +53,9 @@ struct Config {
   // training session has read its data. Giving a key a value (flag, JSON or
   // the Python keyword) takes it out of this set. A field that code has set
   // directly to something other than its built-in default is kept as well.
-  std::set<std::string> data_auto = {"hidden", "id-dim", "dim", "epochs"};
+  // (resolve_defaults adds "negatives" when it resolves an in-batch loss's
+  // "auto" negatives: their sampled pool depends on the data too.)
+  std::set<std::string> data_auto = {"hidden", "id-dim", "dim", "epochs", "embedding-decay"};
 };
 
 // What resolve_data_defaults reads of the training data.
@@ -66,11 +68,18 @@ struct DataShape {
 
 // Below this density of the user x item matrix a data set counts as sparse.
 inline constexpr double kSparseDensity = 0.01;
+// Sparse data: the softmax and ccl losses' sampled negatives per positive
+// (uniform items that join the batch's, mixed negative sampling) and the ID
+// rows' decoupled weight decay.
+inline constexpr int kSparseNegatives = 2;
+inline constexpr float kSparseEmbeddingDecay = 4.0f;
 
 // Fills the keys still in cfg.data_auto from the data's shape and empties the
 // set. Dense data (density >= kSparseDensity, e.g. MovieLens-100k at 4.7%):
-// hidden 128,64, id-dim 64, dim 64, 30 epochs. Sparse data (e.g. Gowalla at
-// 0.05%): one linear layer over a 128-wide ID embedding to dim 128, 10 epochs.
+// hidden 128,64, id-dim 64, dim 64, 30 epochs, embedding decay 2, no sampled
+// negatives for softmax/ccl. Sparse data (e.g. Gowalla at 0.05%): one linear
+// layer over a 128-wide ID embedding to dim 128, 10 epochs, embedding decay
+// kSparseEmbeddingDecay and kSparseNegatives sampled negatives for softmax/ccl.
 // Returns a line saying what it chose ("" when nothing was auto).
 std::string resolve_data_defaults(Config& cfg, const DataShape& shape);
 

@@ -480,30 +480,32 @@ void TwoTowerModel::set_cold(const std::vector<char>& users, const std::vector<c
 }
 
 namespace {
+// Entities [first, first + n) of the tower into out's rows 0 .. n.
 void embed_all(Backend& be, Tower& t, int out_dim, DeviceArray<float>& out, int64_t chunk,
-               const std::vector<char>& cold) {
-  const int64_t n = t.spec().n_entities;
+               const std::vector<char>& cold, int64_t first, int64_t n) {
   out.ensure(&be, n * out_dim);
+  if (n == 0) return;
   chunk = std::max<int64_t>(1, std::min(chunk, n));
   std::vector<int32_t> idx(static_cast<size_t>(chunk));
   DeviceArray<int32_t> didx(&be, chunk);
   for (int64_t s = 0; s < n; s += chunk) {
     const int64_t m = std::min(chunk, n - s);
-    for (int64_t j = 0; j < m; ++j) idx[j] = static_cast<int32_t>(s + j);
+    for (int64_t j = 0; j < m; ++j) idx[j] = static_cast<int32_t>(first + s + j);
     be.to_device(didx.data(), idx.data(), static_cast<size_t>(m) * sizeof(int32_t));
     const float* y = t.forward(didx.data(), m);
     be.copy(out.data() + s * out_dim, y, static_cast<size_t>(m * out_dim) * sizeof(float));
   }
   // Cold entities again through the unknown-ID bucket, rows copied into place.
   std::vector<int32_t> cold_ids;
-  for (int64_t e = 0; e < static_cast<int64_t>(cold.size()); ++e)
+  const int64_t cold_end = std::min<int64_t>(first + n, static_cast<int64_t>(cold.size()));
+  for (int64_t e = first; e < cold_end; ++e)
     if (cold[e]) cold_ids.push_back(static_cast<int32_t>(e));
   for (size_t s = 0; s < cold_ids.size(); s += static_cast<size_t>(chunk)) {
     const int64_t m = std::min<int64_t>(chunk, static_cast<int64_t>(cold_ids.size() - s));
     be.to_device(didx.data(), cold_ids.data() + s, static_cast<size_t>(m) * sizeof(int32_t));
     const float* y = t.forward(didx.data(), m, /*zero_id=*/true);
     for (int64_t r = 0; r < m; ++r)
-      be.copy(out.data() + static_cast<int64_t>(cold_ids[s + r]) * out_dim, y + r * out_dim,
+      be.copy(out.data() + (static_cast<int64_t>(cold_ids[s + r]) - first) * out_dim, y + r * out_dim,
               static_cast<size_t>(out_dim) * sizeof(float));
   }
   be.synchronize();
@@ -513,13 +515,21 @@ void embed_all(Backend& be, Tower& t, int out_dim, DeviceArray<float>& out, int6
 void TwoTowerModel::embed_all_users(DeviceArray<float>& out, int64_t chunk) {
   const bool was = training_;
   training_ = false;
-  embed_all(*be_, *user_, cfg_.out_dim, out, chunk, user_->cold_);
+  embed_all(*be_, *user_, cfg_.out_dim, out, chunk, user_->cold_, 0, user_->spec_.n_entities);
   training_ = was;
 }
 void TwoTowerModel::embed_all_items(DeviceArray<float>& out, int64_t chunk) {
   const bool was = training_;
   training_ = false;
-  embed_all(*be_, *item_, cfg_.out_dim, out, chunk, item_->cold_);
+  embed_all(*be_, *item_, cfg_.out_dim, out, chunk, item_->cold_, 0, item_->spec_.n_entities);
+  training_ = was;
+}
+void TwoTowerModel::embed_items(int32_t first, int32_t count, DeviceArray<float>& out, int64_t chunk) {
+  TOWERREC_CHECK(first >= 0 && count >= 0 && static_cast<int64_t>(first) + count <= item_->spec_.n_entities,
+                 "embed_items: item range out of bounds");
+  const bool was = training_;
+  training_ = false;
+  embed_all(*be_, *item_, cfg_.out_dim, out, chunk, item_->cold_, first, count);
   training_ = was;
 }
 

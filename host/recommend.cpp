@@ -303,6 +303,95 @@ void rank_topk(Backend& be, const DeviceArray<float>& Q_all, int32_t n_queries,
               block_users, policy);
 }
 
+ItemShard item_shard(int32_t n_items, int rank, int ranks) {
+  TOWERREC_CHECK(ranks > 0 && rank >= 0 && rank < ranks && n_items >= 0, "bad item shard");
+  const auto n = static_cast<int64_t>(n_items);
+  return {static_cast<int32_t>(n * rank / ranks), static_cast<int32_t>(n * (rank + 1) / ranks)};
+}
+
+RankFilter shard_filter(const RankFilter& f, const ItemShard& shard, int32_t n_queries,
+                        const std::vector<int32_t>& queries, UserItems& storage) {
+  TOWERREC_CHECK(shard.first >= 0 && shard.first <= shard.last, "bad item shard");
+  RankFilter out;
+  out.exclude_at_most = f.exclude_at_most;
+  out.restrict = f.restrict;
+  if (f.restrict) {
+    const auto b = std::lower_bound(f.candidates.begin(), f.candidates.end(), shard.first);
+    const auto e = std::lower_bound(b, f.candidates.end(), shard.last);
+    out.candidates.reserve(static_cast<size_t>(e - b));
+    for (auto it = b; it != e; ++it) out.candidates.push_back(*it - shard.first);
+  }
+  if (!f.exclude && !f.exclude_self) return out;
+  if (f.exclude) TOWERREC_CHECK(f.exclude->n_users() >= n_queries, "exclusions cover too few queries");
+  std::vector<char> want(static_cast<size_t>(n_queries), queries.empty() ? 1 : 0);
+  for (int32_t q : queries) {
+    TOWERREC_CHECK(q >= 0 && q < n_queries, "query index out of range");
+    want[static_cast<size_t>(q)] = 1;
+  }
+  storage.offsets.assign(static_cast<size_t>(n_queries) + 1, 0);
+  storage.items.clear();
+  for (int32_t q = 0; q < n_queries; ++q) {
+    if (want[static_cast<size_t>(q)]) {
+      const size_t at = storage.items.size();
+      if (f.exclude) {
+        const auto b = f.exclude->items.begin() + f.exclude->offsets[q];
+        const auto e = f.exclude->items.begin() + f.exclude->offsets[q + 1];
+        for (auto it = b; it != e; ++it)
+          if (*it >= shard.first && *it < shard.last) storage.items.push_back(*it - shard.first);
+      }
+      if (f.exclude_self && q >= shard.first && q < shard.last) storage.items.push_back(q - shard.first);
+      const auto b = storage.items.begin() + static_cast<std::ptrdiff_t>(at);
+      std::sort(b, storage.items.end());
+      storage.items.erase(std::unique(b, storage.items.end()), storage.items.end());
+    }
+    storage.offsets[static_cast<size_t>(q) + 1] = static_cast<int64_t>(storage.items.size());
+  }
+  out.exclude = &storage;
+  return out;
+}
+
+void merge_topk(const ScoredItem* lists, int n_lists, int64_t n_queries, int k, int32_t* out_items,
+                float* out_scores) {
+  TOWERREC_CHECK(k > 0 && n_lists > 0 && n_queries >= 0, "bad merge shape");
+  // The ranking key of rank_topk: NaN as -inf, -0 as +0.
+  auto key = [](float s) {
+    if (std::isnan(s)) return -std::numeric_limits<float>::infinity();
+    return s == 0.0f ? 0.0f : s;
+  };
+  std::vector<int> head(static_cast<size_t>(n_lists));
+  const auto stride = static_cast<size_t>(n_queries) * static_cast<size_t>(k);
+  for (int64_t q = 0; q < n_queries; ++q) {
+    std::fill(head.begin(), head.end(), 0);
+    const size_t row = static_cast<size_t>(q) * static_cast<size_t>(k);
+    for (int j = 0; j < k; ++j) {
+      int best = -1;
+      float best_key = 0;
+      int32_t best_item = -1;
+      for (int s = 0; s < n_lists; ++s) {
+        if (head[s] >= k) continue;
+        const ScoredItem& c = lists[static_cast<size_t>(s) * stride + row + static_cast<size_t>(head[s])];
+        if (c.item < 0) continue;  // this shard has no more
+        const float ck = key(c.score);
+        if (best < 0 || ck > best_key || (ck == best_key && c.item < best_item)) {
+          best = s;
+          best_key = ck;
+          best_item = c.item;
+        }
+      }
+      if (best < 0) {
+        for (; j < k; ++j) {
+          out_items[row + static_cast<size_t>(j)] = -1;
+          out_scores[row + static_cast<size_t>(j)] = -std::numeric_limits<float>::infinity();
+        }
+        break;
+      }
+      ++head[static_cast<size_t>(best)];
+      out_items[row + static_cast<size_t>(j)] = best_item;
+      out_scores[row + static_cast<size_t>(j)] = best_key;
+    }
+  }
+}
+
 UserMetrics user_metrics(const int32_t* ranked, int k, const int32_t* relevant, int64_t n_rel) {
   UserMetrics m{0, 0, 0, 0, 0};
   if (n_rel <= 0) return m;

@@ -405,6 +405,32 @@ TEST(Model, ColdEntitiesUseTheZeroIdBucket) {
   EXPECT_THROW(f.model->set_cold(std::vector<char>(3, 0), {}), Error);
 }
 
+// embed_items (recommend --shard items): a range of items, in any chunking,
+// gets the bits embed_all_items gives those rows, cold items included.
+TEST(Model, EmbedItemsMatchesTheRowsOfEmbedAllItems) {
+  Fixture f(13, small_tower());
+  const int32_t n = f.ds.items.size();
+  std::vector<char> cold(static_cast<size_t>(n), 0);
+  cold[1] = cold[static_cast<size_t>(n - 2)] = 1;
+  f.model->set_cold({}, cold);
+  DeviceArray<float> all;
+  f.model->embed_all_items(all, 4);
+  const auto a = testing::download(*f.be, all);
+  const int out = f.model->out_dim();
+  for (const auto& [first, last] : std::vector<std::pair<int32_t, int32_t>>{{0, n}, {1, 3}, {n / 2, n}, {n, n}}) {
+    for (int64_t chunk : {int64_t{1}, int64_t{3}, int64_t{8192}}) {
+      SCOPED_TRACE(std::to_string(first) + ".." + std::to_string(last) + ", chunk " + std::to_string(chunk));
+      DeviceArray<float> part;
+      f.model->embed_items(first, last - first, part, chunk);
+      const auto b = testing::download(*f.be, part);
+      ASSERT_EQ(b.size(), static_cast<size_t>(last - first) * out);
+      for (size_t j = 0; j < b.size(); ++j) EXPECT_EQ(b[j], a[static_cast<size_t>(first) * out + j]) << j;
+    }
+  }
+  DeviceArray<float> bad;
+  EXPECT_THROW(f.model->embed_items(n - 1, 2, bad), Error);
+}
+
 // A backend with almost no memory: the model must refuse before allocating.
 class TinyBackend final : public Backend {
  public:

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <limits>
 #include <numeric>
@@ -214,6 +215,80 @@ TEST_P(RankTopk, NumericAndCategoricalConditionsMatchBruteForce) {
   check(p, rf, {}, 5);
 }
 
+// Item shards (recommend --shard items): each shard ranked alone through
+// shard_filter, then merge_topk, gives exactly the lists of one rank_topk over
+// every item, whatever the shard count (one shard with fewer items than k,
+// empty shards when there are more shards than items).
+TEST_P(RankTopk, ItemShardsMergeToTheFullRanking) {
+  TRACE_SEED();
+  const Problem p = make_problem(rng_, 19, 23, 3);  // small integers: many ties across shards
+  Interactions seen;
+  for (int32_t u = 0; u < p.n_queries; ++u)
+    for (int32_t i = 0; i < p.n_items; ++i)
+      if (u == 4 || rng_() % 4 == 0) {
+        seen.user.push_back(u);
+        seen.item.push_back(i);
+      }
+  const UserItems excl = group_by_user(seen, p.n_queries);
+  const auto dQ = testing::upload(be(), p.Q);
+  const auto dV = testing::upload(be(), p.V);
+  auto run = [&](const DeviceArray<float>& V, int32_t n_items, const RankFilter& f,
+                 const std::vector<int32_t>& queries, int k, std::vector<ScoredItem>& out, int32_t offset) {
+    rank_topk(be(), dQ, p.n_queries, V, n_items, p.d, queries, k, f,
+              [&](const TopKBlock& b) {
+                for (size_t j = 0; j < b.items.size(); ++j)
+                  out.push_back({b.scores[j], b.items[j] < 0 ? -1 : b.items[j] + offset});
+              },
+              4);
+  };
+  const std::vector<int32_t> queries = {3, 0, 4, 18, 3, 7};
+  for (int variant = 0; variant < 4; ++variant) {
+    RankFilter f;
+    if (variant >= 1) f.exclude = &excl;
+    if (variant >= 2) {
+      f.restrict = true;
+      f.candidates = candidate_items(p.n_items, false, {}, random_subset(p.n_items, 0.3), {});
+    }
+    if (variant == 3) f.exclude_self = true;
+    for (int k : {1, 5, 30}) {
+      std::vector<ScoredItem> full;
+      run(dV, p.n_items, f, queries, k, full, 0);
+      for (int ranks : {1, 2, 3, 5, 30}) {
+        SCOPED_TRACE("variant " + std::to_string(variant) + ", k " + std::to_string(k) + ", " +
+                     std::to_string(ranks) + " shards");
+        std::vector<ScoredItem> lists;
+        int32_t covered = 0;
+        for (int r = 0; r < ranks; ++r) {
+          const ItemShard sh = item_shard(p.n_items, r, ranks);
+          ASSERT_EQ(sh.first, covered);
+          covered = sh.last;
+          if (sh.size() == 0) {
+            lists.insert(lists.end(), queries.size() * static_cast<size_t>(k),
+                         ScoredItem{-std::numeric_limits<float>::infinity(), -1});
+            continue;
+          }
+          const std::vector<float> rows(p.V.begin() + static_cast<std::ptrdiff_t>(sh.first) * p.d,
+                                        p.V.begin() + static_cast<std::ptrdiff_t>(sh.last) * p.d);
+          const auto dVs = testing::upload(be(), rows);
+          UserItems storage;
+          const RankFilter local = shard_filter(f, sh, p.n_queries, queries, storage);
+          run(dVs, sh.size(), local, queries, k, lists, sh.first);
+        }
+        ASSERT_EQ(covered, p.n_items);
+        const auto n = static_cast<int64_t>(queries.size());
+        std::vector<int32_t> items(queries.size() * static_cast<size_t>(k));
+        std::vector<float> scores(items.size());
+        merge_topk(lists.data(), ranks, n, k, items.data(), scores.data());
+        ASSERT_EQ(full.size(), items.size());
+        for (size_t j = 0; j < items.size(); ++j) {
+          EXPECT_EQ(items[j], full[j].item) << "entry " << j;
+          EXPECT_EQ(scores[j], full[j].score) << "entry " << j;
+        }
+      }
+    }
+  }
+}
+
 TOWERREC_INSTANTIATE_BACKENDS(RankTopk);
 
 TEST(CandidateItems, AllowMinusDenyAndMask) {
@@ -377,6 +452,95 @@ TEST(MatchFeatures, ParsesColumnEqualsValue) {
   EXPECT_EQ(parse_feature_condition("a=b=c", "--where").value, "b=c");
   EXPECT_THROW(parse_feature_condition("genres", "--where"), Error);
   EXPECT_THROW(parse_feature_condition("=Comedy", "--where"), Error);
+}
+
+}  // namespace
+}  // namespace towerrec
+
+namespace towerrec {
+namespace {
+
+TEST(MergeTopk, TiesAcrossShardsGoToTheLowerItemAndShortListsPad) {
+  const float inf = std::numeric_limits<float>::infinity();
+  // Two queries, k 4, three shards (items 0-3, 4-7, 8-9).
+  const std::vector<ScoredItem> lists = {
+      // shard 0: query 0, query 1
+      {5, 2}, {3, 0}, {3, 1}, {-inf, -1},
+      {1, 3}, {-inf, -1}, {-inf, -1}, {-inf, -1},
+      // shard 1
+      {5, 6}, {3, 4}, {-2, 5}, {-inf, -1},
+      {-inf, -1}, {-inf, -1}, {-inf, -1}, {-inf, -1},
+      // shard 2
+      {7, 9}, {5, 8}, {-inf, -1}, {-inf, -1},
+      {-0.0f, 8}, {-inf, -1}, {-inf, -1}, {-inf, -1},
+  };
+  std::vector<int32_t> items(8);
+  std::vector<float> scores(8);
+  merge_topk(lists.data(), 3, 2, 4, items.data(), scores.data());
+  // Query 0: 7 (item 9), then three 5s by item (2, 6, 8); the 3s miss the cut.
+  EXPECT_EQ(items, (std::vector<int32_t>{9, 2, 6, 8, 3, 8, -1, -1}));
+  EXPECT_EQ(scores[0], 7.0f);
+  EXPECT_EQ(scores[3], 5.0f);
+  // Query 1: fewer than k in all (2): the tail is padding; -0 reported as +0.
+  EXPECT_EQ(scores[4], 1.0f);
+  EXPECT_EQ(scores[5], 0.0f);
+  EXPECT_FALSE(std::signbit(scores[5]));
+  EXPECT_EQ(scores[6], -inf);
+  EXPECT_EQ(scores[7], -inf);
+  for (float s : scores) EXPECT_FALSE(std::isnan(s));
+}
+
+TEST(MergeTopk, OneShardPassesThroughAndNothingLeftIsAllPadding) {
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<ScoredItem> one = {{2, 1}, {2, 3}, {-inf, 7}};
+  std::vector<int32_t> items(3);
+  std::vector<float> scores(3);
+  merge_topk(one.data(), 1, 1, 3, items.data(), scores.data());
+  EXPECT_EQ(items, (std::vector<int32_t>{1, 3, 7}));  // a real item scored -inf still ranks
+  EXPECT_EQ(scores[2], -inf);
+  const std::vector<ScoredItem> none(6, ScoredItem{-inf, -1});
+  merge_topk(none.data(), 2, 1, 3, items.data(), scores.data());
+  EXPECT_EQ(items, (std::vector<int32_t>{-1, -1, -1}));
+}
+
+TEST(ItemShard, ContiguousRangesCoverTheCatalogue) {
+  for (int ranks : {1, 2, 3, 7}) {
+    int32_t at = 0;
+    for (int r = 0; r < ranks; ++r) {
+      const ItemShard s = item_shard(5, r, ranks);
+      EXPECT_EQ(s.first, at);
+      EXPECT_LE(s.size(), (5 + ranks - 1) / ranks);
+      at = s.last;
+    }
+    EXPECT_EQ(at, 5);
+  }
+}
+
+TEST(ShardFilter, MapsCandidatesAndExclusionsIntoTheShard) {
+  Interactions x;
+  x.user = {0, 0, 0, 1, 2};
+  x.item = {1, 4, 6, 5, 2};
+  const UserItems ex = group_by_user(x, 3);
+  RankFilter f;
+  f.restrict = true;
+  f.candidates = {0, 3, 4, 5, 8};
+  f.exclude = &ex;
+  f.exclude_self = true;
+  UserItems st;
+  const RankFilter l = shard_filter(f, {3, 6}, 3, {0, 2}, st);  // items 3, 4, 5
+  EXPECT_TRUE(l.restrict);
+  EXPECT_EQ(l.candidates, (std::vector<int32_t>{0, 1, 2}));
+  EXPECT_FALSE(l.exclude_self);
+  ASSERT_EQ(l.exclude, &st);
+  ASSERT_EQ(st.n_users(), 3);
+  EXPECT_EQ(std::vector<int32_t>(st.items.begin() + st.offsets[0], st.items.begin() + st.offsets[1]),
+            (std::vector<int32_t>{1}));  // item 4 (item 0 itself is outside the shard)
+  EXPECT_EQ(st.count(1), 0);            // not queried
+  EXPECT_EQ(st.count(2), 0);            // its item 2 and itself lie outside
+  UserItems st2;
+  const RankFilter none = shard_filter(f, {9, 9}, 3, {}, st2);
+  EXPECT_TRUE(none.restrict);
+  EXPECT_TRUE(none.candidates.empty());
 }
 
 }  // namespace

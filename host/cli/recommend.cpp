@@ -2,7 +2,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <numeric>
+#include <algorithm>
 
 #include "host/cli/cli.h"
 #include "host/data/text.h"
@@ -11,6 +13,122 @@
 #include "towerrec/recommend.h"
 
 namespace towerrec::cli {
+
+namespace {
+
+// --shard items: this rank embeds and ranks only its item shard (item_shard:
+// contiguous ranges), for every requested user. The users are split into
+// contiguous owner ranges as with --shard users; they go by in steps, step t
+// taking up to `per_rank` users of each owner's range, so each rank's top-k
+// op ranks at most ranks x per_rank users at once. After a step, all_to_allv
+// hands each owner its users' per-shard lists, which it merges (merge_topk:
+// the tie rule of rank_topk) and appends to its CSV; memory stays bounded by
+// the step whatever the user count. Returns rows and users written here.
+struct ShardedCounts {
+  int64_t rows = 0, users = 0;
+};
+ShardedCounts rank_item_shards(Communicator& comm, LoadedModel& lm, const DeviceArray<float>& U,
+                               int32_t n_queries, std::vector<int32_t> who, int k, const RankFilter& rf,
+                               int64_t block, const IdMap& users, CsvOutput& csv, Progress& progress) {
+  const int rank = comm.rank(), ranks = comm.size();
+  Backend& be = *lm.be;
+  const int d = lm.model->out_dim();
+  if (who.empty()) {
+    who.resize(static_cast<size_t>(n_queries));
+    std::iota(who.begin(), who.end(), 0);
+  }
+  const ItemShard shard = item_shard(lm.n_items(), rank, ranks);
+  DeviceArray<float> V;
+  lm.model->embed_items(shard.first, shard.size(), V);
+  UserItems local_excl;
+  const RankFilter local = shard_filter(rf, shard, n_queries, who, local_excl);
+
+  // Owner ranges, and a step size every rank agrees on (the smallest wanted).
+  const auto n = static_cast<int64_t>(who.size());
+  auto owned_first = [&](int r) { return n * r / ranks; };
+  auto owned_size = [&](int r) { return owned_first(r + 1) - owned_first(r); };
+  int64_t want = block > 0 ? block : be.preferred_topk_users(std::max(shard.size(), 1), d, k);
+  uint64_t agreed = UINT64_MAX;
+  for (uint64_t w : comm.all_gather_u64(static_cast<uint64_t>(std::max<int64_t>(want, 1))))
+    agreed = std::min(agreed, w);
+  const int64_t per_rank = std::max<int64_t>(1, static_cast<int64_t>(agreed) / ranks);
+  int64_t longest = 0;
+  for (int r = 0; r < ranks; ++r) longest = std::max(longest, owned_size(r));
+  const int64_t steps = (longest + per_rank - 1) / per_rank;
+  auto step_size = [&](int r, int64_t t) {
+    return std::clamp<int64_t>(owned_size(r) - t * per_rank, 0, per_rank);
+  };
+  // The queries in step order: step t holds each owner's next users, owners in rank order.
+  std::vector<int32_t> order;
+  order.reserve(who.size());
+  std::vector<int64_t> step_total(static_cast<size_t>(steps), 0);
+  for (int64_t t = 0; t < steps; ++t)
+    for (int r = 0; r < ranks; ++r) {
+      const int64_t b = owned_first(r) + t * per_rank, m = step_size(r, t);
+      order.insert(order.end(), who.begin() + b, who.begin() + b + m);
+      step_total[static_cast<size_t>(t)] += m;
+    }
+
+  ShardedCounts counts;
+  std::vector<ScoredItem> pending, recv;  // this shard's lists of the steps not yet exchanged
+  TopKBlock merged;
+  merged.k = k;
+  std::string buf;
+  std::vector<int64_t> send_counts(static_cast<size_t>(ranks)), recv_counts(static_cast<size_t>(ranks));
+  const auto row = static_cast<size_t>(k);
+  int64_t t = 0;
+  auto exchange = [&] {
+    while (t < steps && static_cast<int64_t>(pending.size() / row) >= step_total[static_cast<size_t>(t)]) {
+      const int64_t mine = step_size(rank, t);
+      for (int r = 0; r < ranks; ++r) {
+        send_counts[static_cast<size_t>(r)] = step_size(r, t) * k * static_cast<int64_t>(sizeof(ScoredItem));
+        recv_counts[static_cast<size_t>(r)] = mine * k * static_cast<int64_t>(sizeof(ScoredItem));
+      }
+      recv.resize(static_cast<size_t>(ranks * mine) * row);
+      comm.all_to_allv(pending.data(), send_counts, recv.data(), recv_counts);
+      pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(
+                                                         static_cast<size_t>(step_total[static_cast<size_t>(t)]) * row));
+      if (mine > 0) {
+        const int64_t b = owned_first(rank) + t * per_rank;
+        merged.users.assign(who.begin() + b, who.begin() + b + mine);
+        merged.items.resize(static_cast<size_t>(mine) * row);
+        merged.scores.resize(static_cast<size_t>(mine) * row);
+        merge_topk(recv.data(), ranks, mine, k, merged.items.data(), merged.scores.data());
+        counts.rows += append_topk_rows(buf, merged, users, lm.ck.items);
+        counts.users += mine;
+        csv.write(buf);
+        buf.clear();
+        progress.set(counts.users);
+      }
+      ++t;
+    }
+  };
+  auto take = [&](const TopKBlock& b) {
+    for (size_t j = 0; j < b.items.size(); ++j)
+      pending.push_back({b.scores[j], b.items[j] < 0 ? -1 : b.items[j] + shard.first});
+    exchange();
+  };
+  if (shard.size() > 0 && !order.empty()) {
+    rank_topk(be, U, n_queries, V, shard.size(), d, order, k, local, take,
+              static_cast<int64_t>(agreed));
+  } else {
+    // No items here (more ranks than items): every list is padding.
+    TopKBlock pad;
+    pad.k = k;
+    for (int64_t s = 0; s < static_cast<int64_t>(order.size()); s += per_rank) {
+      const int64_t m = std::min<int64_t>(per_rank, static_cast<int64_t>(order.size()) - s);
+      pad.users.assign(order.begin() + s, order.begin() + s + m);
+      pad.items.assign(static_cast<size_t>(m) * row, -1);
+      pad.scores.assign(static_cast<size_t>(m) * row, -std::numeric_limits<float>::infinity());
+      take(pad);
+    }
+  }
+  exchange();
+  TOWERREC_CHECK(t == steps && pending.empty(), "item-sharded ranking lost a step");
+  return counts;
+}
+
+}  // namespace
 
 int cmd_recommend(const Args& args) {
   CLI::App app(
@@ -63,11 +181,25 @@ int cmd_recommend(const Args& args) {
   bool distributed = false;
   double comm_timeout = 300;
   add_distributed_options(app, distributed, comm_timeout);
+  std::string shard = "users";
+  app.add_option("--shard", shard,
+                 "with --distributed: what the ranks split, users (each rank ranks its users "
+                 "against every item) or items (each rank embeds and ranks only its slice of the "
+                 "catalogue, and the per-rank top-k lists are merged exactly)")
+      ->check(CLI::IsMember({"users", "items"}))
+      ->capture_default_str();
   app.footer(
       "With --distributed under mpirun -np N, the users are split into N contiguous\n"
       "shards, each rank ranks its own and writes OUT.part-R, and rank 0 merges the\n"
       "parts in rank order into OUT (one atomic rename): the same file one rank\n"
-      "writes. OUT must be on a file system every rank sees.");
+      "writes. OUT must be on a file system every rank sees.\n"
+      "--shard items splits the catalogue instead, for one too large for a device:\n"
+      "rank R embeds and ranks only items [n*R/N, n*(R+1)/N) (filters and exclusions\n"
+      "applied there), users go by in blocks, and after each block every rank sends\n"
+      "each user's top-k of its slice to the rank that owns the user (the same\n"
+      "contiguous user shards), which merges them (higher score first, then the\n"
+      "item that came first) into the user's top-k and writes OUT.part-R as above:\n"
+      "again the file one rank writes.");
   if (!parse_args(app, args)) return 0;
   if (seen_opt->count() && include_seen) throw Error("--seen and --include-seen exclude each other");
   if (hist_opt->count() && (users_opt->count() || !user_ids.empty()))
@@ -117,7 +249,8 @@ int cmd_recommend(const Args& args) {
     // Several ranks: this rank's contiguous shard of the users, in the order one
     // rank ranks them (every user when none is named).
     const int rank = dist.rank(), ranks = dist.size();
-    if (ranks > 1) {
+    const bool by_items = shard == "items";
+    if (ranks > 1 && !by_items) {
       if (who.empty()) {
         who.resize(static_cast<size_t>(n_queries));
         std::iota(who.begin(), who.end(), 0);
@@ -129,13 +262,23 @@ int cmd_recommend(const Args& args) {
     DeviceArray<float> U, V;
     if (hist_opt->count()) lm.model->embed_histories(hist.items.offsets, hist.items.items, U);
     else lm.model->embed_all_users(U);
-    lm.model->embed_all_items(V);
     CsvOutput csv(ranks > 1 ? part : out);
     std::string buf = ranks > 1 ? "" : "user,item,rank,score\n";
     int64_t rows = 0, n_users = 0;
-    Progress progress("recommend", "users", who.empty() ? n_queries : static_cast<int64_t>(who.size()),
+    const int64_t n_who = who.empty() ? n_queries : static_cast<int64_t>(who.size());
+    Progress progress("recommend", "users",
+                      by_items ? n_who * (rank + 1) / ranks - n_who * rank / ranks : n_who,
                       quiet || rank != 0);
-    if (ranks == 1 || !who.empty())  // an empty shard ranks nobody (an empty list means everyone)
+    if (by_items) {
+      SingleRankCommunicator one;
+      csv.write(buf);
+      buf.clear();
+      const ShardedCounts c = rank_item_shards(ranks > 1 ? *dist.control : one, lm, U, n_queries, who, k,
+                                               rf, block, users, csv, progress);
+      rows = c.rows;
+      n_users = c.users;
+    } else if (ranks == 1 || !who.empty()) {  // an empty shard ranks nobody (an empty list means everyone)
+      lm.model->embed_all_items(V);
       rank_topk(*lm.be, U, n_queries, V, lm.n_items(), lm.model->out_dim(), who, k, rf,
                 [&](const TopKBlock& b) {
                   rows += append_topk_rows(buf, b, users, items);
@@ -145,6 +288,7 @@ int cmd_recommend(const Args& args) {
                   progress.set(n_users);
                 },
                 block);
+    }
     csv.write(buf);
     csv.commit();
     progress.finish();

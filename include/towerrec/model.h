@@ -123,6 +123,11 @@ class TwoTowerModel {
   // computed in chunks of `chunk` rows.
   void embed_all_users(DeviceArray<float>& out, int64_t chunk = 8192);
   void embed_all_items(DeviceArray<float>& out, int64_t chunk = 8192);
+  // Items [first, first + count) only, [count x out_dim] (row j: item first + j),
+  // the rows embed_all_items computes for them wherever the backend's products
+  // give a row the same bits whatever the other rows (the CPU backend's do;
+  // tests compare the two). Inference has no op across rows.
+  void embed_items(int32_t first, int32_t count, DeviceArray<float>& out, int64_t chunk = 8192);
 
   // Inductive users: embeddings of users known only by the items they
   // interacted with. Row r of the CSR `offsets` [rows + 1] into `items` (dense

@@ -83,6 +83,47 @@ void rank_topk(Backend& be, const DeviceArray<float>& Q_all, int32_t n_queries,
                const std::function<void(const TopKBlock&)>& sink, int64_t block_users = 0,
                const TopkPolicy& policy = {});
 
+// ---- Item-sharded ranking: each rank ranks its slice of the catalogue ----
+//
+// With the catalogue split over N ranks, rank r holds the contiguous items
+// [first, last) = [n_items * r / N, n_items * (r + 1) / N) (sizes differ by at
+// most one; a rank gets none when N > n_items). Local index j of a shard is
+// item first + j, so local order is item order and the tie rule (lower item
+// index first) is the same inside a shard as across the catalogue.
+struct ItemShard {
+  int32_t first = 0, last = 0;
+  int32_t size() const { return last - first; }
+};
+ItemShard item_shard(int32_t n_items, int rank, int ranks);
+
+// `f` for ranking the shard's items alone, in shard-local indices: the
+// candidates inside the shard (restrict stays as in f: a filter that leaves
+// none of the shard's items leaves the shard nothing), and each query's
+// exclusions (f.exclude, plus the query's own index with f.exclude_self)
+// that fall in the shard, for the `queries` given (all n_queries when empty;
+// the others get none). The mapped exclusions are built in `storage`, which
+// the returned filter points to: keep it alive while the filter is used.
+RankFilter shard_filter(const RankFilter& f, const ItemShard& shard, int32_t n_queries,
+                        const std::vector<int32_t>& queries, UserItems& storage);
+
+// One entry of a top-k list (item -1: padding).
+struct ScoredItem {
+  float score;
+  int32_t item;
+};
+// Exact merge of per-shard top-k lists into the top-k over the union of the
+// shards. `lists` holds n_lists blocks back to back, each [n_queries x k]:
+// lists[(s * n_queries + q) * k + j] is shard s's j-th best for query q, in
+// the order rank_topk returns (score desc, then item asc; padding last), with
+// global item indices and disjoint shards. Writes out_items/out_scores
+// [n_queries x k] in that same order (score desc, item asc), -1 / -inf padded
+// where the shards hold fewer than k in all: the list one rank_topk over every
+// item returns, as the per-shard top-k hold every member of the global top-k.
+// Scores compare as rank_topk's keys do (NaN as -inf, -0 as +0; the scores
+// rank_topk reports are already such keys, so they pass through unchanged).
+void merge_topk(const ScoredItem* lists, int n_lists, int64_t n_queries, int k, int32_t* out_items,
+                float* out_scores);
+
 // One condition on an entity's feature column. On a categorical column `op`
 // is kEq (the entity's bag holds `value`; one value of a multi-hot bag is
 // enough) or kNe (it does not). On a numeric (dense) column `value` is a

@@ -304,6 +304,8 @@ void add_training_keys(std::vector<ConfigKey>& k) {
                         [](Config& c) -> float& { return c.train.temperature; }, 1e-4f, 1e4f));
   k.push_back(int_key("logits-scratch-mb", "softmax, ccl: cap on the logits scratch, MiB; a batch whose pairs x items exceed it takes the items in blocks (softmax: one more GEMM; 0: no cap)",
                       [](Config& c) -> int64_t& { return c.train.logits_scratch_mb; }, 0, int64_t{1} << 30));
+  k.push_back(float_key("bucket-mb", "distributed training: the dense gradients are summed in buckets of this many MiB, the item tower's while the user tower's backward runs (0: one sum after the backward; the same bits either way)",
+                        [](Config& c) -> float& { return c.train.bucket_mb; }, 0.0f, 4096.0f));
   k.push_back(float_key("margin", "ccl: a negative adds to the loss once its score exceeds the margin",
                         [](Config& c) -> float& { return c.train.margin; }, -1.0f, 1.0f));
   k.push_back(float_key("negative-weight", "ccl: weight of the mean negative hinge against the positive's 1 - s",

@@ -383,6 +383,7 @@ TwoTowerModel::TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInp
   TOWERREC_CHECK(cfg.dropout >= 0.0f && cfg.dropout < 1.0f, "dropout must be in [0, 1)");
   int64_t cursor = 0;
   user_ = std::make_unique<Tower>(*this, "user", user_spec, cursor);
+  item_arena_begin_ = cursor;
   item_ = std::make_unique<Tower>(*this, "item", item_spec, cursor);
   params_.reset(be_, cursor);
   grads_.reset(be_, cursor);
@@ -453,9 +454,58 @@ void TwoTowerModel::zero_grad() { be_->fill(grads_.data(), grads_.size(), 0.0f);
 
 void TwoTowerModel::reduce_gradients(Communicator& control, Communicator* data) {
   if (control.size() <= 1) return;
-  reduce_backend_floats(*be_, grads_.data(), grads_.size(), control, data);
+  if (bucket_floats_ <= 0) {
+    reduce_backend_floats(*be_, grads_.data(), grads_.size(), control, data);
+  } else {
+    if (started_.empty()) start_reduce_range(item_arena_begin_, grads_.size() - item_arena_begin_, control, data);
+    start_reduce_range(0, item_arena_begin_, control, data);
+    finish_started_reduces();
+  }
   user_->reduce_rows(control, data);
   item_->reduce_rows(control, data);
+}
+
+void TwoTowerModel::start_reduce_item_gradients(Communicator& control, Communicator* data) {
+  if (control.size() <= 1 || bucket_floats_ <= 0) return;
+  TOWERREC_CHECK(started_.empty(), "start_reduce_item_gradients: the last step's reduction is unfinished");
+  start_reduce_range(item_arena_begin_, grads_.size() - item_arena_begin_, control, data);
+}
+
+// Starts the sums of grads_[first, first + n) in buckets, over `data` when it
+// takes the backend's memory, else over `control` (device memory staged
+// through a host copy), as reduce_backend_floats chooses.
+void TwoTowerModel::start_reduce_range(int64_t first, int64_t n, Communicator& control, Communicator* data) {
+  StartedReduce r;
+  r.first = first;
+  r.n = n;
+  const bool device_mem = be_->kind() != DeviceKind::kCPU;
+  float* buf = grads_.data() + first;
+  if (data && (data->memory() == CommMemory::kDevice) == device_mem) {
+    be_->synchronize();  // the communicator runs on its own stream
+    r.comm = data;
+  } else {
+    TOWERREC_CHECK(device_mem || control.memory() == CommMemory::kHost,
+                   "the CPU backend needs a host-memory communicator");
+    r.comm = &control;
+    if (device_mem) {
+      r.host.resize(static_cast<size_t>(n));
+      if (n > 0) be_->to_host(r.host.data(), buf, r.host.size() * sizeof(float));
+      buf = r.host.data();
+    }
+  }
+  for (int64_t at = 0; at < n; at += bucket_floats_)
+    r.handles.push_back(r.comm->start_all_reduce_sum(buf + at, std::min(bucket_floats_, n - at)));
+  started_.push_back(std::move(r));
+}
+
+void TwoTowerModel::finish_started_reduces() {
+  // On a throw the sums are abandoned with the run (the communicator's error ends it).
+  std::vector<StartedReduce> started = std::move(started_);
+  started_.clear();
+  for (StartedReduce& r : started) {
+    for (int64_t h : r.handles) r.comm->wait_all_reduce(h);
+    if (!r.host.empty()) be_->to_device(grads_.data() + r.first, r.host.data(), r.host.size() * sizeof(float));
+  }
 }
 
 void TwoTowerModel::step(const OptimizerConfig& opt) {

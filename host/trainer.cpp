@@ -476,7 +476,7 @@ void Trainer::stage(const Batch& b, Staged& st) {
     for (size_t j = 0; j < st.ni; ++j) st.floats.data()[st.np + j] = log_q_[b.items[j]];
 }
 
-void Trainer::forward_backward(Staged& st, float* loss_slot) {
+void Trainer::forward_backward(Staged& st, float* loss_slot, bool start_reduce) {
   // One queued upload of every index array and one of the floats; the fence
   // tells stage() when the staging buffers may be refilled.
   const size_t nu = st.nu, ni = st.ni, np = st.np;
@@ -540,8 +540,16 @@ void Trainer::forward_backward(Staged& st, float* loss_slot) {
                        it.output_grad(), d_logits_.data(), d_pair_rows_.data(), loss_slot, tile);
     }
   }
-  ut.backward();
-  it.backward();
+  if (start_reduce) {
+    // The towers' backwards write disjoint parts of the arena: the item
+    // tower's part is summed over the ranks while the user tower's runs.
+    it.backward();
+    model_.start_reduce_item_gradients(*comm_, grad_comm_);
+    ut.backward();
+  } else {
+    ut.backward();
+    it.backward();
+  }
 }
 
 float Trainer::loss_and_gradients(const Batch& b) {
@@ -606,8 +614,13 @@ EpochStats Trainer::train_epoch(const std::function<void(const TrainProgress&)>&
     }
   };
   if (first < steps) plan_and_stage(first);
+  // Bucketed gradient sums (cfg_.bucket_mb), started early when distributed.
+  model_.set_reduce_bucket(comm_ && cfg_.bucket_mb > 0
+                               ? std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(cfg_.bucket_mb) *
+                                                                           (1 << 20) / sizeof(float)))
+                               : 0);
   for (int64_t s = first; s < steps; ++s) {
-    forward_backward(slots_[s & 1], d_losses_.data() + s);
+    forward_backward(slots_[s & 1], d_losses_.data() + s, comm_ && model_.reduce_bucket() > 0);
     opt.lr = learning_rate(static_cast<int64_t>(epoch) * steps + s);
     if (comm_) model_.reduce_gradients(*comm_, grad_comm_);
     model_.step(opt);

@@ -18,6 +18,8 @@ TEST(SingleRankComm, EveryCollectiveIsTheIdentity) {
   std::vector<float> f = {1.5f, -2.0f};
   c.all_reduce_sum(f.data(), 2);
   EXPECT_EQ(f, (std::vector<float>{1.5f, -2.0f}));
+  c.wait_all_reduce(c.start_all_reduce_sum(f.data(), 2));
+  EXPECT_EQ(f, (std::vector<float>{1.5f, -2.0f}));
   double d = 3.25;
   c.all_reduce_sum_host(&d, 1);
   EXPECT_EQ(d, 3.25);

@@ -19,6 +19,8 @@
 #include <climits>
 #include <cstdlib>
 #include <thread>
+#include <unordered_map>
+#include <vector>
 
 #include "towerrec/comm.h"
 
@@ -63,6 +65,24 @@ class MpiCommunicator final : public Communicator {
       wait(req, "all_reduce");
     }
     bytes_sent_ += n * static_cast<int64_t>(sizeof(float));
+  }
+  int64_t start_all_reduce_sum(float* buf, int64_t n) override {
+    TOWERREC_CHECK(n >= 0, "all_reduce_sum: negative size");
+    std::vector<MPI_Request>& reqs = started_[++last_handle_];
+    for (int64_t at = 0; at < n; at += kChunk) {
+      const int c = static_cast<int>(std::min<int64_t>(kChunk, n - at));
+      reqs.emplace_back();
+      check(MPI_Iallreduce(MPI_IN_PLACE, buf + at, c, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &reqs.back()),
+            "all_reduce");
+    }
+    bytes_sent_ += n * static_cast<int64_t>(sizeof(float));
+    return last_handle_;
+  }
+  void wait_all_reduce(int64_t handle) override {
+    const auto it = started_.find(handle);
+    TOWERREC_CHECK(it != started_.end(), "wait_all_reduce: no such all-reduce started");
+    for (MPI_Request& req : it->second) wait(req, "all_reduce");
+    started_.erase(it);
   }
   void all_reduce_sum_host(double* buf, int64_t n) override {
     TOWERREC_CHECK(n >= 0 && n <= kChunk, "all_reduce_sum_host: size out of range");
@@ -170,6 +190,8 @@ class MpiCommunicator final : public Communicator {
 
   int rank_ = 0, size_ = 1;
   double timeout_s_;
+  int64_t last_handle_ = 0;
+  std::unordered_map<int64_t, std::vector<MPI_Request>> started_;  // by handle
   bool owns_mpi_ = false;
 };
 

@@ -52,6 +52,20 @@ class NcclCommunicator final : public Communicator {
     sync("ncclAllReduce");
     bytes_sent_ += n * static_cast<int64_t>(sizeof(float));
   }
+  // Queued on the communicator's stream; the wait waits for the stream (this
+  // sum and every one queued before it).
+  int64_t start_all_reduce_sum(float* buf, int64_t n) override {
+    TOWERREC_CHECK(n >= 0, "all_reduce_sum: negative size");
+    cuda(cudaSetDevice(device_), "cudaSetDevice");
+    nccl(ncclAllReduce(buf, buf, static_cast<size_t>(n), ncclFloat, ncclSum, comm_, stream_), "ncclAllReduce");
+    bytes_sent_ += n * static_cast<int64_t>(sizeof(float));
+    return ++last_handle_;
+  }
+  void wait_all_reduce(int64_t handle) override {
+    TOWERREC_CHECK(handle > 0 && handle <= last_handle_, "wait_all_reduce: no such all-reduce started");
+    cuda(cudaSetDevice(device_), "cudaSetDevice");
+    sync("ncclAllReduce");
+  }
   // Host values go over the bootstrap (MPI) communicator.
   void all_reduce_sum_host(double* buf, int64_t n) override { bootstrap_.all_reduce_sum_host(buf, n); }
   void all_gather(const void* send, int64_t bytes, void* recv) override {
@@ -148,6 +162,7 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_ = nullptr;
   cudaStream_t stream_ = nullptr;
   float* scratch_ = nullptr;
+  int64_t last_handle_ = 0;
 };
 
 }  // namespace

@@ -3,8 +3,9 @@
 //
 // A Communicator moves buffers of one memory kind: kHost (plain host memory;
 // the CPU backend's buffers are host memory) or kDevice (a CUDA backend's
-// allocate()d memory). Every call is blocking and collective: each rank of
-// the group makes the same calls in the same order with matching sizes.
+// allocate()d memory). Every call is collective: each rank of the group makes
+// the same calls in the same order with matching sizes. Every call blocks but
+// start_all_reduce_sum, which starts a sum that wait_all_reduce completes.
 // Sizes are in elements for all_reduce_sum and in bytes elsewhere.
 //
 //  * SingleRankCommunicator: rank 0 of 1; every collective is the identity
@@ -51,6 +52,21 @@ class Communicator {
   // The sum is taken in rank order (0 + 1 + ... + N-1) by the MPI and single
   // implementations, so every rank holds bit-identical results.
   virtual void all_reduce_sum(float* buf, int64_t n) = 0;
+  // Non-blocking all_reduce_sum: starts the sum of buf[0..n) and returns a
+  // handle for wait_all_reduce; buf stays untouched by the caller until then.
+  // Every rank starts the same sums in the same order (and may make other
+  // collectives while they run). The MPI communicator starts MPI_Iallreduce
+  // (it progresses where the MPI library progresses it: in its own threads
+  // or transports where it has them, else inside MPI calls such as the wait);
+  // NCCL queues the sum on its stream and returns. The base implementation
+  // sums at once and leaves nothing to wait for.
+  virtual int64_t start_all_reduce_sum(float* buf, int64_t n) {
+    all_reduce_sum(buf, n);
+    return 0;
+  }
+  // Returns once the started sum `handle` is complete (NCCL: and every sum
+  // started before it); the MPI communicator's timeout applies as in a call.
+  virtual void wait_all_reduce(int64_t handle) {}
   // The same for doubles (losses, counters); host memory on every communicator.
   virtual void all_reduce_sum_host(double* buf, int64_t n) = 0;
   // Each rank sends `bytes` from `send`; recv[r * bytes ..] receives rank r's.

@@ -107,6 +107,20 @@ class TwoTowerModel {
   // memory over `control`. A rank whose shard was empty (no forward) passes
   // no rows and zero gradients.
   void reduce_gradients(Communicator& control, Communicator* data = nullptr);
+  // Bucketed dense reduction: with bucket_floats > 0, reduce_gradients sums
+  // the dense arena in buckets of that many floats (each its own all-reduce,
+  // started non-blocking, then waited for), and start_reduce_item_gradients
+  // starts the item tower's part early: called after the item tower's
+  // backward and before the user tower's, its sums run while the user
+  // tower's backward does (where the communicator progresses on its own),
+  // and reduce_gradients then starts the user tower's part and waits for
+  // all. The item tower's part comes first in both cases, so every rank
+  // starts the same sums in the same order. Each float is summed over the
+  // same ranks as by one all-reduce of the whole arena (0: that one call
+  // after the backward, nothing started early).
+  void set_reduce_bucket(int64_t bucket_floats) { bucket_floats_ = bucket_floats; }
+  int64_t reduce_bucket() const { return bucket_floats_; }
+  void start_reduce_item_gradients(Communicator& control, Communicator* data = nullptr);
   int64_t step_count() const { return steps_; }
   // Training mode turns dropout on; inference (the default) turns it off.
   void set_training(bool on) { training_ = on; }
@@ -170,6 +184,19 @@ class TwoTowerModel {
   TowerConfig cfg_;
   DeviceArray<float> params_, grads_, m_, v_;  // the dense arena
   std::unique_ptr<Tower> user_, item_;
+  int64_t item_arena_begin_ = 0;  // the item tower's part of the arena: [this, end)
+  // Bucketed dense reduction (reduce_gradients): the sums started and not yet
+  // waited for, by arena range.
+  struct StartedReduce {
+    Communicator* comm = nullptr;
+    int64_t first = 0, n = 0;
+    std::vector<int64_t> handles;
+    std::vector<float> host;  // staged copy of the range (device memory over a host communicator)
+  };
+  std::vector<StartedReduce> started_;
+  int64_t bucket_floats_ = 0;
+  void start_reduce_range(int64_t first, int64_t n, Communicator& control, Communicator* data);
+  void finish_started_reduces();
   int64_t steps_ = 0;
   bool training_ = false;
   uint64_t seed_ = 0;

@@ -55,6 +55,11 @@ struct TrainConfig {
   // Precision of the tower layers' products in training steps (see
   // MatmulPrecision in backend.h). Evaluation and scoring are not affected.
   MatmulPrecision matmul_precision = MatmulPrecision::kFP32;
+  // Data-parallel training: the dense gradients are all-reduced in buckets of
+  // this many MiB, the item tower's started while the user tower's backward
+  // runs (TwoTowerModel::set_reduce_bucket); 0: one all-reduce of the whole
+  // arena after the backward. Results are the same bits either way.
+  float bucket_mb = 4.0f;
   OptimizerConfig optimizer;
 };
 
@@ -189,7 +194,9 @@ class Trainer {
   void stage(const Batch& b, Staged& st);
   // Uploads the staged batch (queued) and runs forward, loss and backward; the
   // loss goes to *loss_slot.
-  void forward_backward(Staged& st, float* loss_slot);
+  // With start_reduce (data-parallel training), the item tower's backward
+  // runs first and its gradients start reducing before the user tower's.
+  void forward_backward(Staged& st, float* loss_slot, bool start_reduce = false);
 
   TwoTowerModel& model_;
   Backend& be_;

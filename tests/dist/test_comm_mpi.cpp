@@ -3,6 +3,7 @@
 // every rank computes locally from the ranks' known inputs.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -44,6 +45,23 @@ TEST(MpiComm, RankAndSize) {
 
 TEST(MpiComm, AllReduceSum) {
   for (int64_t n : {0, 1, 7, 4096, 100003}) check_all_reduce(*g_comm, n);
+}
+
+// Several sums started at once (buckets of one buffer), another collective
+// made while they run, waited for out of order: each gets the blocking sum.
+TEST(MpiComm, StartedAllReducesCompleteWithTheBlockingSums) {
+  Communicator& c = *g_comm;
+  const int64_t n = 10007, bucket = 1000;
+  std::vector<float> buf(static_cast<size_t>(n)), want(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) buf[i] = want[i] = input(c.rank(), i) * 0.125f + 1.0f / 3.0f;
+  c.all_reduce_sum(want.data(), n);
+  std::vector<int64_t> handles;
+  for (int64_t at = 0; at < n; at += bucket)
+    handles.push_back(c.start_all_reduce_sum(buf.data() + at, std::min(bucket, n - at)));
+  EXPECT_EQ(c.all_gather_u64(7).size(), static_cast<size_t>(c.size()));
+  for (size_t h = handles.size(); h-- > 0;) c.wait_all_reduce(handles[h]);
+  EXPECT_TRUE(buf == want);
+  EXPECT_THROW(c.wait_all_reduce(handles[0]), Error);  // waited for already
 }
 
 TEST(MpiComm, AllReduceSumHostDoubles) {

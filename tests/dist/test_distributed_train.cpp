@@ -10,6 +10,7 @@
 #include <cmath>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "towerrec/checkpoint.h"
 #include "towerrec/comm.h"
@@ -146,6 +147,44 @@ TEST(DistributedTrain, EmptyShardsMatchOneRank) {
   c.train.batch_size = 1;
   c.train.epochs = 1;
   expect_same_as_one_rank(c, 1e-3);
+}
+
+// The dense gradients summed in buckets (bucket-mb; the item tower's started
+// during the user tower's backward) end in the same bits as one all-reduce of
+// the whole arena after the backward (bucket-mb 0): every float is summed over
+// the same ranks, only in other messages.
+Checkpoint train_distributed(Config c, const std::string& out) {
+  c.out = c.out + "-" + out;
+  SessionOptions dist;
+  dist.comm = g_comm;
+  {
+    TrainingSession s(c, dist);
+    EXPECT_EQ(s.run().end, SessionResult::End::kCompleted);
+  }
+  g_comm->barrier();
+  return load_checkpoint(c.out + "/model.ckpt");
+}
+
+TEST(DistributedTrain, BucketedGradientSumsAreBitIdenticalToOneSum) {
+  std::vector<Config> configs = {small_config(data_dir(100, 50, 12, 9), "bucket-logistic", Loss::kLogistic),
+                                 small_config(data_dir(100, 50, 12, 9), "bucket-softmax", Loss::kSoftmax),
+                                 small_config(data_dir(12, 10, 3, 4), "bucket-tiny", Loss::kLogistic)};
+  configs[0].tower.history = 5;
+  configs[0].tower.history_dim = 8;
+  configs[2].train.batch_size = 1;  // empty shards: a rank with no backward joins the sums
+  configs[2].train.epochs = 1;
+  for (Config& c : configs) {
+    c.train.bucket_mb = 0;
+    const Checkpoint one_sum = train_distributed(c, "one-sum");
+    for (float mb : {0.0005f, 4.0f}) {  // 131 floats (many buckets), one bucket per tower
+      c.train.bucket_mb = mb;
+      const Checkpoint bucketed = train_distributed(c, "bucket-" + std::to_string(mb));
+      ASSERT_EQ(bucketed.state.tensors.size(), one_sum.state.tensors.size());
+      for (size_t t = 0; t < one_sum.state.tensors.size(); ++t)
+        EXPECT_TRUE(bucketed.state.tensors[t] == one_sum.state.tensors[t])
+            << c.out << ", bucket-mb " << mb << ": " << one_sum.state.names[t] << " differs";
+    }
+  }
 }
 
 TEST(DistributedTrain, RanksThatDisagreeOnTheConfigurationStop) {

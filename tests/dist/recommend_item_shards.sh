@@ -4,8 +4,8 @@
 # 2 and 3 ranks it writes byte for byte the file one rank writes: every user,
 # k larger than a shard, named users (a rank owning none), a users file, small
 # blocks (many merge steps), allow/deny lists and feature conditions (some
-# shards left with no candidate), --seen and --include-seen, and --histories.
-# No part files stay behind.
+# shards left with no candidate), --seen and --include-seen, --histories, and
+# more ranks than items (an empty shard). No part files stay behind.
 # usage: recommend_item_shards.sh TOWERREC MPIEXEC NUMPROC_FLAG [MPIEXEC_FLAGS...]
 set -euo pipefail
 bin=$1 mpiexec=$2 np=$3
@@ -57,6 +57,14 @@ for c in "${cases[@]}"; do
   done
   echo "$name: $(($(wc -l <"$dir/$name.one.csv") - 1)) rows, the same on 1, 2 and 3 item shards"
 done
+# More ranks than items: 2 items on 3 ranks leave rank 0 an empty shard.
+"$bin" synth --out "$dir/tiny" --users 20 --items 2 --interactions-per-user 1 --seed 3 >/dev/null
+"$bin" train --data "$dir/tiny" --epochs 1 --quiet "${run[@]}" --out "$dir/tm" >/dev/null
+"$bin" recommend --model "$dir/tm" --include-seen --k 3 --out "$dir/tiny.one.csv" "${run[@]}" --quiet
+"$mpiexec" "$np" 3 "${launch[@]}" "$bin" recommend --distributed --shard items --model "$dir/tm" --include-seen \
+  --k 3 --out "$dir/tiny.3.csv" "${run[@]}" --quiet
+cmp "$dir/tiny.one.csv" "$dir/tiny.3.csv"
+echo "empty item shard: $(($(wc -l <"$dir/tiny.one.csv") - 1)) rows, the same on 3 ranks as on one"
 if ls "$dir" | grep -q part; then
   echo "part files left behind: $(ls "$dir")" >&2
   exit 1

@@ -200,6 +200,20 @@ TEST(NcclComm, CollectivesOnDeviceBuffers) {
     for (int r = 0; r < c.size(); ++r) want += input(r, i);
     ASSERT_EQ(host[i], want) << i;
   }
+  // The same sum started in buckets, waited for last bucket first.
+  for (int64_t i = 0; i < n; ++i) host[i] = input(c.rank(), i);
+  be->to_device(d.data(), host.data(), n * 4);
+  be->synchronize();
+  std::vector<int64_t> handles;
+  for (int64_t at = 0; at < n; at += 3000)
+    handles.push_back(nccl->start_all_reduce_sum(d.data() + at, std::min<int64_t>(3000, n - at)));
+  for (size_t h = handles.size(); h-- > 0;) nccl->wait_all_reduce(handles[h]);
+  be->to_host(host.data(), d.data(), n * 4);
+  for (int64_t i = 0; i < n; ++i) {
+    float want = 0;
+    for (int r = 0; r < c.size(); ++r) want += input(r, i);
+    ASSERT_EQ(host[i], want) << "bucketed, element " << i;
+  }
   // all_gatherv and all_to_allv of int32 rows, as in the sharded tables.
   std::vector<int32_t> mine(static_cast<size_t>(c.rank() + 1), c.rank() + 7);
   std::vector<int64_t> counts(c.size());

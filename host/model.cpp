@@ -27,9 +27,17 @@ TowerInputSpec make_input_spec(const EntityFeatures& f, int32_t n_entities, bool
 // ---------------------------------------------------------------------------
 // Tower
 
+namespace {
+// Rows of an n-row table that rank `rank` of `ranks` owns (r % ranks == rank).
+int64_t rows_of_rank(int64_t n, int rank, int ranks) {
+  return n > rank ? (n - rank - 1) / ranks + 1 : 0;
+}
+}  // namespace
+
 Tower::Tower(TwoTowerModel& model, const std::string& name, const TowerInputSpec& spec,
-             int64_t& cursor)
+             int64_t& cursor, TableShard shard)
     : model_(&model), name_(name), spec_(spec) {
+  TOWERREC_CHECK(shard.ranks >= 1 && shard.rank >= 0 && shard.rank < shard.ranks, "bad table shard");
   const TowerConfig& cfg = model.cfg_;
   TOWERREC_CHECK(spec.n_entities > 0, name + " tower: no entities");
   TOWERREC_CHECK(cfg.out_dim > 0, "out_dim must be positive");
@@ -67,8 +75,13 @@ Tower::Tower(TwoTowerModel& model, const std::string& name, const TowerInputSpec
   grad_act_.resize(layers_.size() + 1);
   Backend* be = &model.backend();
   local_rows_ = spec.n_entities;
+  if (cfg.id_dim > 0 && shard.ranks > 1) {
+    shard_rank_ = shard.rank;
+    shard_ranks_ = shard.ranks;
+    local_rows_ = rows_of_rank(spec.n_entities, shard.rank, shard.ranks);
+  }
   if (cfg.id_dim > 0) {
-    const int64_t n = static_cast<int64_t>(spec.n_entities) * cfg.id_dim;
+    const int64_t n = local_rows_ * cfg.id_dim;
     id_table_.reset(be, n);
     id_m_.reset(be, n);
     id_v_.reset(be, n);
@@ -102,9 +115,13 @@ void Tower::init_params(uint64_t seed, std::vector<float>& arena) {
     for (int j = 0; j < L.out; ++j) arena[L.b_off + j] = 0.0f;
   }
   if (cfg.id_dim > 0) {
+    // Element j of the whole table draws counter j; a shard draws its rows'.
     std::vector<float> t(static_cast<size_t>(id_table_.size()));
-    for (size_t j = 0; j < t.size(); ++j)
-      t[j] = cfg.init_std * rng::normal(tower_seed, rng::kInit + 200, j);
+    const size_t dim = static_cast<size_t>(cfg.id_dim);
+    for (size_t j = 0; j < t.size(); ++j) {
+      const size_t row = j / dim * static_cast<size_t>(shard_ranks_) + static_cast<size_t>(shard_rank_);
+      t[j] = cfg.init_std * rng::normal(tower_seed, rng::kInit + 200, row * dim + j % dim);
+    }
     model_->be_->to_device(id_table_.data(), t.data(), t.size() * sizeof(float));
   }
 }
@@ -368,23 +385,22 @@ void Tower::sparse_step(const OptimizerConfig& opt, int64_t step) {
 // ---------------------------------------------------------------------------
 // Row-sharded ID tables: rank q of N owns rows q, q + N, q + 2N, ...
 
-namespace {
-int64_t rows_of_rank(int64_t n, int rank, int ranks) {
-  return n > rank ? (n - rank - 1) / ranks + 1 : 0;
-}
-}  // namespace
-
 void Tower::shard(int rank, int ranks) {
   TOWERREC_CHECK(ranks >= 1 && rank >= 0 && rank < ranks, "bad shard rank");
   const int dim = model_->cfg_.id_dim;
   const int64_t n = spec_.n_entities;
-  if (dim == 0 || ranks == shard_ranks_) {
+  if (dim == 0) {
     shard_rank_ = rank;
     shard_ranks_ = ranks;
-    local_rows_ = dim == 0 ? n : local_rows_;
     return;
   }
-  TOWERREC_CHECK(shard_ranks_ == 1, name_ + " tower: its table is sharded already");
+  if (shard_ranks_ > 1) {  // built sharded: the same shard
+    TOWERREC_CHECK(shard_ranks_ == ranks && shard_rank_ == rank,
+                   name_ + " tower: built for shard " + std::to_string(shard_rank_) + " of " +
+                       std::to_string(shard_ranks_) + ", not " + std::to_string(rank) + " of " +
+                       std::to_string(ranks));
+    return;
+  }
   Backend* be = model_->be_;
   const int64_t local = rows_of_rank(n, rank, ranks);
   for (DeviceArray<float>* a : {&id_table_, &id_m_, &id_v_}) {
@@ -597,7 +613,7 @@ void Tower::load_rows(DeviceArray<float>& dst, const std::vector<float>& full) {
 // TwoTowerModel
 
 int64_t TwoTowerModel::memory_needed(const TowerConfig& cfg, const TowerInputSpec& us,
-                                     const TowerInputSpec& is) {
+                                     const TowerInputSpec& is, TableShard shard) {
   int64_t floats = 0;
   for (const TowerInputSpec* s : {&us, &is}) {
     int64_t in = cfg.id_dim + s->dense_dim;
@@ -615,18 +631,19 @@ int64_t TwoTowerModel::memory_needed(const TowerConfig& cfg, const TowerInputSpe
       floats += 4 * static_cast<int64_t>(s->history_vocab) * cfg.history_dim;
       in += cfg.history_dim;
     }
-    floats += 3 * static_cast<int64_t>(s->n_entities) * cfg.id_dim;  // ID table, Adam m and v
+    // ID table, Adam m and v (of the shard's rows)
+    floats += 3 * rows_of_rank(s->n_entities, shard.rank, std::max(shard.ranks, 1)) * cfg.id_dim;
     floats += static_cast<int64_t>(s->n_entities) * s->dense_dim;    // dense features
   }
   return floats * static_cast<int64_t>(sizeof(float));
 }
 
 TwoTowerModel::TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInputSpec& user_spec,
-                             const TowerInputSpec& item_spec, uint64_t seed)
+                             const TowerInputSpec& item_spec, uint64_t seed, TableShard shard)
     : be_(&be), cfg_(cfg), seed_(seed) {
   // Fail before allocating anything when the model cannot fit.
   const int64_t available = be.memory_available();
-  const int64_t needed = memory_needed(cfg, user_spec, item_spec);
+  const int64_t needed = memory_needed(cfg, user_spec, item_spec, shard);
   if (available >= 0 && needed > available)
     throw Error("the model needs " + std::to_string(needed) + " bytes (" +
                 std::to_string(needed >> 20) + " MiB) of memory for parameters, optimizer state "
@@ -635,8 +652,8 @@ TwoTowerModel::TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInp
   TOWERREC_CHECK(cfg.id_dim >= 0 && cfg.cat_dim > 0, "bad embedding widths");
   TOWERREC_CHECK(cfg.dropout >= 0.0f && cfg.dropout < 1.0f, "dropout must be in [0, 1)");
   int64_t cursor = 0;
-  user_ = std::make_unique<Tower>(*this, "user", user_spec, cursor);
-  item_ = std::make_unique<Tower>(*this, "item", item_spec, cursor);
+  user_ = std::make_unique<Tower>(*this, "user", user_spec, cursor, shard);
+  item_ = std::make_unique<Tower>(*this, "item", item_spec, cursor, shard);
   params_.reset(be_, cursor);
   grads_.reset(be_, cursor);
   m_.reset(be_, cursor);
@@ -877,6 +894,8 @@ std::vector<float> fetch(Backend& be, const DeviceArray<float>& a) {
 }  // namespace
 
 TwoTowerModel::State TwoTowerModel::save_state() const {
+  TOWERREC_CHECK(shard_comm_ || (user_->shard_ranks_ == 1 && item_->shard_ranks_ == 1),
+                 "a model built with a table shard needs shard_tables() before its state is saved");
   State s;
   s.steps = steps_;
   auto add = [&](const std::string& name, const DeviceArray<float>& a) {
@@ -905,6 +924,8 @@ TwoTowerModel::State TwoTowerModel::save_state() const {
 
 void TwoTowerModel::load_state(const State& s) {
   TOWERREC_CHECK(s.names.size() == s.tensors.size(), "corrupt model state");
+  TOWERREC_CHECK(shard_comm_ || (user_->shard_ranks_ == 1 && item_->shard_ranks_ == 1),
+                 "a model built with a table shard needs shard_tables() before a state is loaded");
   auto put = [&](const std::string& name, DeviceArray<float>& a) {
     for (size_t j = 0; j < s.names.size(); ++j) {
       if (s.names[j] != name) continue;

@@ -219,7 +219,7 @@ std::string resolve_table_sharding(const std::string& configured, int ranks, int
 std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
                                            const EntityFeatures& user_features, int32_t n_users,
                                            const EntityFeatures& item_features, int32_t n_items,
-                                           const UserItems* history) {
+                                           const UserItems* history, TableShard shard) {
   TowerInputSpec us = make_input_spec(user_features, n_users, cfg.features);
   const TowerInputSpec is = make_input_spec(item_features, n_items, cfg.features);
   if (cfg.tower.history > 0) {
@@ -227,7 +227,7 @@ std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
       throw Error("a model with a pooled history (history > 0) needs its users' training items");
     us.history_vocab = n_items;
   }
-  auto model = std::make_unique<TwoTowerModel>(be, cfg.tower, us, is, cfg.train.seed);
+  auto model = std::make_unique<TwoTowerModel>(be, cfg.tower, us, is, cfg.train.seed, shard);
   if (cfg.features) model->set_features(user_features, item_features);
   if (cfg.tower.history > 0) model->set_history(history->offsets, history->items);
   return model;
@@ -261,8 +261,7 @@ TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCall
                         hidden.empty() ? "linear" : hidden.c_str(), cfg_.tower.out_dim,
                         cfg_.out.c_str()));
   be_ = make_backend(cfg_.device, cfg_.threads);
-  model_ = build_model(*be_, cfg_, ds_.user_features, ds_.users.size(), ds_.item_features,
-                       ds_.items.size(), &seen_train_);
+  TableShard shard;
   if (distributed()) {
     // The table sharding first: the ranks' later collectives depend on it.
     const int64_t id_bytes = static_cast<int64_t>(cfg_.tower.id_dim) *
@@ -275,8 +274,12 @@ TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCall
         throw Error("rank " + std::to_string(r) + " shards the ID tables as '" +
                     (all[r] ? "rows" : "replicated") + "', rank 0 as '" + (all[0] ? "rows" : "replicated") +
                     "' (--table-sharding): every rank must use the same table sharding");
-    if (sharding_ == "rows") model_->shard_tables(*options_.comm);
+    if (sharding_ == "rows") shard = {options_.comm->rank(), options_.comm->size()};
   }
+  // Row-sharded: each rank allocates and initialises only its rows.
+  model_ = build_model(*be_, cfg_, ds_.user_features, ds_.users.size(), ds_.item_features,
+                       ds_.items.size(), &seen_train_, shard);
+  if (sharding_ == "rows") model_->shard_tables(*options_.comm);
   if (options_.resume) resume_from_checkpoint();
   if (distributed()) {
     // Every rank must train the same model on the same data from the same

@@ -71,10 +71,21 @@ struct OptimizerConfig {
 
 class Tower;
 
+// Which rows of the ID tables a model holds: row r when r % ranks == rank
+// (as local row r / ranks). {0, 1}: the whole tables.
+struct TableShard {
+  int rank = 0;
+  int ranks = 1;
+};
+
 class TwoTowerModel {
  public:
+  // With `shard`, each tower's ID table and its Adam moments are allocated
+  // and initialised for the shard's rows only (the values the whole table
+  // would hold there); shard_tables() with a communicator of that rank and
+  // size then completes the row-sharded setup.
   TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInputSpec& user_spec,
-                const TowerInputSpec& item_spec, uint64_t seed);
+                const TowerInputSpec& item_spec, uint64_t seed, TableShard shard = {});
   ~TwoTowerModel();
   TwoTowerModel(const TwoTowerModel&) = delete;
   TwoTowerModel& operator=(const TwoTowerModel&) = delete;
@@ -184,7 +195,7 @@ class TwoTowerModel {
   // Bytes of backend memory the parameters, optimizer state and entity
   // features of a model of this shape take (activations excluded).
   static int64_t memory_needed(const TowerConfig& cfg, const TowerInputSpec& user_spec,
-                               const TowerInputSpec& item_spec);
+                               const TowerInputSpec& item_spec, TableShard shard = {});
 
   // The dense arena (all layer weights and biases, categorical tables) and its
   // gradient, in backend memory; for tests and diagnostics.
@@ -208,7 +219,7 @@ class TwoTowerModel {
 class Tower {
  public:
   Tower(TwoTowerModel& model, const std::string& name, const TowerInputSpec& spec,
-        int64_t& arena_cursor);
+        int64_t& arena_cursor, TableShard shard = {});
 
   const std::string& name() const { return name_; }
   const TowerInputSpec& spec() const { return spec_; }
@@ -232,7 +243,8 @@ class Tower {
   // dLoss/dInput [n x input_dim] of the last backward (ID-embedding columns first).
   const float* input_grad() const { return grad_act_[0].data(); }
   // The ID-embedding table [n_entities x id_dim] (null when id_dim is 0); in
-  // rows mode this rank's rows only [local_rows() x id_dim], row r at r / N.
+  // rows mode this rank's rows only [local_rows() x id_dim], row r at r / N
+  // (the model's TableShard, or shard_tables()).
   float* id_table() { return id_table_.data(); }
   int64_t local_rows() const { return local_rows_; }
   // Backward through the layers and into the feature embeddings; records the

@@ -38,11 +38,12 @@ Interactions read_known_interactions(const std::string& path, const IdMap& users
 
 // Builds the model a configuration and entity features describe. `history`
 // (each user's training items) feeds the user tower's pooled history; it is
-// required when the configuration has one (history > 0).
+// required when the configuration has one (history > 0). `shard`: the ID
+// table rows the model holds (see TableShard; default the whole tables).
 std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
                                            const EntityFeatures& user_features, int32_t n_users,
                                            const EntityFeatures& item_features, int32_t n_items,
-                                           const UserItems* history = nullptr);
+                                           const UserItems* history = nullptr, TableShard shard = {});
 
 // The ID-table sharding a training run uses: "replicated" or "rows" for the
 // configured --table-sharding on `ranks` ranks of a model whose ID tables

@@ -2,13 +2,14 @@
 // (ctest runs 2 ranks, CPU backend): row r of each ID table and its Adam
 // moments live on rank r mod N; each step fetches the batch's rows from their
 // owners and sends their gradients back. Checked here: N ranks in rows mode
-// end within float tolerance of one rank, and bit for bit where N replicated
+// end within float tolerance of one rank, and (2 ranks) bit for bit where N replicated
 // ranks end (the owner sums a row's contributions in rank order, the order
 // of the replicated all-reduce), for Adam and SGD with embedding decay, the
 // logistic and softmax losses, pooled histories and empty shards; the
 // checkpoint a sharded run writes resumes on one rank and a one-rank
 // checkpoint resumes sharded; evaluation after a sharded run sees the whole
-// tables; ranks that disagree on the sharding stop with an error saying so.
+// tables; each rank holds only its rows; ranks that disagree on the
+// sharding stop with an error saying so.
 // Rank 0 trains the references itself while the others wait.
 #include <gtest/gtest.h>
 
@@ -119,6 +120,13 @@ double train_distributed(Config c, const std::string& sharding, const std::strin
   const int64_t before = g_comm->bytes_sent();
   TrainingSession s(c, dist);
   EXPECT_EQ(s.table_sharding(), sharding);
+  if (sharding == "rows") {  // this rank holds its rows only: r % N == rank
+    const int N = g_comm->size(), q = g_comm->rank();
+    for (Tower* t : {&s.model().user_tower(), &s.model().item_tower()}) {
+      const int64_t n = t->spec().n_entities;
+      EXPECT_EQ(t->local_rows(), n > q ? (n - q - 1) / N + 1 : 0) << t->name();
+    }
+  }
   const SessionResult r = s.run();
   EXPECT_NE(r.end, SessionResult::End::kStopped);
   int64_t steps = 0;

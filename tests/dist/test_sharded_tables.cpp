@@ -258,6 +258,33 @@ TEST(ShardedTables, CheckpointsResumeAcrossRankCounts) {
   g_comm->barrier();
 }
 
+// Evaluation every epoch with early stopping (a collective gather of the
+// tables before each evaluation, the best epoch's state kept and reloaded):
+// the same run and checkpoint as replicated tables.
+TEST(ShardedTables, EarlyStoppingMatchesReplicated) {
+  Config c = small_config(data_dir(100, 50, 12, 9), "early", Loss::kSoftmax, OptimizerKind::kAdam);
+  c.holdout = 0.2;
+  c.eval_every = 1;
+  c.early_stopping = 1;
+  c.train.epochs = 8;
+  c.train.optimizer.lr = 0.05f;  // overfits within a few epochs: early stopping ends the run
+  SessionResult rr, rp;
+  HoldoutEvaluation er, ep;
+  train_distributed(c, "rows", c.out + "-rows", &rr, &er);
+  train_distributed(c, "replicated", c.out + "-repl", &rp, &ep);
+  if (g_comm->rank() == 0) {
+    ASSERT_EQ(rr.history.size(), rp.history.size());
+    EXPECT_LT(rr.history.size(), 8u) << "early stopping did not end the run";
+    const Diff d = compare(load(c.out + "-rows"), load(c.out + "-repl"), 0.0, 0.0);
+    EXPECT_EQ(d.not_near, 0) << d.where;
+    ASSERT_TRUE(er.done && ep.done);
+    EXPECT_TRUE(near(er.model.ndcg[0], ep.model.ndcg[0], 0.0)) << er.model.ndcg[0] << " vs " << ep.model.ndcg[0];
+    std::printf("[ early stopping ] %zu epochs run; rows vs replicated: %lld elements differ\n", rr.history.size(),
+                static_cast<long long>(d.not_near));
+  }
+  g_comm->barrier();
+}
+
 TEST(ShardedTables, RanksThatDisagreeOnTheShardingStop) {
   Config c = small_config(data_dir(100, 50, 12, 9), "mismatch", Loss::kLogistic, OptimizerKind::kAdam);
   c.table_sharding = g_comm->rank() == 1 ? "rows" : "replicated";

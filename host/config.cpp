@@ -353,6 +353,10 @@ void add_run_keys(std::vector<ConfigKey>& k) {
                  c.device = v;
                },
                [](const Config& c) { return quote(c.device); }});
+  k.push_back(choice_key("table-sharding", "ID-embedding tables under --distributed: replicated on every rank, rows "
+                         "(row r and its optimizer state on rank r mod N only) or auto (rows when the tables with "
+                         "their Adam state exceed 1 GiB; README)",
+                         [](Config& c) -> std::string& { return c.table_sharding; }, {"auto", "replicated", "rows"}));
   k.push_back(str_key("out", "output directory (model, config.json)", &Config::out));
   k.push_back(bool_key("quiet", "no progress output", [](Config& c) -> bool& { return c.quiet; }));
   k.push_back(int_key("log-every", "progress line every N steps",

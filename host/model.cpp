@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "towerrec/error.h"
 #include "towerrec/rng.h"
@@ -26,9 +27,17 @@ TowerInputSpec make_input_spec(const EntityFeatures& f, int32_t n_entities, bool
 // ---------------------------------------------------------------------------
 // Tower
 
+namespace {
+// Rows of an n-row table that rank `rank` of `ranks` owns (r % ranks == rank).
+int64_t rows_of_rank(int64_t n, int rank, int ranks) {
+  return n > rank ? (n - rank - 1) / ranks + 1 : 0;
+}
+}  // namespace
+
 Tower::Tower(TwoTowerModel& model, const std::string& name, const TowerInputSpec& spec,
-             int64_t& cursor)
+             int64_t& cursor, TableShard shard)
     : model_(&model), name_(name), spec_(spec) {
+  TOWERREC_CHECK(shard.ranks >= 1 && shard.rank >= 0 && shard.rank < shard.ranks, "bad table shard");
   const TowerConfig& cfg = model.cfg_;
   TOWERREC_CHECK(spec.n_entities > 0, name + " tower: no entities");
   TOWERREC_CHECK(cfg.out_dim > 0, "out_dim must be positive");
@@ -65,8 +74,14 @@ Tower::Tower(TwoTowerModel& model, const std::string& name, const TowerInputSpec
   act_.resize(layers_.size() + 1);
   grad_act_.resize(layers_.size() + 1);
   Backend* be = &model.backend();
+  local_rows_ = spec.n_entities;
+  if (cfg.id_dim > 0 && shard.ranks > 1) {
+    shard_rank_ = shard.rank;
+    shard_ranks_ = shard.ranks;
+    local_rows_ = rows_of_rank(spec.n_entities, shard.rank, shard.ranks);
+  }
   if (cfg.id_dim > 0) {
-    const int64_t n = static_cast<int64_t>(spec.n_entities) * cfg.id_dim;
+    const int64_t n = local_rows_ * cfg.id_dim;
     id_table_.reset(be, n);
     id_m_.reset(be, n);
     id_v_.reset(be, n);
@@ -100,9 +115,13 @@ void Tower::init_params(uint64_t seed, std::vector<float>& arena) {
     for (int j = 0; j < L.out; ++j) arena[L.b_off + j] = 0.0f;
   }
   if (cfg.id_dim > 0) {
+    // Element j of the whole table draws counter j; a shard draws its rows'.
     std::vector<float> t(static_cast<size_t>(id_table_.size()));
-    for (size_t j = 0; j < t.size(); ++j)
-      t[j] = cfg.init_std * rng::normal(tower_seed, rng::kInit + 200, j);
+    const size_t dim = static_cast<size_t>(cfg.id_dim);
+    for (size_t j = 0; j < t.size(); ++j) {
+      const size_t row = j / dim * static_cast<size_t>(shard_ranks_) + static_cast<size_t>(shard_rank_);
+      t[j] = cfg.init_std * rng::normal(tower_seed, rng::kInit + 200, row * dim + j % dim);
+    }
     model_->be_->to_device(id_table_.data(), t.data(), t.size() * sizeof(float));
   }
 }
@@ -149,6 +168,7 @@ const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id,
   }
   float* X = act_[0].data();
   int col = 0;
+  fetch_used_ = false;
   if (cfg.id_dim > 0) {
     if (zero_id) {
       if (zero_row_.size() != cfg.id_dim) {
@@ -161,8 +181,22 @@ const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id,
         be->to_device(zero_idx_.data(), zeros.data(), zeros.size() * sizeof(int32_t));
       }
       be->gather_rows(zero_row_.data(), cfg.id_dim, zero_idx_.data(), n, X, in_dim_, col);
-    } else {
+    } else if (shard_ranks_ == 1) {
       be->gather_rows(id_table_.data(), cfg.id_dim, idx, n, X, in_dim_, col);
+    } else if (fetch_armed_ && model_->training_) {
+      // Rows mode, training: the rows fetch_rows() brought, by position.
+      TOWERREC_CHECK(n == fetch_n_, name_ + " tower: the forward's batch (" + std::to_string(n) +
+                                        " rows) is not the one fetch_rows() fetched (" +
+                                        std::to_string(fetch_n_) + ")");
+      be->gather_rows(fetched_.data(), cfg.id_dim, fetched_pos_.data(), n, X, in_dim_, col);
+      fetch_armed_ = false;
+      fetch_used_ = true;
+    } else if (full_valid_) {
+      be->gather_rows(full_table_.data(), cfg.id_dim, idx, n, X, in_dim_, col);
+    } else {
+      throw Error(name_ + " tower: its ID table is row-sharded over " + std::to_string(shard_ranks_) +
+                  " ranks; a training forward needs fetch_rows() and an inference forward "
+                  "gather_tables() first");
     }
     col += cfg.id_dim;
   }
@@ -313,6 +347,13 @@ void Tower::reduce_rows(Communicator& control, Communicator* data) {
 }
 
 void Tower::sparse_step(const OptimizerConfig& opt, int64_t step) {
+  if (shard_ranks_ > 1) {
+    // The gathered whole table no longer matches the shards after any step.
+    full_valid_ = false;
+    full_table_.release();
+    TOWERREC_CHECK(!pending_rows_ || use_union_,
+                   name_ + " tower: a row-sharded table needs reduce_gradients() before step()");
+  }
   if (!pending_rows_) return;
   Backend* be = model_->be_;
   const int dim = model_->cfg_.id_dim;
@@ -340,11 +381,239 @@ void Tower::sparse_step(const OptimizerConfig& opt, int64_t step) {
   pending_rows_ = false;
 }
 
+
+// ---------------------------------------------------------------------------
+// Row-sharded ID tables: rank q of N owns rows q, q + N, q + 2N, ...
+
+void Tower::shard(int rank, int ranks) {
+  TOWERREC_CHECK(ranks >= 1 && rank >= 0 && rank < ranks, "bad shard rank");
+  const int dim = model_->cfg_.id_dim;
+  const int64_t n = spec_.n_entities;
+  if (dim == 0) {
+    shard_rank_ = rank;
+    shard_ranks_ = ranks;
+    return;
+  }
+  if (shard_ranks_ > 1) {  // built sharded: the same shard
+    TOWERREC_CHECK(shard_ranks_ == ranks && shard_rank_ == rank,
+                   name_ + " tower: built for shard " + std::to_string(shard_rank_) + " of " +
+                       std::to_string(shard_ranks_) + ", not " + std::to_string(rank) + " of " +
+                       std::to_string(ranks));
+    return;
+  }
+  Backend* be = model_->be_;
+  const int64_t local = rows_of_rank(n, rank, ranks);
+  for (DeviceArray<float>* a : {&id_table_, &id_m_, &id_v_}) {
+    std::vector<float> full(static_cast<size_t>(a->size()));
+    if (!full.empty()) be->to_host(full.data(), a->data(), a->bytes());
+    std::vector<float> mine(static_cast<size_t>(local * dim));
+    for (int64_t l = 0; l < local; ++l)
+      std::copy_n(full.data() + (l * ranks + rank) * dim, dim, mine.data() + l * dim);
+    a->reset(be, local * dim);
+    if (!mine.empty()) be->to_device(a->data(), mine.data(), mine.size() * sizeof(float));
+  }
+  shard_rank_ = rank;
+  shard_ranks_ = ranks;
+  local_rows_ = local;
+}
+
+void Tower::fetch(Communicator& comm, const int32_t* idx, int64_t n) {
+  const int dim = model_->cfg_.id_dim;
+  if (dim == 0 || shard_ranks_ == 1) return;
+  const int N = shard_ranks_;
+  Backend* be = model_->be_;
+  // The distinct rows, grouped by owner (sorted within each owner).
+  std::vector<int32_t> need(idx, idx + n);
+  for (int32_t r : need)
+    TOWERREC_CHECK(r >= 0 && r < spec_.n_entities, name_ + " tower: row index out of range");
+  std::sort(need.begin(), need.end(), [N](int32_t a, int32_t b) {
+    return a % N != b % N ? a % N < b % N : a < b;
+  });
+  need.erase(std::unique(need.begin(), need.end()), need.end());
+  fetch_counts_.assign(static_cast<size_t>(N), 0);
+  for (int32_t r : need) ++fetch_counts_[static_cast<size_t>(r % N)];
+  fetch_pos_.resize(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    const int32_t r = idx[j];
+    const auto it = std::lower_bound(need.begin(), need.end(), r, [N](int32_t a, int32_t b) {
+      return a % N != b % N ? a % N < b % N : a < b;
+    });
+    fetch_pos_[static_cast<size_t>(j)] = static_cast<int32_t>(it - need.begin());
+  }
+  fetch_rows_ = std::move(need);
+  // How many rows each rank asks of this one, then which.
+  const std::vector<int64_t> eight(static_cast<size_t>(N), 8);
+  std::vector<int64_t> asked(static_cast<size_t>(N));
+  comm.all_to_allv(fetch_counts_.data(), eight, asked.data(), eight);
+  std::vector<int64_t> send_b(static_cast<size_t>(N)), recv_b(static_cast<size_t>(N));
+  int64_t total_asked = 0;
+  for (int q = 0; q < N; ++q) {
+    send_b[q] = fetch_counts_[q] * 4;
+    recv_b[q] = asked[q] * 4;
+    total_asked += asked[q];
+  }
+  std::vector<int32_t> wanted(static_cast<size_t>(total_asked));
+  comm.all_to_allv(fetch_rows_.data(), send_b, wanted.data(), recv_b);
+  // Answer with this rank's rows, in the order asked.
+  std::vector<float> answer(static_cast<size_t>(total_asked) * static_cast<size_t>(dim));
+  if (total_asked > 0) {
+    for (int32_t& r : wanted) {
+      TOWERREC_CHECK(r >= 0 && r % N == shard_rank_ && r < spec_.n_entities,
+                     name_ + " tower: a rank asked for a row this rank does not own");
+      r /= N;
+    }
+    DeviceArray<int32_t> d_idx(be, total_asked);
+    DeviceArray<float> d_rows(be, total_asked * dim);
+    be->to_device(d_idx.data(), wanted.data(), wanted.size() * sizeof(int32_t));
+    be->gather_rows(id_table_.data(), dim, d_idx.data(), total_asked, d_rows.data(), dim, 0);
+    be->to_host(answer.data(), d_rows.data(), answer.size() * sizeof(float));
+  }
+  for (int q = 0; q < N; ++q) {
+    send_b[q] = asked[q] * dim * 4;
+    recv_b[q] = fetch_counts_[q] * dim * 4;
+  }
+  std::vector<float> got(fetch_rows_.size() * static_cast<size_t>(dim));
+  comm.all_to_allv(answer.data(), send_b, got.data(), recv_b);
+  fetch_n_ = n;
+  fetch_armed_ = n > 0;
+  fetch_used_ = false;
+  if (n == 0) return;
+  fetched_.ensure(be, static_cast<int64_t>(got.size()));
+  fetched_pos_.ensure(be, n);
+  be->to_device(fetched_.data(), got.data(), got.size() * sizeof(float));
+  be->to_device(fetched_pos_.data(), fetch_pos_.data(), fetch_pos_.size() * sizeof(int32_t));
+}
+
+void Tower::push_rows(Communicator& comm) {
+  Backend* be = model_->be_;
+  const int dim = model_->cfg_.id_dim;
+  use_union_ = false;
+  if (dim == 0) return;
+  const int N = shard_ranks_;
+  // This rank's gradient of each fetched row (summed over the forward's
+  // positions of the row), sent to the row's owner as [row | dim floats].
+  const bool mine = pending_rows_;
+  TOWERREC_CHECK(!mine || fetch_used_, name_ + " tower: the backward's forward did not read fetched rows");
+  const size_t rec = 1 + static_cast<size_t>(dim);  // one record, in 4-byte words
+  std::vector<float> send;
+  std::vector<int64_t> send_b(static_cast<size_t>(N), 0), recv_b(static_cast<size_t>(N));
+  if (mine) {
+    const int64_t n = last_n_;
+    std::vector<float> dx(static_cast<size_t>(n) * static_cast<size_t>(in_dim_));
+    be->to_host(dx.data(), grad_act_[0].data(), dx.size() * sizeof(float));
+    std::vector<float> g(fetch_rows_.size() * static_cast<size_t>(dim), 0.0f);
+    for (int64_t j = 0; j < n; ++j) {
+      const float* src = dx.data() + static_cast<size_t>(j) * static_cast<size_t>(in_dim_);
+      float* dst = g.data() + static_cast<size_t>(fetch_pos_[static_cast<size_t>(j)]) * dim;
+      for (int c = 0; c < dim; ++c) dst[c] += src[c];
+    }
+    send.resize(fetch_rows_.size() * rec);
+    for (size_t k = 0; k < fetch_rows_.size(); ++k) {
+      std::memcpy(&send[k * rec], &fetch_rows_[k], 4);
+      std::copy_n(g.data() + k * dim, dim, send.data() + k * rec + 1);
+    }
+    for (int q = 0; q < N; ++q) send_b[q] = fetch_counts_[q] * static_cast<int64_t>(rec) * 4;
+  }
+  const std::vector<int64_t> eight(static_cast<size_t>(N), 8);
+  std::vector<int64_t> send_n(static_cast<size_t>(N)), recv_n(static_cast<size_t>(N));
+  for (int q = 0; q < N; ++q) send_n[q] = send_b[q] / 4 / static_cast<int64_t>(rec);
+  comm.all_to_allv(send_n.data(), eight, recv_n.data(), eight);
+  int64_t total = 0;
+  for (int q = 0; q < N; ++q) {
+    recv_b[q] = recv_n[q] * static_cast<int64_t>(rec) * 4;
+    total += recv_n[q];
+  }
+  std::vector<float> recv(static_cast<size_t>(total) * rec);
+  comm.all_to_allv(send.data(), send_b, recv.data(), recv_b);
+  // The received records come in rank order; a stable sort by row keeps that
+  // order among a row's contributions, which are summed in it (deterministic,
+  // and the order of the replicated path's sum).
+  std::vector<std::pair<int32_t, int64_t>> at(static_cast<size_t>(total));
+  for (int64_t k = 0; k < total; ++k) {
+    int32_t r;
+    std::memcpy(&r, &recv[static_cast<size_t>(k) * rec], 4);
+    TOWERREC_CHECK(r >= 0 && r < spec_.n_entities && r % N == shard_rank_,
+                   name_ + " tower: a gradient row this rank does not own");
+    at[static_cast<size_t>(k)] = {r, k};
+  }
+  std::stable_sort(at.begin(), at.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<int32_t> rows;
+  std::vector<float> g;
+  for (size_t k = 0; k < at.size(); ++k) {
+    const float* src = recv.data() + static_cast<size_t>(at[k].second) * rec + 1;
+    if (k == 0 || at[k].first != at[k - 1].first) {
+      rows.push_back(at[k].first / N);
+      g.insert(g.end(), src, src + dim);
+    } else {
+      float* dst = g.data() + g.size() - static_cast<size_t>(dim);
+      for (int c = 0; c < dim; ++c) dst[c] += src[c];
+    }
+  }
+  union_n_ = static_cast<int64_t>(rows.size());
+  pending_rows_ = union_n_ > 0;
+  if (!pending_rows_) return;
+  union_idx_.ensure(be, union_n_);
+  union_grad_.ensure(be, union_n_ * dim);
+  be->to_device(union_idx_.data(), rows.data(), rows.size() * sizeof(int32_t));
+  be->to_device(union_grad_.data(), g.data(), g.size() * sizeof(float));
+  use_union_ = true;
+}
+
+std::vector<float> Tower::full_host(const DeviceArray<float>& local) const {
+  const int dim = model_->cfg_.id_dim;
+  const int N = shard_ranks_;
+  const int64_t n = spec_.n_entities;
+  std::vector<float> mine(static_cast<size_t>(local.size()));
+  if (!mine.empty()) model_->be_->to_host(mine.data(), local.data(), local.bytes());
+  if (N == 1) return mine;
+  // In blocks of local rows, so that one all_gatherv stays well within the
+  // communicator's int byte counts (about 256 MiB gathered per block).
+  const int64_t block = std::max<int64_t>(1, (int64_t{256} << 20) / (int64_t{N} * dim * 4));
+  const int64_t most = rows_of_rank(n, 0, N);  // rank 0 owns the most rows
+  std::vector<float> full(static_cast<size_t>(n) * dim), parts;
+  std::vector<int64_t> counts(static_cast<size_t>(N));
+  for (int64_t b0 = 0; b0 < most; b0 += block) {
+    int64_t total = 0;
+    for (int q = 0; q < N; ++q) {
+      counts[q] = std::clamp<int64_t>(rows_of_rank(n, q, N) - b0, 0, block) * dim * 4;
+      total += counts[q] / 4;
+    }
+    parts.resize(static_cast<size_t>(total));
+    const int64_t mine_rows = counts[shard_rank_] / 4 / dim;
+    model_->shard_comm_->all_gatherv(mine.data() + (mine_rows ? b0 * dim : 0), counts, parts.data());
+    int64_t at = 0;
+    for (int q = 0; q < N; ++q) {
+      const int64_t rows = counts[q] / 4 / dim;
+      for (int64_t l = 0; l < rows; ++l)
+        std::copy_n(parts.data() + (at + l) * dim, dim, full.data() + ((b0 + l) * N + q) * dim);
+      at += rows;
+    }
+  }
+  return full;
+}
+
+void Tower::gather_full() {
+  const int dim = model_->cfg_.id_dim;
+  if (dim == 0 || shard_ranks_ == 1) return;
+  const std::vector<float> full = full_host(id_table_);
+  full_table_.reset(model_->be_, static_cast<int64_t>(full.size()));
+  model_->be_->to_device(full_table_.data(), full.data(), full.size() * sizeof(float));
+  full_valid_ = true;
+}
+
+void Tower::load_rows(DeviceArray<float>& dst, const std::vector<float>& full) {
+  const int dim = model_->cfg_.id_dim;
+  std::vector<float> mine(static_cast<size_t>(local_rows_) * dim);
+  for (int64_t l = 0; l < local_rows_; ++l)
+    std::copy_n(full.data() + (l * shard_ranks_ + shard_rank_) * dim, dim, mine.data() + l * dim);
+  if (!mine.empty()) model_->be_->to_device(dst.data(), mine.data(), mine.size() * sizeof(float));
+}
+
 // ---------------------------------------------------------------------------
 // TwoTowerModel
 
 int64_t TwoTowerModel::memory_needed(const TowerConfig& cfg, const TowerInputSpec& us,
-                                     const TowerInputSpec& is) {
+                                     const TowerInputSpec& is, TableShard shard) {
   int64_t floats = 0;
   for (const TowerInputSpec* s : {&us, &is}) {
     int64_t in = cfg.id_dim + s->dense_dim;
@@ -362,18 +631,19 @@ int64_t TwoTowerModel::memory_needed(const TowerConfig& cfg, const TowerInputSpe
       floats += 4 * static_cast<int64_t>(s->history_vocab) * cfg.history_dim;
       in += cfg.history_dim;
     }
-    floats += 3 * static_cast<int64_t>(s->n_entities) * cfg.id_dim;  // ID table, Adam m and v
+    // ID table, Adam m and v (of the shard's rows)
+    floats += 3 * rows_of_rank(s->n_entities, shard.rank, std::max(shard.ranks, 1)) * cfg.id_dim;
     floats += static_cast<int64_t>(s->n_entities) * s->dense_dim;    // dense features
   }
   return floats * static_cast<int64_t>(sizeof(float));
 }
 
 TwoTowerModel::TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInputSpec& user_spec,
-                             const TowerInputSpec& item_spec, uint64_t seed)
+                             const TowerInputSpec& item_spec, uint64_t seed, TableShard shard)
     : be_(&be), cfg_(cfg), seed_(seed) {
   // Fail before allocating anything when the model cannot fit.
   const int64_t available = be.memory_available();
-  const int64_t needed = memory_needed(cfg, user_spec, item_spec);
+  const int64_t needed = memory_needed(cfg, user_spec, item_spec, shard);
   if (available >= 0 && needed > available)
     throw Error("the model needs " + std::to_string(needed) + " bytes (" +
                 std::to_string(needed >> 20) + " MiB) of memory for parameters, optimizer state "
@@ -382,9 +652,9 @@ TwoTowerModel::TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInp
   TOWERREC_CHECK(cfg.id_dim >= 0 && cfg.cat_dim > 0, "bad embedding widths");
   TOWERREC_CHECK(cfg.dropout >= 0.0f && cfg.dropout < 1.0f, "dropout must be in [0, 1)");
   int64_t cursor = 0;
-  user_ = std::make_unique<Tower>(*this, "user", user_spec, cursor);
+  user_ = std::make_unique<Tower>(*this, "user", user_spec, cursor, shard);
   item_arena_begin_ = cursor;
-  item_ = std::make_unique<Tower>(*this, "item", item_spec, cursor);
+  item_ = std::make_unique<Tower>(*this, "item", item_spec, cursor, shard);
   params_.reset(be_, cursor);
   grads_.reset(be_, cursor);
   m_.reset(be_, cursor);
@@ -461,6 +731,13 @@ void TwoTowerModel::reduce_gradients(Communicator& control, Communicator* data) 
     start_reduce_range(0, item_arena_begin_, control, data);
     finish_started_reduces();
   }
+  if (shard_comm_) {
+    TOWERREC_CHECK(&control == shard_comm_ || control.size() == shard_comm_->size(),
+                   "reduce_gradients: not the communicator the tables are sharded over");
+    user_->push_rows(*shard_comm_);
+    item_->push_rows(*shard_comm_);
+    return;
+  }
   user_->reduce_rows(control, data);
   item_->reduce_rows(control, data);
 }
@@ -506,6 +783,28 @@ void TwoTowerModel::finish_started_reduces() {
     for (int64_t h : r.handles) r.comm->wait_all_reduce(h);
     if (!r.host.empty()) be_->to_device(grads_.data() + r.first, r.host.data(), r.host.size() * sizeof(float));
   }
+}
+
+void TwoTowerModel::shard_tables(Communicator& comm) {
+  if (comm.size() <= 1) return;
+  TOWERREC_CHECK(comm.memory() == CommMemory::kHost,
+                 "row-sharded tables exchange rows over a host-memory communicator");
+  TOWERREC_CHECK(!shard_comm_, "the tables are sharded already");
+  user_->shard(comm.rank(), comm.size());
+  item_->shard(comm.rank(), comm.size());
+  shard_comm_ = &comm;
+}
+
+void TwoTowerModel::fetch_rows(const int32_t* users, int64_t nu, const int32_t* items, int64_t ni) {
+  if (!shard_comm_) return;
+  user_->fetch(*shard_comm_, users, nu);
+  item_->fetch(*shard_comm_, items, ni);
+}
+
+void TwoTowerModel::gather_tables() {
+  if (!shard_comm_) return;
+  user_->gather_full();
+  item_->gather_full();
 }
 
 void TwoTowerModel::step(const OptimizerConfig& opt) {
@@ -655,6 +954,8 @@ std::vector<float> fetch(Backend& be, const DeviceArray<float>& a) {
 }  // namespace
 
 TwoTowerModel::State TwoTowerModel::save_state() const {
+  TOWERREC_CHECK(shard_comm_ || (user_->shard_ranks_ == 1 && item_->shard_ranks_ == 1),
+                 "a model built with a table shard needs shard_tables() before its state is saved");
   State s;
   s.steps = steps_;
   auto add = [&](const std::string& name, const DeviceArray<float>& a) {
@@ -666,6 +967,14 @@ TwoTowerModel::State TwoTowerModel::save_state() const {
   add("arena.adam_v", v_);
   for (const Tower* t : {user_.get(), item_.get()}) {
     if (cfg_.id_dim == 0) continue;
+    if (shard_comm_) {  // the whole tables, gathered from every rank
+      for (const auto& [suffix, a] : {std::pair<const char*, const DeviceArray<float>*>{".id", &t->id_table_},
+                                      {".id_adam_m", &t->id_m_}, {".id_adam_v", &t->id_v_}}) {
+        s.names.push_back(t->name_ + suffix);
+        s.tensors.push_back(t->full_host(*a));
+      }
+      continue;
+    }
     add(t->name_ + ".id", t->id_table_);
     add(t->name_ + ".id_adam_m", t->id_m_);
     add(t->name_ + ".id_adam_v", t->id_v_);
@@ -675,6 +984,8 @@ TwoTowerModel::State TwoTowerModel::save_state() const {
 
 void TwoTowerModel::load_state(const State& s) {
   TOWERREC_CHECK(s.names.size() == s.tensors.size(), "corrupt model state");
+  TOWERREC_CHECK(shard_comm_ || (user_->shard_ranks_ == 1 && item_->shard_ranks_ == 1),
+                 "a model built with a table shard needs shard_tables() before a state is loaded");
   auto put = [&](const std::string& name, DeviceArray<float>& a) {
     for (size_t j = 0; j < s.names.size(); ++j) {
       if (s.names[j] != name) continue;
@@ -691,6 +1002,23 @@ void TwoTowerModel::load_state(const State& s) {
   put("arena.adam_v", v_);
   for (Tower* t : {user_.get(), item_.get()}) {
     if (cfg_.id_dim == 0) continue;
+    if (shard_comm_) {  // this rank's rows of the whole tables
+      t->full_valid_ = false;
+      t->full_table_.release();
+      const int64_t want = static_cast<int64_t>(t->spec_.n_entities) * cfg_.id_dim;
+      for (const auto& [suffix, a] : {std::pair<const char*, DeviceArray<float>*>{".id", &t->id_table_},
+                                      {".id_adam_m", &t->id_m_}, {".id_adam_v", &t->id_v_}}) {
+        const std::string name = t->name_ + suffix;
+        const auto it = std::find(s.names.begin(), s.names.end(), name);
+        if (it == s.names.end()) throw Error("parameter '" + name + "' missing from the saved state");
+        const auto& full = s.tensors[static_cast<size_t>(it - s.names.begin())];
+        if (static_cast<int64_t>(full.size()) != want)
+          throw Error("parameter '" + name + "' has " + std::to_string(full.size()) +
+                      " values, the model expects " + std::to_string(want));
+        t->load_rows(*a, full);
+      }
+      continue;
+    }
     put(t->name_ + ".id", t->id_table_);
     put(t->name_ + ".id_adam_m", t->id_m_);
     put(t->name_ + ".id_adam_v", t->id_v_);
@@ -699,7 +1027,8 @@ void TwoTowerModel::load_state(const State& s) {
 }
 
 int64_t TwoTowerModel::parameter_count() const {
-  return params_.size() + user_->id_table_.size() + item_->id_table_.size();
+  return params_.size() +
+         static_cast<int64_t>(cfg_.id_dim) * (user_->spec_.n_entities + item_->spec_.n_entities);
 }
 
 }  // namespace towerrec

@@ -52,7 +52,8 @@ const char* const kShapeKeys[] = {"id-dim", "hidden", "dim", "cat-dim", "feature
 // Keys that do not change what an epoch computes.
 const char* const kRunKeys[] = {"epochs", "out", "quiet", "log-every", "device", "data",
                                 "user-features", "item-features", "checkpoint-every-steps",
-                                "checkpoint-every-minutes", "planner-threads"};
+                                "checkpoint-every-minutes", "planner-threads",
+                                "table-sharding"};
 
 bool listed(const std::string& name, const char* const* b, const char* const* e) {
   for (; b != e; ++b)
@@ -207,10 +208,18 @@ Interactions read_known_interactions(const std::string& path, const IdMap& users
   return y;
 }
 
+std::string resolve_table_sharding(const std::string& configured, int ranks, int64_t id_table_bytes) {
+  if (configured != "auto" && configured != "replicated" && configured != "rows")
+    throw Error("--table-sharding: '" + configured + "' is not one of auto, replicated, rows");
+  if (ranks <= 1) return "replicated";
+  if (configured != "auto") return configured;
+  return 3 * id_table_bytes > kAutoRowsShardingBytes ? "rows" : "replicated";
+}
+
 std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
                                            const EntityFeatures& user_features, int32_t n_users,
                                            const EntityFeatures& item_features, int32_t n_items,
-                                           const UserItems* history) {
+                                           const UserItems* history, TableShard shard) {
   TowerInputSpec us = make_input_spec(user_features, n_users, cfg.features);
   const TowerInputSpec is = make_input_spec(item_features, n_items, cfg.features);
   if (cfg.tower.history > 0) {
@@ -218,7 +227,7 @@ std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
       throw Error("a model with a pooled history (history > 0) needs its users' training items");
     us.history_vocab = n_items;
   }
-  auto model = std::make_unique<TwoTowerModel>(be, cfg.tower, us, is, cfg.train.seed);
+  auto model = std::make_unique<TwoTowerModel>(be, cfg.tower, us, is, cfg.train.seed, shard);
   if (cfg.features) model->set_features(user_features, item_features);
   if (cfg.tower.history > 0) model->set_history(history->offsets, history->items);
   return model;
@@ -252,8 +261,25 @@ TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCall
                         hidden.empty() ? "linear" : hidden.c_str(), cfg_.tower.out_dim,
                         cfg_.out.c_str()));
   be_ = make_backend(cfg_.device, cfg_.threads);
+  TableShard shard;
+  if (distributed()) {
+    // The table sharding first: the ranks' later collectives depend on it.
+    const int64_t id_bytes = static_cast<int64_t>(cfg_.tower.id_dim) *
+                             (int64_t{ds_.users.size()} + int64_t{ds_.items.size()}) *
+                             static_cast<int64_t>(sizeof(float));
+    sharding_ = resolve_table_sharding(cfg_.table_sharding, options_.comm->size(), id_bytes);
+    const std::vector<uint64_t> all = options_.comm->all_gather_u64(sharding_ == "rows" ? 1 : 0);
+    for (size_t r = 1; r < all.size(); ++r)
+      if (all[r] != all[0])
+        throw Error("rank " + std::to_string(r) + " shards the ID tables as '" +
+                    (all[r] ? "rows" : "replicated") + "', rank 0 as '" + (all[0] ? "rows" : "replicated") +
+                    "' (--table-sharding): every rank must use the same table sharding");
+    if (sharding_ == "rows") shard = {options_.comm->rank(), options_.comm->size()};
+  }
+  // Row-sharded: each rank allocates and initialises only its rows.
   model_ = build_model(*be_, cfg_, ds_.user_features, ds_.users.size(), ds_.item_features,
-                       ds_.items.size(), &seen_train_);
+                       ds_.items.size(), &seen_train_, shard);
+  if (sharding_ == "rows") model_->shard_tables(*options_.comm);
   if (options_.resume) resume_from_checkpoint();
   if (distributed()) {
     // Every rank must train the same model on the same data from the same
@@ -262,6 +288,7 @@ TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCall
     json c = json::parse(config_text_);
     c.erase("device");
     c.erase("threads");
+    c.erase("table-sharding");  // compared above as resolved
     check_ranks_agree(hash_bytes(c.dump().data(), c.dump().size()), "configuration");
     uint64_t h = hash_vector(train_.user, 1469598103934665603ull);
     h = hash_vector(train_.item, h);
@@ -271,11 +298,13 @@ TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCall
     for (const auto& id : ds_.items.ids()) h = hash_bytes(id.data(), id.size() + 1, h);
     check_ranks_agree(h, "training data (interactions, IDs or split)");
     check_ranks_agree(hash_state(model_->save_state()), "initial parameters");
-    emit(cb_.note, format("distributed: %d ranks over %s%s; global batch %lld, %lld positives per rank",
+    emit(cb_.note, format("distributed: %d ranks over %s%s; global batch %lld, %lld positives per rank; "
+                          "ID tables %s",
                           options_.comm->size(), options_.comm->name().c_str(),
                           options_.gradient_comm ? (", gradients over " + options_.gradient_comm->name()).c_str() : "",
                           static_cast<long long>(cfg_.train.batch_size),
-                          static_cast<long long>(cfg_.train.batch_size / options_.comm->size())));
+                          static_cast<long long>(cfg_.train.batch_size / options_.comm->size()),
+                          sharding_ == "rows" ? "row-sharded (row r on rank r mod N)" : "replicated"));
   }
   emit(cb_.note, "backend: " + be_->describe());
   emit(cb_.note, format("model: %lld parameters; user input %d, item input %d",
@@ -460,6 +489,7 @@ SessionResult TrainingSession::stopped(bool mid_epoch) {
 // After an evaluation of epoch `epochs_done`: true when early stopping ends the run.
 bool TrainingSession::early_stop_check(int epochs_done) {
   const double t0 = now_seconds();
+  model_->gather_tables();  // row-sharded tables: every rank evaluates on the whole tables
   const RankingMetrics m = evaluate_ranking(*model_, seen_train_, held_, {10, 20});
   eval_seconds_ += now_seconds() - t0;
   record_metrics(m);
@@ -492,7 +522,11 @@ SessionResult TrainingSession::run() {
   // Divergence found by the trainer or before a checkpoint: say what the
   // checkpoint on disk holds (saved_at_ changes only after a good save).
   try {
-    return run_epochs();
+    SessionResult r = run_epochs();
+    // Row-sharded tables: the whole tables on every rank for what follows a
+    // run (evaluation, sample recommendations), which rank 0 does alone.
+    if (r.end != SessionResult::End::kStopped) model_->gather_tables();
+    return r;
   } catch (const DivergedError& err) {
     throw DivergedError(err.what() + kept_note());
   }

@@ -487,6 +487,13 @@ void Trainer::forward_backward(Staged& st, float* loss_slot, bool start_reduce) 
   st.fence = be_.fence();
   d_pair_grad_.ensure(&be_, static_cast<int64_t>(np));
   const int32_t* base = d_ints_.data();
+  // Row-sharded ID tables: every rank fetches the rows its forwards read from
+  // their owners (a collective, so an empty shard joins with no rows).
+  if (model_.sharded()) {
+    const int32_t* host = st.ints.data();
+    model_.fetch_rows(host + st.o_users, np ? static_cast<int64_t>(nu) : 0, host + st.o_items,
+                      np ? static_cast<int64_t>(ni) : 0);
+  }
   if (np == 0) {  // an empty shard: no gradient, no loss (the ranks' sums still run)
     model_.zero_grad();
     be_.fill(loss_slot, 1, 0.0f);

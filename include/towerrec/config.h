@@ -35,6 +35,10 @@ struct Config {
   TrainConfig train;
   int threads = 0;                 // CPU threads (0: all cores)
   std::string device = "auto";     // auto | cpu | cuda | cuda:N
+  // ID-embedding tables under --distributed: replicated (every rank holds
+  // the whole tables), rows (row r on rank r mod N) or auto (see
+  // resolve_table_sharding in session.h). One rank always holds them whole.
+  std::string table_sharding = "auto";
   // output
   std::string out = "model";       // output directory
   bool quiet = false;

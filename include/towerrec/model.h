@@ -71,10 +71,21 @@ struct OptimizerConfig {
 
 class Tower;
 
+// Which rows of the ID tables a model holds: row r when r % ranks == rank
+// (as local row r / ranks). {0, 1}: the whole tables.
+struct TableShard {
+  int rank = 0;
+  int ranks = 1;
+};
+
 class TwoTowerModel {
  public:
+  // With `shard`, each tower's ID table and its Adam moments are allocated
+  // and initialised for the shard's rows only (the values the whole table
+  // would hold there); shard_tables() with a communicator of that rank and
+  // size then completes the row-sharded setup.
   TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInputSpec& user_spec,
-                const TowerInputSpec& item_spec, uint64_t seed);
+                const TowerInputSpec& item_spec, uint64_t seed, TableShard shard = {});
   ~TwoTowerModel();
   TwoTowerModel(const TwoTowerModel&) = delete;
   TwoTowerModel& operator=(const TwoTowerModel&) = delete;
@@ -106,6 +117,11 @@ class TwoTowerModel {
   // when it takes the backend's memory; else they are staged through host
   // memory over `control`. A rank whose shard was empty (no forward) passes
   // no rows and zero gradients.
+  //
+  // Row-sharded ID tables (after shard_tables): the dense arena is summed as
+  // above; each rank sends the gradients of the rows it touched, summed per
+  // row, to the rows' owners (all_to_allv), and each owner sums the ranks'
+  // contributions in rank order and updates its own rows in the next step().
   void reduce_gradients(Communicator& control, Communicator* data = nullptr);
   // Bucketed dense reduction: with bucket_floats > 0, reduce_gradients sums
   // the dense arena in buckets of that many floats (each its own all-reduce,
@@ -122,6 +138,29 @@ class TwoTowerModel {
   int64_t reduce_bucket() const { return bucket_floats_; }
   void start_reduce_item_gradients(Communicator& control, Communicator* data = nullptr);
   int64_t step_count() const { return steps_; }
+
+  // Row-sharded ID-embedding tables over `comm`'s ranks (collective only in
+  // the calls named below; a no-op on one rank): row r of each tower's ID
+  // table, with its Adam moments, lives on rank r mod N only (as local row
+  // r / N); the other rows are dropped here. Every rank must then call, in
+  // the same order: fetch_rows() before each training forward pair,
+  // reduce_gradients() between backward and step(), and the collectives
+  // save_state() and gather_tables(). Training forwards read the rows
+  // fetch_rows() brought; any other forward (inference) needs
+  // gather_tables() first. `comm` must outlive the model (host memory: the
+  // rows are staged through the host on a device backend).
+  void shard_tables(Communicator& comm);
+  bool sharded() const { return shard_comm_ != nullptr; }
+  // Rows mode, collective: fetches from their owners the ID rows the next
+  // user-tower forward (users[0..nu), host memory) and item-tower forward
+  // (items[0..ni)) read; those forwards must take the same indices. A rank
+  // with no forward this step passes 0 and 0.
+  void fetch_rows(const int32_t* users, int64_t nu, const int32_t* items, int64_t ni);
+  // Rows mode, collective: assembles each tower's whole ID table on every
+  // rank (all_gatherv) for inference forwards (embed_all_*, evaluation,
+  // scoring) until the next step() or load_state(). Costs a whole table's
+  // memory per rank while it lasts.
+  void gather_tables();
   // Training mode turns dropout on; inference (the default) turns it off.
   void set_training(bool on) { training_ = on; }
   bool training() const { return training_; }
@@ -166,13 +205,16 @@ class TwoTowerModel {
     std::vector<std::string> names;
     std::vector<std::vector<float>> tensors;
   };
+  // Always the whole tables (rows mode: gathered from every rank, a
+  // collective), so a state loads into any rank count; load_state keeps this
+  // rank's rows in rows mode.
   State save_state() const;
   void load_state(const State& s);  // throws Error on any name or size mismatch
   int64_t parameter_count() const;
   // Bytes of backend memory the parameters, optimizer state and entity
   // features of a model of this shape take (activations excluded).
   static int64_t memory_needed(const TowerConfig& cfg, const TowerInputSpec& user_spec,
-                               const TowerInputSpec& item_spec);
+                               const TowerInputSpec& item_spec, TableShard shard = {});
 
   // The dense arena (all layer weights and biases, categorical tables) and its
   // gradient, in backend memory; for tests and diagnostics.
@@ -200,6 +242,7 @@ class TwoTowerModel {
   int64_t steps_ = 0;
   bool training_ = false;
   uint64_t seed_ = 0;
+  Communicator* shard_comm_ = nullptr;  // rows mode (null: replicated tables)
   friend class Tower;
 };
 
@@ -208,7 +251,7 @@ class TwoTowerModel {
 class Tower {
  public:
   Tower(TwoTowerModel& model, const std::string& name, const TowerInputSpec& spec,
-        int64_t& arena_cursor);
+        int64_t& arena_cursor, TableShard shard = {});
 
   const std::string& name() const { return name_; }
   const TowerInputSpec& spec() const { return spec_; }
@@ -231,8 +274,11 @@ class Tower {
   float* output_grad() { return model_->cfg_.normalize ? norm_grad_.data() : grad_act_.back().data(); }
   // dLoss/dInput [n x input_dim] of the last backward (ID-embedding columns first).
   const float* input_grad() const { return grad_act_[0].data(); }
-  // The ID-embedding table [n_entities x id_dim] (null when id_dim is 0).
+  // The ID-embedding table [n_entities x id_dim] (null when id_dim is 0); in
+  // rows mode this rank's rows only [local_rows() x id_dim], row r at r / N
+  // (the model's TableShard, or shard_tables()).
   float* id_table() { return id_table_.data(); }
+  int64_t local_rows() const { return local_rows_; }
   // Backward through the layers and into the feature embeddings; records the
   // ID rows to update in the next model step().
   void backward();
@@ -247,6 +293,13 @@ class Tower {
   void init_params(uint64_t seed, std::vector<float>& arena_host);
   void upload_features(const EntityFeatures& f);
   void sparse_step(const OptimizerConfig& opt, int64_t step);
+  // Rows mode (see TwoTowerModel::shard_tables).
+  void shard(int rank, int ranks);
+  void fetch(Communicator& comm, const int32_t* idx, int64_t n);
+  void push_rows(Communicator& comm);
+  void gather_full();
+  std::vector<float> full_host(const DeviceArray<float>& local) const;  // collective
+  void load_rows(DeviceArray<float>& dst, const std::vector<float>& full);
 
   TwoTowerModel* model_;
   std::string name_;
@@ -280,6 +333,20 @@ class Tower {
   DeviceArray<float> union_grad_;
   int64_t union_n_ = 0;
   bool use_union_ = false;
+  // Rows mode: this rank owns rows r with r % shard_ranks_ == shard_rank_.
+  int shard_rank_ = 0, shard_ranks_ = 1;
+  int64_t local_rows_ = 0;
+  // The rows of the last fetch, grouped by owner (sorted within each), each
+  // owner's count, each forward index's position among them, and the rows.
+  std::vector<int32_t> fetch_rows_, fetch_pos_;
+  std::vector<int64_t> fetch_counts_;
+  DeviceArray<float> fetched_;
+  DeviceArray<int32_t> fetched_pos_;
+  int64_t fetch_n_ = 0;
+  bool fetch_armed_ = false;   // the next training forward reads fetched_
+  bool fetch_used_ = false;    // the last forward read fetched_
+  DeviceArray<float> full_table_;  // gather_tables(): the whole table
+  bool full_valid_ = false;
 };
 
 }  // namespace towerrec

@@ -38,11 +38,22 @@ Interactions read_known_interactions(const std::string& path, const IdMap& users
 
 // Builds the model a configuration and entity features describe. `history`
 // (each user's training items) feeds the user tower's pooled history; it is
-// required when the configuration has one (history > 0).
+// required when the configuration has one (history > 0). `shard`: the ID
+// table rows the model holds (see TableShard; default the whole tables).
 std::unique_ptr<TwoTowerModel> build_model(Backend& be, const Config& cfg,
                                            const EntityFeatures& user_features, int32_t n_users,
                                            const EntityFeatures& item_features, int32_t n_items,
-                                           const UserItems* history = nullptr);
+                                           const UserItems* history = nullptr, TableShard shard = {});
+
+// The ID-table sharding a training run uses: "replicated" or "rows" for the
+// configured --table-sharding on `ranks` ranks of a model whose ID tables
+// (both towers) hold `id_table_bytes` bytes of parameters. One rank:
+// replicated (every row is local). auto: rows when the tables with their
+// Adam moments (3 x id_table_bytes) exceed kAutoRowsShardingBytes, else
+// replicated: below that, a rank's copy costs little memory, and
+// replication keeps evaluation and checkpoints free of whole-table gathers.
+inline constexpr int64_t kAutoRowsShardingBytes = int64_t{1} << 30;
+std::string resolve_table_sharding(const std::string& configured, int ranks, int64_t id_table_bytes);
 
 // Seconds as people read them: 12.3s, 4m05s, 2h10m.
 std::string format_seconds(double s);
@@ -134,6 +145,8 @@ class TrainingSession {
   // what `recommend` excludes by default.
   const UserItems& seen_all() const { return seen_all_; }
   std::string checkpoint_path() const { return cfg_.out + "/model.ckpt"; }
+  // "replicated" or "rows": the ID tables' sharding this run uses.
+  const std::string& table_sharding() const { return sharding_; }
 
  private:
   struct Stop {
@@ -171,6 +184,7 @@ class TrainingSession {
   std::unique_ptr<Backend> be_;
   std::unique_ptr<TwoTowerModel> model_;  // declared after be_: destroyed first
   std::unique_ptr<Trainer> trainer_;
+  std::string sharding_ = "replicated";
   TrainPosition start_pos_;
   bool resumed_ = false;
   std::string saved_at_;        // what OUT/model.ckpt holds, for messages ("" : nothing yet)

@@ -146,6 +146,9 @@ class Trainer {
   // users only. After each backward the dense gradients and the touched
   // ID-embedding rows (the union over ranks) are summed over the ranks, and
   // every rank takes the same optimizer step: the parameters stay identical.
+  // With a row-sharded model (TwoTowerModel::shard_tables), each step first
+  // fetches the rows the forwards read from their owners (fetch_rows), and
+  // the owners update their own rows.
   // `gradients` reduces the backend's buffers when it takes their memory (the
   // MPI communicator for the CPU backend, NCCL for CUDA); null: staged through
   // host memory over `control`.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_util.h"
+#include "kernels/cpu/vec_exp.h"
 #include "kernels/math.h"
 #include "towerrec/error.h"
 
@@ -22,6 +23,67 @@ using cpu::worth_parallel;
 // ---- loss ------------------------------------------------------------------------
 
 namespace {
+
+// One row of the whole-matrix softmax, in place: z[0..n) holds the row's
+// logits (scores / T); subtracts log_q (when given), takes the row max m, the
+// float64 sum s of exp(z - m) and writes dz = scale_over_t (exp(z - m) / s -
+// [j = pos]); returns the row's loss (m - z_pos) + log s. The loops are plain
+// element-wise passes and reductions over vec_exp, compiled three times (AVX-512,
+// AVX2 + FMA, the baseline) and picked once by the CPU's features, so the exp
+// that dominated the step runs 8 or 16 lanes wide. Within one machine every run
+// takes the same variant: results are deterministic there (the summation order
+// of s follows the vector width, so two machines may differ in the last bits).
+TOWERREC_ALWAYS_INLINE double softmax_row_body(float* z, int64_t n, const float* log_q, int32_t pos,
+                                               float scale_over_t) {
+  if (log_q) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) z[j] -= log_q[j];
+  }
+  float m = z[0];
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 1; j < n; ++j) m = z[j] > m ? z[j] : m;
+  const float z_pos = z[pos];
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) {
+    const float e = cpu::vec_exp(z[j] - m);
+    z[j] = e;
+    s += static_cast<double>(e);
+  }
+  const float inv_s = static_cast<float>(1.0 / s);
+  const float e_pos = z[pos];
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) z[j] = math::softmax_logit_grad(z[j], inv_s, false, scale_over_t);
+  z[pos] = math::softmax_logit_grad(e_pos, inv_s, true, scale_over_t);
+  return (static_cast<double>(m) - static_cast<double>(z_pos)) + std::log(s);
+}
+
+#if defined(__GNUC__) && defined(__x86_64__)
+__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))) double softmax_row_avx512(
+    float* z, int64_t n, const float* log_q, int32_t pos, float scale_over_t) {
+  return softmax_row_body(z, n, log_q, pos, scale_over_t);
+}
+__attribute__((target("avx2,fma"))) double softmax_row_avx2(float* z, int64_t n, const float* log_q,
+                                                              int32_t pos, float scale_over_t) {
+  return softmax_row_body(z, n, log_q, pos, scale_over_t);
+}
+#endif
+double softmax_row_baseline(float* z, int64_t n, const float* log_q, int32_t pos, float scale_over_t) {
+  return softmax_row_body(z, n, log_q, pos, scale_over_t);
+}
+
+using SoftmaxRow = double (*)(float*, int64_t, const float*, int32_t, float);
+SoftmaxRow pick_softmax_row() {
+#if defined(__GNUC__) && defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl"))
+    return softmax_row_avx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return softmax_row_avx2;
+#endif
+  return softmax_row_baseline;
+}
+const SoftmaxRow softmax_row = pick_softmax_row();
 
 // Pairs are summed into the loss in fixed chunks (chunk partials added in chunk
 // order), so the float64 loss does not depend on the thread count.
@@ -262,25 +324,9 @@ void CpuBackend::softmax_loss_impl(const float* U, const float* V, int d, const 
   for (int64_t ch = 0; ch < n_chunks; ++ch) {
     const int64_t p1 = std::min(np, (ch + 1) * kLossChunk);
     double sum = 0.0;
-    for (int64_t p = ch * kLossChunk; p < p1; ++p) {
-      float* z = logits + p * ni;
-      if (log_q)
-        for (int64_t j = 0; j < ni; ++j) z[j] -= log_q[j];
-      float m = z[0];
-      for (int64_t j = 1; j < ni; ++j) m = std::max(m, z[j]);
-      const int32_t pos = pb.item[p];
-      const float z_pos = z[pos];
-      double s = 0.0;
-      for (int64_t j = 0; j < ni; ++j) {
-        z[j] = std::exp(z[j] - m);
-        s += static_cast<double>(z[j]);
-      }
-      // l_p = logsumexp - z_pos = (m - z_pos) + log S, S >= 1.
-      sum += (static_cast<double>(m) - static_cast<double>(z_pos)) + std::log(s);
-      const float inv_s = static_cast<float>(1.0 / s);
-      for (int64_t j = 0; j < ni; ++j)
-        z[j] = math::softmax_logit_grad(z[j], inv_s, j == pos, scale_over_t);
-    }
+    // l_p = logsumexp - z_pos = (m - z_pos) + log S, S >= 1.
+    for (int64_t p = ch * kLossChunk; p < p1; ++p)
+      sum += softmax_row(logits + p * ni, ni, log_q, pb.item[p], scale_over_t);
     partial[static_cast<size_t>(ch)] = sum;
   }
   double total = 0.0;

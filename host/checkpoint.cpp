@@ -333,15 +333,21 @@ void remove_table_shards(const std::string& path, const std::vector<TableShardFi
   const std::string prefix = p.filename().string() + ".rows-";
   std::error_code ec;
   std::vector<fs::path> doomed;
+  std::vector<std::string> stale;
   for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     if (name.compare(0, prefix.size(), prefix) != 0) continue;
-    if (name.find(".tmp.") != std::string::npos) continue;  // a writer's temporary file
+    if (const size_t tmp = name.find(".tmp."); tmp != std::string::npos) {
+      // A writer's temporary file: removed only when its process is gone.
+      stale.push_back((dir / name.substr(0, tmp)).string());
+      continue;
+    }
     bool kept = false;
     for (const auto& k : keep) kept = kept || k.name == name;
     if (!kept) doomed.push_back(it->path());
   }
   for (const auto& f : doomed) fs::remove(f, ec);  // best effort: never read without the main file
+  for (const auto& f : stale) remove_stale_temp_files(f);
 }
 
 namespace {

@@ -144,8 +144,9 @@ class TwoTowerModel {
   // table, with its Adam moments, lives on rank r mod N only (as local row
   // r / N); the other rows are dropped here. Every rank must then call, in
   // the same order: fetch_rows() before each training forward pair,
-  // reduce_gradients() between backward and step(), and the collectives
-  // save_state() and gather_tables(). Training forwards read the rows
+  // reduce_gradients() between backward and step(), and the collective
+  // gather_tables() (save_state() is local: this rank's rows). Training
+  // forwards read the rows
   // fetch_rows() brought; any other forward (inference) needs
   // gather_tables() first. `comm` must outlive the model (host memory: the
   // rows are staged through the host on a device backend).

@@ -21,6 +21,7 @@ grep -q "sent .* KiB per step" "$dir/rows.log" || { cat "$dir/rows.log" >&2; ech
 shards() { find "$1" -maxdepth 1 -name 'model.ckpt.rows-*' | wc -l; }
 [ "$(shards "$dir/rows")" = 2 ] || { ls -l "$dir/rows" >&2; echo "expected 2 shard files" >&2; exit 1; }
 ls "$dir/rows"/model.ckpt.rows-0-of-2.* "$dir/rows"/model.ckpt.rows-1-of-2.* >/dev/null
+grep -q "model written to .*ID tables in 2 shard files" "$dir/rows.log" || { cat "$dir/rows.log" >&2; exit 1; }
 "$mpiexec" "$np" 2 "$@" "$bin" train --distributed --table-sharding replicated "${train[@]}" --out "$dir/repl" >/dev/null
 [ "$(shards "$dir/repl")" = 0 ]
 # A missing shard: recommend fails, naming the file.

@@ -6,8 +6,10 @@
 // ranks end (the owner sums a row's contributions in rank order, the order
 // of the replicated all-reduce), for Adam and SGD with embedding decay, the
 // logistic and softmax losses, pooled histories and empty shards; the
-// checkpoint a sharded run writes resumes on one rank and a one-rank
-// checkpoint resumes sharded; evaluation after a sharded run sees the whole
+// checkpoint a sharded run writes (a main file and one shard file per rank,
+// saved without gathering a table; broken shards refused by name) loads
+// whole on one rank, by row shard on any rank count, and resumes on one
+// rank and on N, and a one-rank checkpoint resumes sharded; evaluation after a sharded run sees the whole
 // tables; each rank holds only its rows; ranks that disagree on the
 // sharding stop with an error saying so.
 // Rank 0 trains the references itself while the others wait.
@@ -219,9 +221,8 @@ TEST(ShardedTables, EmptyShardsMatch) {
 }
 
 // A checkpoint of a sharded run (main file and shards) loads into any rank
-// count: one rank resumes it,
-// and a one-rank checkpoint resumes sharded, each ending where an
-// uninterrupted one-rank run ends (within tolerance).
+// count: one rank resumes it, and a one-rank checkpoint resumes sharded,
+// each ending where an uninterrupted one-rank run ends (within tolerance).
 TEST(ShardedTables, CheckpointsResumeAcrossRankCounts) {
   const Config base = small_config(data_dir(100, 50, 12, 9), "resume", Loss::kLogistic, OptimizerKind::kAdam);
   const std::string out = base.out;

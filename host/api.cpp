@@ -198,7 +198,10 @@ RankingMetrics TrainedModel::evaluate_popularity(const Interactions& test, const
   return towerrec::evaluate_popularity(exclusions(exclude), group_by_user(test, n_users()), n_items(), ks);
 }
 
-void TrainedModel::save(const std::string& path) const { save_checkpoint(path, lm_.ck); }
+void TrainedModel::save(const std::string& path) const {
+  save_checkpoint(path, lm_.ck);  // one file with the whole tables
+  remove_table_shards(path);       // of a row-sharded checkpoint it replaced
+}
 
 TrainedModel train(Config cfg, SessionCallbacks callbacks) {
   resolve_defaults(cfg);

@@ -566,6 +566,7 @@ std::vector<float> Tower::full_host(const DeviceArray<float>& local) const {
   std::vector<float> mine(static_cast<size_t>(local.size()));
   if (!mine.empty()) model_->be_->to_host(mine.data(), local.data(), local.bytes());
   if (N == 1) return mine;
+  ++model_->table_gathers_;
   // In blocks of local rows, so that one all_gatherv stays well within the
   // communicator's int byte counts (about 256 MiB gathered per block).
   const int64_t block = std::max<int64_t>(1, (int64_t{256} << 20) / (int64_t{N} * dim * 4));
@@ -965,16 +966,10 @@ TwoTowerModel::State TwoTowerModel::save_state() const {
   add("arena.params", params_);
   add("arena.adam_m", m_);
   add("arena.adam_v", v_);
+  // Rows mode: this rank's rows only (local order).
+  if (shard_comm_) s.rows = {user_->shard_rank_, user_->shard_ranks_};
   for (const Tower* t : {user_.get(), item_.get()}) {
     if (cfg_.id_dim == 0) continue;
-    if (shard_comm_) {  // the whole tables, gathered from every rank
-      for (const auto& [suffix, a] : {std::pair<const char*, const DeviceArray<float>*>{".id", &t->id_table_},
-                                      {".id_adam_m", &t->id_m_}, {".id_adam_v", &t->id_v_}}) {
-        s.names.push_back(t->name_ + suffix);
-        s.tensors.push_back(t->full_host(*a));
-      }
-      continue;
-    }
     add(t->name_ + ".id", t->id_table_);
     add(t->name_ + ".id_adam_m", t->id_m_);
     add(t->name_ + ".id_adam_v", t->id_v_);
@@ -997,14 +992,22 @@ void TwoTowerModel::load_state(const State& s) {
     }
     throw Error("parameter '" + name + "' missing from the saved state");
   };
+  const TableShard mine = shard_comm_ ? TableShard{user_->shard_rank_, user_->shard_ranks_} : TableShard{};
+  if (s.rows.ranks > 1 && (s.rows.rank != mine.rank || s.rows.ranks != mine.ranks))
+    throw Error("the saved state holds the ID rows of table shard " + std::to_string(s.rows.rank) + " of " +
+                std::to_string(s.rows.ranks) + ", the model " +
+                (mine.ranks > 1 ? "is shard " + std::to_string(mine.rank) + " of " + std::to_string(mine.ranks)
+                                : std::string("holds the whole tables")));
   put("arena.params", params_);
   put("arena.adam_m", m_);
   put("arena.adam_v", v_);
   for (Tower* t : {user_.get(), item_.get()}) {
     if (cfg_.id_dim == 0) continue;
-    if (shard_comm_) {  // this rank's rows of the whole tables
+    if (shard_comm_) {
       t->full_valid_ = false;
       t->full_table_.release();
+    }
+    if (shard_comm_ && s.rows.ranks == 1) {  // this rank's rows of the whole tables
       const int64_t want = static_cast<int64_t>(t->spec_.n_entities) * cfg_.id_dim;
       for (const auto& [suffix, a] : {std::pair<const char*, DeviceArray<float>*>{".id", &t->id_table_},
                                       {".id_adam_m", &t->id_m_}, {".id_adam_v", &t->id_v_}}) {

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iterator>
+#include <random>
 
 #include <nlohmann/json.hpp>
 
@@ -132,9 +133,11 @@ uint64_t hash_vector(const std::vector<T>& v, uint64_t h) {
   h = hash_bytes(&n, sizeof n, h);
   return hash_bytes(v.data(), v.size() * sizeof(T), h);
 }
+// A rows-mode state (each rank its own ID rows): the replicated tensors only.
 uint64_t hash_state(const TwoTowerModel::State& st) {
   uint64_t h = hash_bytes(&st.steps, sizeof st.steps);
   for (size_t t = 0; t < st.tensors.size(); ++t) {
+    if (st.rows.ranks > 1 && st.names[t].rfind("arena.", 0) != 0) continue;
     h = hash_bytes(st.names[t].data(), st.names[t].size(), h);
     h = hash_vector(st.tensors[t], h);
   }
@@ -371,7 +374,9 @@ void TrainingSession::resume_from_checkpoint() {
     emit(cb_.note, "--resume: no " + path + " yet; starting from scratch");
     return;
   }
-  const Checkpoint ck = load_checkpoint(path);
+  // Rows mode: only this rank's rows, whatever rank count wrote the file.
+  const Checkpoint ck = load_checkpoint(
+      path, sharding_ == "rows" ? TableShard{options_.comm->rank(), options_.comm->size()} : TableShard{});
   check_resumable(ck);
   model_->load_state(ck.state);
   start_pos_ = {ck.epochs_done, ck.step, ck.epoch_loss_sum};
@@ -434,21 +439,79 @@ void TrainingSession::save_at(const TrainPosition& pos) {
     ck.user_features = ds_.user_features;
     ck.item_features = ds_.item_features;
   }
+  // Rows mode: the dense state and this rank's ID rows (no whole table).
   ck.state = model_->save_state();
-  for (size_t t = 0; t < ck.state.tensors.size(); ++t)
+  const bool rows = sharding_ == "rows";
+  uint64_t bad = ck.state.tensors.size();  // the first tensor with a non-finite value
+  for (size_t t = 0; t < ck.state.tensors.size() && bad == ck.state.tensors.size(); ++t)
     for (float x : ck.state.tensors[t])
-      if (!std::isfinite(x))
-        throw DivergedError("training diverged: parameter tensor '" + ck.state.names[t] +
-                            "' holds a non-finite value at " + describe(pos) +
-                            " (lower the learning rate)");
+      if (!std::isfinite(x)) {
+        bad = t;
+        break;
+      }
+  if (rows) {  // every rank's rows: all ranks stop alike
+    for (uint64_t b : options_.comm->all_gather_u64(bad)) bad = std::min(bad, b);
+  }
+  if (bad < ck.state.tensors.size())
+    throw DivergedError("training diverged: parameter tensor '" + ck.state.names[bad] +
+                        "' holds a non-finite value at " + describe(pos) + " (lower the learning rate)");
   ck.seen = seen_all_;
   // The ranks' parameters must still be identical (the same summed gradients
-  // and steps); rank 0 writes them.
+  // and steps; rows mode: the replicated ones); rank 0 writes them.
   if (distributed()) check_ranks_agree(hash_state(ck.state), "parameters at " + describe(pos));
-  if (writer()) save_checkpoint(checkpoint_path(), ck);
+  if (rows) {
+    save_sharded(ck);
+  } else if (writer()) {
+    save_checkpoint(checkpoint_path(), ck);
+    remove_table_shards(checkpoint_path());  // of a row-sharded checkpoint it replaced
+  }
   saved_at_ = describe(pos);
   steps_since_save_ = 0;
   last_save_ = now_seconds();
+}
+
+// Rows mode: every rank writes its shard file (its ID rows), and once all are
+// durable rank 0 writes the main file naming them. A new save ID each time:
+// the previous main file keeps its own shards until it is replaced.
+void TrainingSession::save_sharded(const Checkpoint& ck) {
+  Communicator& comm = *options_.comm;
+  uint64_t id = 0;
+  if (writer()) {
+    std::random_device rd;
+    id = hash_bytes(&ck.state.steps, sizeof ck.state.steps,
+                    (uint64_t{rd()} << 32) ^ rd() ^
+                        static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count()));
+    if (id == 0) id = 1;
+  }
+  comm.broadcast(&id, sizeof id, 0);
+  TableShardFile mine;
+  std::string failed;
+  try {
+    mine = save_table_shard(checkpoint_path(), id, ck.state, ck.users.size(), ck.items.size());
+  } catch (const Error& e) {
+    failed = e.what();
+  }
+  // A rank that could not write its shard stops every rank (with its reason
+  // where it is that rank), before rank 0 would name the shard.
+  const std::vector<uint64_t> ok = comm.all_gather_u64(failed.empty() ? 1 : 0);
+  for (size_t q = 0; q < ok.size(); ++q)
+    if (!ok[q])
+      throw Error(!failed.empty() ? failed
+                                  : "rank " + std::to_string(q) + " could not write its checkpoint shard; " +
+                                        checkpoint_path() + " was not changed");
+  const std::vector<uint64_t> sizes = comm.all_gather_u64(mine.size);
+  const std::vector<uint64_t> crcs = comm.all_gather_u64(mine.crc);
+  if (!writer()) return;
+  std::vector<TableShardFile> shards(sizes.size());
+  for (size_t q = 0; q < shards.size(); ++q) {
+    shards[q].name = std::filesystem::path(table_shard_name(checkpoint_path(), id, static_cast<int>(q),
+                                                            static_cast<int>(shards.size())))
+                         .filename()
+                         .string();
+    shards[q].size = sizes[q];
+    shards[q].crc = static_cast<uint32_t>(crcs[q]);
+  }
+  save_sharded_checkpoint(checkpoint_path(), ck, id, shards);
 }
 
 // Mid-epoch checkpoints: every N steps and/or M minutes since the last save.

@@ -47,7 +47,7 @@ int report_stop(const SessionResult& r, const std::string& ckpt_path) {
   return 128 + sig;
 }
 
-void print_summary(const SessionResult& r, const std::string& ckpt_path) {
+void print_summary(const SessionResult& r, const std::string& ckpt_path, int table_shards) {
   if (!r.history.empty()) {
     double samples = 0;
     for (const auto& h : r.history) samples += static_cast<double>(h.samples);
@@ -59,7 +59,11 @@ void print_summary(const SessionResult& r, const std::string& ckpt_path) {
     for (const auto& h : r.history) std::printf(" %.4f", h.loss);
     std::printf("\n");
   }
-  std::printf("model written to %s\n", ckpt_path.c_str());
+  if (table_shards > 1)
+    std::printf("model written to %s (ID tables in %d shard files beside it, %s.rows-R-of-%d.*)\n",
+                ckpt_path.c_str(), table_shards, ckpt_path.c_str(), table_shards);
+  else
+    std::printf("model written to %s\n", ckpt_path.c_str());
 }
 
 void print_evaluation(const HoldoutEvaluation& ev) {
@@ -137,7 +141,8 @@ int cmd_train(const Args& args) {
     if (r.end == SessionResult::End::kStopped)
       return rank0 ? report_stop(r, session.checkpoint_path()) : 128 + (r.signal ? r.signal : SIGINT);
     if (!rank0) return 0;
-    print_summary(r, session.checkpoint_path());
+    print_summary(r, session.checkpoint_path(),
+                  session.table_sharding() == "rows" ? options.comm->size() : 0);
     print_evaluation(session.evaluate());
     if (!cfg.quiet) print_samples(session);
     return 0;

@@ -144,8 +144,9 @@ class TwoTowerModel {
   // table, with its Adam moments, lives on rank r mod N only (as local row
   // r / N); the other rows are dropped here. Every rank must then call, in
   // the same order: fetch_rows() before each training forward pair,
-  // reduce_gradients() between backward and step(), and the collectives
-  // save_state() and gather_tables(). Training forwards read the rows
+  // reduce_gradients() between backward and step(), and the collective
+  // gather_tables() (save_state() is local: this rank's rows). Training
+  // forwards read the rows
   // fetch_rows() brought; any other forward (inference) needs
   // gather_tables() first. `comm` must outlive the model (host memory: the
   // rows are staged through the host on a device backend).
@@ -200,16 +201,25 @@ class TwoTowerModel {
   std::string history_input_problem() const;
 
   // Parameters and optimizer state, for checkpoints: named host copies.
+  // `rows`: which rows of the ID tables the ID tensors ("user.id",
+  // "user.id_adam_m", ... ) hold, in local row order (row r at r / ranks);
+  // {0, 1}: the whole tables.
   struct State {
     int64_t steps = 0;
     std::vector<std::string> names;
     std::vector<std::vector<float>> tensors;
+    TableShard rows;
   };
-  // Always the whole tables (rows mode: gathered from every rank, a
-  // collective), so a state loads into any rank count; load_state keeps this
-  // rank's rows in rows mode.
+  // Replicated tables: the whole tables. Rows mode: this rank's rows only
+  // (rows = {rank, N}; no collective, no rank ever holds a whole table), as
+  // the per-rank checkpoint shards store them. load_state takes the whole
+  // tables (keeping this rank's rows in rows mode) or exactly this model's
+  // shard.
   State save_state() const;
   void load_state(const State& s);  // throws Error on any name or size mismatch
+  // Times this model assembled a whole ID table or Adam moment from the
+  // ranks' rows (gather_tables counts 2: one per tower); for tests.
+  int64_t table_gathers() const { return table_gathers_; }
   int64_t parameter_count() const;
   // Bytes of backend memory the parameters, optimizer state and entity
   // features of a model of this shape take (activations excluded).
@@ -243,6 +253,7 @@ class TwoTowerModel {
   bool training_ = false;
   uint64_t seed_ = 0;
   Communicator* shard_comm_ = nullptr;  // rows mode (null: replicated tables)
+  mutable int64_t table_gathers_ = 0;
   friend class Tower;
 };
 

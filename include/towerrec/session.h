@@ -157,6 +157,7 @@ class TrainingSession {
   void resume_from_checkpoint();
   void check_resumable(const Checkpoint& ck) const;
   void save_at(const TrainPosition& pos);
+  void save_sharded(const Checkpoint& ck);  // rows mode: shard files, then the main file
   void save() { save_at(trainer_->position()); }
   bool distributed() const { return options_.comm && options_.comm->size() > 1; }
   bool writer() const { return !distributed() || options_.comm->rank() == 0; }

@@ -6,16 +6,22 @@
 // ranks end (the owner sums a row's contributions in rank order, the order
 // of the replicated all-reduce), for Adam and SGD with embedding decay, the
 // logistic and softmax losses, pooled histories and empty shards; the
-// checkpoint a sharded run writes resumes on one rank and a one-rank
-// checkpoint resumes sharded; evaluation after a sharded run sees the whole
+// checkpoint a sharded run writes (a main file and one shard file per rank,
+// saved without gathering a table; broken shards refused by name) loads
+// whole on one rank, by row shard on any rank count, and resumes on one
+// rank and on N, and a one-rank checkpoint resumes sharded; evaluation after a sharded run sees the whole
 // tables; each rank holds only its rows; ranks that disagree on the
 // sharding stop with an error saying so.
 // Rank 0 trains the references itself while the others wait.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <string>
 
@@ -214,9 +220,9 @@ TEST(ShardedTables, EmptyShardsMatch) {
   expect_rows_match(c, 1e-3);
 }
 
-// A checkpoint of a sharded run holds the whole tables: one rank resumes it,
-// and a one-rank checkpoint resumes sharded, each ending where an
-// uninterrupted one-rank run ends (within tolerance).
+// A checkpoint of a sharded run (main file and shards) loads into any rank
+// count: one rank resumes it, and a one-rank checkpoint resumes sharded,
+// each ending where an uninterrupted one-rank run ends (within tolerance).
 TEST(ShardedTables, CheckpointsResumeAcrossRankCounts) {
   const Config base = small_config(data_dir(100, 50, 12, 9), "resume", Loss::kLogistic, OptimizerKind::kAdam);
   const std::string out = base.out;
@@ -281,6 +287,166 @@ TEST(ShardedTables, EarlyStoppingMatchesReplicated) {
     EXPECT_TRUE(near(er.model.ndcg[0], ep.model.ndcg[0], 0.0)) << er.model.ndcg[0] << " vs " << ep.model.ndcg[0];
     std::printf("[ early stopping ] %zu epochs run; rows vs replicated: %lld elements differ\n", rr.history.size(),
                 static_cast<long long>(d.not_near));
+  }
+  g_comm->barrier();
+}
+
+std::vector<std::string> shard_files(const std::string& dir) {
+  std::vector<std::string> v;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("model.ckpt.rows-", 0) == 0) v.push_back(name);
+  }
+  std::sort(v.begin(), v.end());
+  return v;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void spit(const std::string& path, const std::string& bytes) {
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+// load_checkpoint of `main` fails with a message naming `file`.
+void expect_load_error(const std::string& main, const std::string& file, const std::string& what) {
+  try {
+    load_checkpoint(main);
+    ADD_FAILURE() << what << ": " << main << " loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(file), std::string::npos) << what << ": " << e.what();
+  }
+}
+
+// A rows-mode checkpoint on N ranks is a main file and N shard files (each
+// rank's rows; no rank assembles a whole table to save), replaced together
+// by each save; it loads whole on one rank (bit for bit what replicated
+// tables write), by row shard on any rank count, and resumes on N ranks
+// where an uninterrupted run ends. A missing, truncated, corrupted or stale
+// shard is an error naming the file.
+TEST(ShardedTables, CheckpointIsAMainFileAndOneShardPerRank) {
+  const int N = g_comm->size();
+  Config c = small_config(data_dir(100, 50, 12, 9), "files", Loss::kLogistic, OptimizerKind::kAdam);
+  c.checkpoint_every_steps = 5;  // mid-epoch saves too, each replacing the last
+  const std::string out = c.out;
+  Config one = c;
+  one.train.epochs = 1;
+  {
+    one.table_sharding = "rows";
+    one.out = out + "-rows";
+    SessionOptions dist;
+    dist.comm = g_comm;
+    TrainingSession s(one, dist);
+    const int64_t before = s.model().table_gathers();
+    s.run();
+    // Only run()'s gather for inference after training (one per tower); the
+    // saves gathered nothing.
+    EXPECT_EQ(s.model().table_gathers() - before, 2);
+  }
+  train_distributed(one, "replicated", out + "-repl");
+  // Resumed on N ranks for the second epoch, against an uninterrupted run.
+  train_distributed(c, "rows", out + "-rows", nullptr, nullptr, /*resume=*/true);
+  train_distributed(c, "rows", out + "-whole");
+  if (g_comm->rank() == 0) {
+    const std::string ckpt = out + "-rows/model.ckpt";
+    const auto files = shard_files(out + "-rows");
+    ASSERT_EQ(files.size(), static_cast<size_t>(N)) << "stale shards left behind?";
+    for (int q = 0; q < N; ++q)
+      EXPECT_EQ(files[q].rfind("model.ckpt.rows-" + std::to_string(q) + "-of-" + std::to_string(N) + ".", 0), 0u)
+          << files[q];
+    EXPECT_TRUE(shard_files(out + "-repl").empty());
+    const Checkpoint resumed = load(out + "-rows"), whole = load(out + "-whole");
+    EXPECT_EQ(resumed.table_shards, N);
+    const Diff d = compare(resumed, whole, 0.0, 0.0);
+    EXPECT_EQ(d.not_near, 0) << "resumed on " << N << " ranks: " << d.where;
+    // By row shard on 3 ranks (r mod N -> r mod 3): each its rows, in order.
+    for (int q = 0; q < 3; ++q) {
+      const Checkpoint part = load_checkpoint(ckpt, TableShard{q, 3});
+      EXPECT_EQ(part.state.rows.rank, q);
+      EXPECT_EQ(part.state.rows.ranks, 3);
+      ASSERT_EQ(part.state.names, whole.state.names);
+      for (size_t t = 0; t < part.state.names.size(); ++t) {
+        const auto& name = part.state.names[t];
+        const auto& full = whole.state.tensors[t];
+        if (name.rfind("arena.", 0) == 0) {
+          EXPECT_EQ(part.state.tensors[t], full) << name;
+          continue;
+        }
+        const int64_t n = name.rfind("user.", 0) == 0 ? whole.users.size() : whole.items.size();
+        const size_t dim = full.size() / static_cast<size_t>(n);
+        std::vector<float> want;
+        for (int64_t r = q; r < n; r += 3) want.insert(want.end(), full.begin() + r * dim, full.begin() + (r + 1) * dim);
+        EXPECT_EQ(part.state.tensors[t], want) << name << " of shard " << q;
+      }
+    }
+    // The replicated single file: version 1, and written again byte for byte.
+    const std::string repl = slurp(out + "-repl/model.ckpt");
+    ASSERT_GT(repl.size(), 12u);
+    uint32_t version = 0;
+    std::memcpy(&version, repl.data() + 8, 4);
+    EXPECT_EQ(version, kCheckpointVersion);
+    save_checkpoint(out + "-again.ckpt", load_checkpoint(out + "-repl/model.ckpt"));
+    EXPECT_TRUE(slurp(out + "-again.ckpt") == repl);
+    // Broken shards, each in its own copy of the checkpoint.
+    int k = 0;
+    auto copy = [&](const std::string& why) {
+      const std::string dir = out + "-broken-" + std::to_string(k++);
+      std::filesystem::create_directories(dir);
+      for (const auto& e : std::filesystem::directory_iterator(out + "-rows"))
+        if (e.path().filename().string().rfind("model.ckpt", 0) == 0)
+          std::filesystem::copy_file(e.path(), dir + "/" + e.path().filename().string());
+      std::printf("[ broken shard ] %s in %s\n", why.c_str(), dir.c_str());
+      return dir;
+    };
+    {
+      const std::string dir = copy("missing");
+      std::filesystem::remove(dir + "/" + files[N - 1]);
+      expect_load_error(dir + "/model.ckpt", dir + "/" + files[N - 1], "missing shard");
+    }
+    {
+      const std::string dir = copy("truncated");
+      const std::string f = dir + "/" + files[0];
+      std::filesystem::resize_file(f, std::filesystem::file_size(f) - 7);
+      expect_load_error(dir + "/model.ckpt", f, "truncated shard");
+    }
+    {
+      const std::string dir = copy("corrupted");
+      const std::string f = dir + "/" + files[0];
+      std::string bytes = slurp(f);
+      bytes[bytes.size() / 2] ^= 0x10;
+      spit(f, bytes);
+      expect_load_error(dir + "/model.ckpt", f, "corrupted shard");
+    }
+    {
+      // Another save's shard under this save's name (the same size).
+      const std::string dir = copy("stale");
+      const auto other = shard_files(out + "-whole");
+      ASSERT_EQ(other.size(), static_cast<size_t>(N));
+      std::filesystem::copy_file(out + "-whole/" + other[0], dir + "/" + files[0],
+                                 std::filesystem::copy_options::overwrite_existing);
+      expect_load_error(dir + "/model.ckpt", dir + "/" + files[0], "stale shard");
+    }
+    {
+      // A shard given as the checkpoint.
+      expect_load_error(out + "-rows/" + files[0], out + "-rows/" + files[0], "shard as the main file");
+    }
+  }
+  g_comm->barrier();
+  // One rank resuming a sharded checkpoint writes one file and drops the
+  // shards (and a killed writer's temporary shard file).
+  if (g_comm->rank() == 0) {
+    spit(out + "-rows/model.ckpt.rows-1-of-2.00000000000000ff.tmp.999999999", "partial");
+    Config c3 = c;
+    c3.train.epochs = 3;
+    c3.out = out + "-rows";
+    SessionOptions resume;
+    resume.resume = true;
+    TrainingSession s(c3, resume);
+    s.run();
+    EXPECT_TRUE(shard_files(out + "-rows").empty());
+    EXPECT_EQ(load(out + "-rows").table_shards, 0);
   }
   g_comm->barrier();
 }

@@ -468,7 +468,7 @@ std::string resolve_data_defaults(Config& cfg, const DataShape& shape) {
   fill("hidden", cfg.tower.hidden, def.tower.hidden, sparse ? std::vector<int>{} : std::vector<int>{128, 64});
   fill("id-dim", cfg.tower.id_dim, def.tower.id_dim, sparse ? 128 : 64);
   fill("dim", cfg.tower.out_dim, def.tower.out_dim, sparse ? 128 : 64);
-  fill("epochs", cfg.train.epochs, def.train.epochs, sparse ? 10 : 30);
+  fill("epochs", cfg.train.epochs, def.train.epochs, sparse ? 20 : 30);
   fill("embedding-decay", cfg.train.optimizer.embedding_decay, def.train.optimizer.embedding_decay,
        sparse ? kSparseEmbeddingDecay : 2.0f);
   // Set by resolve_defaults for the softmax and ccl losses only (0 there).

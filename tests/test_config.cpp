@@ -55,15 +55,15 @@ TEST(Config, DataShapedDefaultsFollowTheDensityRule) {
   EXPECT_TRUE(c.tower.hidden.empty());
   EXPECT_EQ(c.tower.id_dim, 128);
   EXPECT_EQ(c.tower.out_dim, 128);
-  EXPECT_EQ(c.train.epochs, 10);
+  EXPECT_EQ(c.train.epochs, 20);
   EXPECT_NE(said.find("sparse"), std::string::npos) << said;
   EXPECT_NE(said.find("hidden none"), std::string::npos) << said;
   EXPECT_TRUE(c.data_auto.empty());
   const auto after = nlohmann::json::parse(to_json(c));
   EXPECT_EQ(after["hidden"], "none");
-  EXPECT_EQ(after["epochs"], 10);
+  EXPECT_EQ(after["epochs"], 20);
   EXPECT_EQ(resolve_data_defaults(c, dense), "") << "resolved once";
-  EXPECT_EQ(c.train.epochs, 10);
+  EXPECT_EQ(c.train.epochs, 20);
 
   Config d;
   resolve_data_defaults(d, dense);

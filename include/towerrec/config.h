@@ -82,7 +82,7 @@ inline constexpr float kSparseEmbeddingDecay = 4.0f;
 // set. Dense data (density >= kSparseDensity, e.g. MovieLens-100k at 4.7%):
 // hidden 128,64, id-dim 64, dim 64, 30 epochs, embedding decay 2, no sampled
 // negatives for softmax/ccl. Sparse data (e.g. Gowalla at 0.05%): one linear
-// layer over a 128-wide ID embedding to dim 128, 10 epochs, embedding decay
+// layer over a 128-wide ID embedding to dim 128, 20 epochs, embedding decay
 // kSparseEmbeddingDecay and kSparseNegatives sampled negatives for softmax/ccl.
 // Returns a line saying what it chose ("" when nothing was auto).
 std::string resolve_data_defaults(Config& cfg, const DataShape& shape);

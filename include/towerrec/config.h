@@ -75,7 +75,7 @@ inline constexpr double kSparseDensity = 0.01;
 // Sparse data: the softmax and ccl losses' sampled negatives per positive
 // (uniform items that join the batch's, mixed negative sampling) and the ID
 // rows' decoupled weight decay.
-inline constexpr int kSparseNegatives = 2;
+inline constexpr int kSparseNegatives = 1;
 inline constexpr float kSparseEmbeddingDecay = 4.0f;
 
 // Fills the keys still in cfg.data_auto from the data's shape and empties the

@@ -274,7 +274,8 @@ void add_training_keys(std::vector<ConfigKey>& k) {
                                     [](Config& c) -> int& { return c.train.epochs; }, 0, 100000)));
   k.push_back(int_key("batch-size", "positives per batch",
                       [](Config& c) -> int64_t& { return c.train.batch_size; }, 1, 1 << 24));
-  k.push_back({"negatives", "sampled negatives per positive (auto: 0 for softmax and ccl, 2 there on sparse data, see README; 4 otherwise)",
+  k.push_back({"negatives", "sampled negatives per positive (auto: 0 for softmax and ccl, " + std::to_string(kSparseNegatives) +
+                              " there on sparse data, see README; 4 otherwise)",
                [](Config& c, const std::string& v) {
                  if (v == "auto") {
                    c.negatives_auto = true;

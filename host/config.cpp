@@ -265,6 +265,17 @@ void add_data_and_model_keys(std::vector<ConfigKey>& k) {
                       [](Config& c) -> int& { return c.tower.history; }, 0, 1 << 20));
   k.push_back(int_key("history-dim", "width of the history item embeddings",
                       [](Config& c) -> int& { return c.tower.history_dim; }, 1, 4096));
+  json_kind("history-table", 's');
+  k.push_back({"history-table",
+               "the table the pooled history reads: the user tower's own (history-dim wide, dense "
+               "updates) or the item tower's ID rows (id-dim wide, updated sparsely with the batch's items)",
+               [](Config& c, const std::string& v) {
+                 if (v != "own" && v != "items")
+                   throw Error("--history-table: '" + v + "' is not one of own, items");
+                 c.tower.history_shared = v == "items";
+               },
+               [](const Config& c) { return quote(c.tower.history_shared ? "items" : "own"); }, false,
+               "own|items"});
   k.push_back(float_key("init-std", "std of embedding initialisation",
                         [](Config& c) -> float& { return c.tower.init_std; }, 0.0f, 10.0f));
 }

@@ -48,11 +48,22 @@ Tower::Tower(TwoTowerModel& model, const std::string& name, const TowerInputSpec
     cursor += static_cast<int64_t>(spec.cat_vocab[f]) * cfg.cat_dim;
   }
   if (spec.history_vocab > 0) {
-    TOWERREC_CHECK(cfg.history > 0 && cfg.history_dim > 0,
-                   name + " tower: a history input needs history > 0 and history_dim > 0");
-    hist_off_ = cursor;
-    cursor += static_cast<int64_t>(spec.history_vocab) * cfg.history_dim;
-    in_dim_ += cfg.history_dim;
+    TOWERREC_CHECK(cfg.history > 0, name + " tower: a history input needs history > 0");
+    has_hist_ = true;
+    if (cfg.history_shared) {
+      TOWERREC_CHECK(cfg.id_dim > 0, name + " tower: a history shared with the item tower's ID "
+                                            "table needs ID embeddings (id_dim > 0)");
+      TOWERREC_CHECK(shard.ranks == 1, name + " tower: a history shared with the item tower's ID "
+                                              "table needs the whole table on every rank, not row-sharded tables");
+      hist_shared_ = true;
+      hist_dim_ = cfg.id_dim;
+    } else {
+      TOWERREC_CHECK(cfg.history_dim > 0, name + " tower: a history input needs history_dim > 0");
+      hist_off_ = cursor;
+      cursor += static_cast<int64_t>(spec.history_vocab) * cfg.history_dim;
+      hist_dim_ = cfg.history_dim;
+    }
+    in_dim_ += hist_dim_;
   }
   TOWERREC_CHECK(in_dim_ > 0, name + " tower has no input: enable the ID embedding or features");
   int in = in_dim_;
@@ -210,7 +221,7 @@ const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id,
                     cat_values_[f].data(), idx, n, X, in_dim_, col);
     col += cfg.cat_dim;
   }
-  if (hist_off_ >= 0) {
+  if (has_hist_) {
     if (history) {
       last_hist_ = *history;
     } else {
@@ -218,9 +229,10 @@ const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id,
                      name_ + " tower: histories not set (call set_history)");
       last_hist_ = {hist_offsets_.data(), hist_values_.data(), idx};
     }
-    be->bag_forward(arena + hist_off_, cfg.history_dim, last_hist_.offsets, last_hist_.values,
-                    last_hist_.rows, n, X, in_dim_, col);
-    col += cfg.history_dim;
+    const float* table = hist_shared_ ? model_->item_->id_table_.data() : arena + hist_off_;
+    be->bag_forward(table, hist_dim_, last_hist_.offsets, last_hist_.values, last_hist_.rows, n, X,
+                    in_dim_, col);
+    col += hist_dim_;
   }
   const bool drop = model_->training_ && cfg.dropout > 0.0f;
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -258,7 +270,7 @@ void Tower::backward() {
   const int64_t n = last_n_;
   const float* arena = model_->params_.data();
   float* grads = model_->grads_.data();
-  const bool need_input_grad = cfg.id_dim > 0 || !cat_off_.empty() || hist_off_ >= 0;
+  const bool need_input_grad = cfg.id_dim > 0 || !cat_off_.empty() || has_hist_;
   if (cfg.normalize)
     be->l2_normalize_backward(norm_out_.data(), norm_inv_.data(), norm_grad_.data(), n,
                               cfg.out_dim, grad_act_.back().data());
@@ -282,7 +294,10 @@ void Tower::backward() {
   if (hist_off_ >= 0)
     be->bag_backward(grad_act_[0].data(), in_dim_, col, last_hist_.offsets, last_hist_.values,
                      last_hist_.rows, n, cfg.history_dim, grads + hist_off_);
+  // A shared history's rows join the item tower's at the next reduce or step.
+  hist_pending_ = hist_shared_;
   pending_rows_ = cfg.id_dim > 0;
+  use_union_ = false;  // a union of an earlier backward no longer applies
 }
 
 namespace {
@@ -310,15 +325,18 @@ void reduce_backend_floats(Backend& be, float* buf, int64_t n, Communicator& con
 void Tower::reduce_rows(Communicator& control, Communicator* data) {
   Backend* be = model_->be_;
   const int dim = model_->cfg_.id_dim;
+  // This rank's rows and their gradients, on the host: the ID columns of dX,
+  // or the rows merged with a shared history's (row stride dim).
+  const bool merged = use_union_;
   use_union_ = false;
   if (dim == 0) return;
-  // This rank's rows and their gradients (the ID columns of dX), on the host.
-  const int64_t n = pending_rows_ ? last_n_ : 0;
+  const int64_t n = pending_rows_ ? (merged ? union_n_ : last_n_) : 0;
+  const int ld = merged ? dim : in_dim_;
   std::vector<int32_t> rows(static_cast<size_t>(n));
-  std::vector<float> dx(static_cast<size_t>(n) * static_cast<size_t>(in_dim_));
+  std::vector<float> dx(static_cast<size_t>(n) * static_cast<size_t>(ld));
   if (n > 0) {
-    be->to_host(rows.data(), last_idx_, rows.size() * sizeof(int32_t));
-    be->to_host(dx.data(), grad_act_[0].data(), dx.size() * sizeof(float));
+    be->to_host(rows.data(), merged ? union_idx_.data() : last_idx_, rows.size() * sizeof(int32_t));
+    be->to_host(dx.data(), merged ? union_grad_.data() : grad_act_[0].data(), dx.size() * sizeof(float));
   }
   std::vector<int32_t> all = control.all_gatherv_i32(rows);
   std::sort(all.begin(), all.end());
@@ -329,7 +347,7 @@ void Tower::reduce_rows(Communicator& control, Communicator* data) {
   std::vector<float> g(all.size() * static_cast<size_t>(dim), 0.0f);
   for (int64_t j = 0; j < n; ++j) {
     const auto at = static_cast<size_t>(std::lower_bound(all.begin(), all.end(), rows[j]) - all.begin());
-    const float* src = dx.data() + static_cast<size_t>(j) * static_cast<size_t>(in_dim_);
+    const float* src = dx.data() + static_cast<size_t>(j) * static_cast<size_t>(ld);
     float* dst = g.data() + at * static_cast<size_t>(dim);
     for (int c = 0; c < dim; ++c) dst[c] += src[c];
   }
@@ -628,10 +646,8 @@ int64_t TwoTowerModel::memory_needed(const TowerConfig& cfg, const TowerInputSpe
       floats += 4 * (in * w + w);
       in = w;
     }
-    if (s->history_vocab > 0) {  // the history table, its gradient and Adam moments
+    if (s->history_vocab > 0 && !cfg.history_shared)  // an own history table, its gradient and Adam moments
       floats += 4 * static_cast<int64_t>(s->history_vocab) * cfg.history_dim;
-      in += cfg.history_dim;
-    }
     // ID table, Adam m and v (of the shard's rows)
     floats += 3 * rows_of_rank(s->n_entities, shard.rank, std::max(shard.ranks, 1)) * cfg.id_dim;
     floats += static_cast<int64_t>(s->n_entities) * s->dense_dim;    // dense features
@@ -656,6 +672,10 @@ TwoTowerModel::TwoTowerModel(Backend& be, const TowerConfig& cfg, const TowerInp
   user_ = std::make_unique<Tower>(*this, "user", user_spec, cursor, shard);
   item_arena_begin_ = cursor;
   item_ = std::make_unique<Tower>(*this, "item", item_spec, cursor, shard);
+  TOWERREC_CHECK(!user_->hist_shared_ || user_spec.history_vocab == item_spec.n_entities,
+                 "a history shared with the item tower's ID table must range over its items (" +
+                     std::to_string(user_spec.history_vocab) + " != " + std::to_string(item_spec.n_entities) + ")");
+  TOWERREC_CHECK(item_spec.history_vocab == 0, "only the user tower pools a history");
   params_.reset(be_, cursor);
   grads_.reset(be_, cursor);
   m_.reset(be_, cursor);
@@ -679,7 +699,7 @@ void TwoTowerModel::set_features(const EntityFeatures& users, const EntityFeatur
 void TwoTowerModel::set_history(const std::vector<int64_t>& offsets,
                                 const std::vector<int32_t>& items) {
   Tower& t = *user_;
-  if (t.hist_off_ < 0) return;
+  if (!t.has_hist_) return;
   TOWERREC_CHECK(static_cast<int64_t>(offsets.size()) == t.spec_.n_entities + 1,
                  "history offsets size mismatch");
   std::vector<int32_t> o, v;
@@ -725,6 +745,7 @@ void TwoTowerModel::zero_grad() { be_->fill(grads_.data(), grads_.size(), 0.0f);
 
 void TwoTowerModel::reduce_gradients(Communicator& control, Communicator* data) {
   if (control.size() <= 1) return;
+  merge_history_rows();
   if (bucket_floats_ <= 0) {
     reduce_backend_floats(*be_, grads_.data(), grads_.size(), control, data);
   } else {
@@ -791,6 +812,8 @@ void TwoTowerModel::shard_tables(Communicator& comm) {
   TOWERREC_CHECK(comm.memory() == CommMemory::kHost,
                  "row-sharded tables exchange rows over a host-memory communicator");
   TOWERREC_CHECK(!shard_comm_, "the tables are sharded already");
+  TOWERREC_CHECK(!user_->hist_shared_, "a history shared with the item tower's ID table needs the whole "
+                                       "table on every rank: the tables cannot be row-sharded");
   user_->shard(comm.rank(), comm.size());
   item_->shard(comm.rank(), comm.size());
   shard_comm_ = &comm;
@@ -808,8 +831,107 @@ void TwoTowerModel::gather_tables() {
   item_->gather_full();
 }
 
+void TwoTowerModel::merge_history_rows() {
+  Tower& u = *user_;
+  Tower& it = *item_;
+  if (!u.hist_pending_) return;
+  u.hist_pending_ = false;
+  TOWERREC_CHECK(it.pending_rows_ && !it.use_union_ && it.last_n_ > 0,
+                 "shared history: the item tower's backward must come before the step");
+  const int dim = cfg_.id_dim;
+  const int64_t ni = it.last_n_, nu = u.last_n_;
+  const int32_t n_items = it.spec_.n_entities;
+  // Host copies of the item rows and of the bags the user tower read.
+  std::vector<int32_t> items(static_cast<size_t>(ni)), rows(static_cast<size_t>(nu));
+  be_->to_host(items.data(), it.last_idx_, items.size() * sizeof(int32_t));
+  be_->to_host(rows.data(), u.last_hist_.rows, rows.size() * sizeof(int32_t));
+  int32_t top = 0;
+  for (int32_t r : rows) {
+    TOWERREC_CHECK(r >= 0, "shared history: negative bag row");
+    top = std::max(top, r);
+  }
+  std::vector<int32_t> offs(static_cast<size_t>(top) + 2);
+  be_->to_host(offs.data(), u.last_hist_.offsets, offs.size() * sizeof(int32_t));
+  TOWERREC_CHECK(offs.back() >= 0, "shared history: bad bag offsets");
+  std::vector<int32_t> vals(static_cast<size_t>(offs.back()));
+  if (!vals.empty()) be_->to_host(vals.data(), u.last_hist_.values, vals.size() * sizeof(int32_t));
+  // The union: the item rows in their order, then each bag item not among
+  // them in order of first use; each item row's and each bag entry's place.
+  std::vector<int32_t>& at = it.merge_at_;
+  if (at.size() != static_cast<size_t>(n_items)) at.assign(static_cast<size_t>(n_items), -1);
+  std::vector<int32_t> uni;
+  uni.reserve(static_cast<size_t>(ni) + vals.size());
+  auto place = [&](int32_t v) {
+    TOWERREC_CHECK(v >= 0 && v < n_items, "shared history: item index out of range");
+    if (at[static_cast<size_t>(v)] < 0) {
+      at[static_cast<size_t>(v)] = static_cast<int32_t>(uni.size());
+      uni.push_back(v);
+    }
+    return at[static_cast<size_t>(v)];
+  };
+  // merge_ints_: [identity offsets 0..ni | identity rows 0..ni-1 | item places | bag-entry places]
+  const size_t n_ints = 3 * static_cast<size_t>(ni) + 1 + std::max<size_t>(vals.size(), 1);
+  std::vector<int32_t> ints(n_ints, 0);
+  for (int64_t j = 0; j <= ni; ++j) ints[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+  for (int64_t j = 0; j < ni; ++j) ints[static_cast<size_t>(ni + 1 + j)] = static_cast<int32_t>(j);
+  int32_t* item_at = ints.data() + 2 * ni + 1;
+  int32_t* entry_at = ints.data() + 3 * ni + 1;
+  for (int64_t j = 0; j < ni; ++j) item_at[j] = place(items[static_cast<size_t>(j)]);
+  for (int32_t r : rows) {
+    TOWERREC_CHECK(offs[static_cast<size_t>(r)] <= offs[static_cast<size_t>(r) + 1], "shared history: bad bag offsets");
+    for (int32_t e = offs[static_cast<size_t>(r)]; e < offs[static_cast<size_t>(r) + 1]; ++e)
+      entry_at[e] = place(vals[static_cast<size_t>(e)]);
+  }
+  for (int32_t v : uni) at[static_cast<size_t>(v)] = -1;
+  it.merge_ints_.ensure(be_, static_cast<int64_t>(n_ints));
+  be_->to_device(it.merge_ints_.data(), ints.data(), ints.size() * sizeof(int32_t));
+  const int32_t* d = it.merge_ints_.data();
+  const auto n_uni = static_cast<int64_t>(uni.size());
+  it.union_grad_.ensure(be_, n_uni * dim);
+  be_->fill(it.union_grad_.data(), n_uni * dim, 0.0f);
+  // Each item row as a bag of one, then the history bags: dL/d(row) sums both.
+  be_->bag_backward(it.grad_act_[0].data(), it.in_dim_, 0, d, d + 2 * ni + 1, d + ni + 1, ni, dim,
+                    it.union_grad_.data());
+  be_->bag_backward(u.grad_act_[0].data(), u.in_dim_, u.in_dim_ - u.hist_dim_, u.last_hist_.offsets,
+                    d + 3 * ni + 1, u.last_hist_.rows, nu, dim, it.union_grad_.data());
+  it.union_idx_.ensure(be_, n_uni);
+  be_->to_device(it.union_idx_.data(), uni.data(), uni.size() * sizeof(int32_t));
+  it.union_n_ = n_uni;
+  it.use_union_ = true;
+}
+
+void Tower::pending_row_gradients(std::vector<int32_t>& rows, std::vector<float>& grad) {
+  model_->merge_history_rows();
+  rows.clear();
+  grad.clear();
+  const int dim = model_->cfg_.id_dim;
+  if (!pending_rows_ || dim == 0) return;
+  Backend* be = model_->be_;
+  if (use_union_) {
+    rows.resize(static_cast<size_t>(union_n_));
+    grad.resize(static_cast<size_t>(union_n_) * dim);
+    be->to_host(rows.data(), union_idx_.data(), rows.size() * sizeof(int32_t));
+    be->to_host(grad.data(), union_grad_.data(), grad.size() * sizeof(float));
+    return;
+  }
+  std::vector<int32_t> idx(static_cast<size_t>(last_n_));
+  std::vector<float> dx(static_cast<size_t>(last_n_) * static_cast<size_t>(in_dim_));
+  be->to_host(idx.data(), last_idx_, idx.size() * sizeof(int32_t));
+  be->to_host(dx.data(), grad_act_[0].data(), dx.size() * sizeof(float));
+  for (size_t j = 0; j < idx.size(); ++j) {
+    const auto it = std::find(rows.begin(), rows.end(), idx[j]);
+    size_t k = static_cast<size_t>(it - rows.begin());
+    if (it == rows.end()) {
+      rows.push_back(idx[j]);
+      grad.resize(grad.size() + static_cast<size_t>(dim), 0.0f);
+    }
+    for (int c = 0; c < dim; ++c) grad[k * dim + c] += dx[j * static_cast<size_t>(in_dim_) + c];
+  }
+}
+
 void TwoTowerModel::step(const OptimizerConfig& opt) {
   ++steps_;
+  merge_history_rows();
   if (opt.kind == OptimizerKind::kSgd) {
     be_->sgd(params_.data(), grads_.data(), params_.size(), opt.lr, opt.weight_decay);
   } else {
@@ -885,7 +1007,7 @@ void TwoTowerModel::embed_items(int32_t first, int32_t count, DeviceArray<float>
 
 std::string TwoTowerModel::history_input_problem() const {
   const TowerInputSpec& s = user_->spec_;
-  if (cfg_.history <= 0 || user_->hist_off_ < 0)
+  if (cfg_.history <= 0 || !user_->has_hist_)
     return "the model has no history input (trained with history 0)";
   if (s.dense_dim > 0 || !s.cat_vocab.empty())
     return "the model's user tower also reads user features, which a history alone does not give";

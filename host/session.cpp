@@ -49,7 +49,7 @@ std::string describe(const TrainPosition& p) {
 
 // Keys that shape the model: a checkpoint can only be resumed with the same values.
 const char* const kShapeKeys[] = {"id-dim", "hidden", "dim", "cat-dim", "features", "normalize",
-                                  "history", "history-dim"};
+                                  "history", "history-dim", "history-table"};
 // Keys that do not change what an epoch computes.
 const char* const kRunKeys[] = {"epochs", "out", "quiet", "log-every", "device", "data",
                                 "user-features", "item-features", "checkpoint-every-steps",
@@ -270,7 +270,13 @@ TrainingSession::TrainingSession(Config cfg, SessionOptions options, SessionCall
     const int64_t id_bytes = static_cast<int64_t>(cfg_.tower.id_dim) *
                              (int64_t{ds_.users.size()} + int64_t{ds_.items.size()}) *
                              static_cast<int64_t>(sizeof(float));
-    sharding_ = resolve_table_sharding(cfg_.table_sharding, options_.comm->size(), id_bytes);
+    // A history read from the item tower's ID rows needs the whole item table on each rank.
+    const bool shared_history = cfg_.tower.history > 0 && cfg_.tower.history_shared;
+    if (shared_history && cfg_.table_sharding == "rows")
+      throw Error("--history-table items reads the whole item ID table on every rank: it cannot "
+                  "train with --table-sharding rows (use replicated, or --history-table own)");
+    sharding_ = resolve_table_sharding(shared_history ? "replicated" : cfg_.table_sharding,
+                                       options_.comm->size(), id_bytes);
     const std::vector<uint64_t> all = options_.comm->all_gather_u64(sharding_ == "rows" ? 1 : 0);
     for (size_t r = 1; r < all.size(); ++r)
       if (all[r] != all[0])

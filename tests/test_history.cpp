@@ -120,15 +120,26 @@ std::vector<double> hand_embedding(TrainedModel& m, std::vector<int32_t> items) 
     if (s.names[j] == "arena.params") arena = &s.tensors[j];
   EXPECT_NE(arena, nullptr);
   if (!arena) return {};
-  // The user tower's part of the arena: its history table (no features), then
-  // each layer's weights [in x out] and bias.
-  int64_t cur = 0;
-  const int64_t hist_off = cur;
-  cur += static_cast<int64_t>(m.n_items()) * t.history_dim;
-  std::vector<double> x(static_cast<size_t>(t.id_dim + t.history_dim), 0.0);
+  // The user tower's part of the arena: its history table (no features; none
+  // when the history reads the item tower's ID rows), then each layer's
+  // weights [in x out] and bias.
+  const std::vector<float>* table = arena;
+  int64_t cur = 0, hist_off = 0;
+  int hd = t.history_dim;
+  if (t.history_shared) {
+    hd = t.id_dim;
+    table = nullptr;
+    for (size_t j = 0; j < s.names.size(); ++j)
+      if (s.names[j] == "item.id") table = &s.tensors[j];
+    EXPECT_NE(table, nullptr);
+    if (!table) return {};
+  } else {
+    cur += static_cast<int64_t>(m.n_items()) * t.history_dim;
+  }
+  std::vector<double> x(static_cast<size_t>(t.id_dim + hd), 0.0);
   for (int32_t i : bag)
-    for (int c = 0; c < t.history_dim; ++c)
-      x[static_cast<size_t>(t.id_dim + c)] += (*arena)[static_cast<size_t>(hist_off + int64_t{i} * t.history_dim + c)] /
+    for (int c = 0; c < hd; ++c)
+      x[static_cast<size_t>(t.id_dim + c)] += (*table)[static_cast<size_t>(hist_off + int64_t{i} * hd + c)] /
                                                static_cast<double>(bag.size());
   std::vector<int> widths = t.hidden;
   widths.push_back(t.out_dim);
@@ -236,6 +247,39 @@ TEST_F(History, RecommendEqualsThePooledMeanThroughTheTowerAndABruteForce) {
   m.backend().to_host(one_host.data(), one.data(), one.bytes());
   EXPECT_TRUE(testing::all_close(one_host, testing::to_double(std::vector<float>(lib.begin() + m.dim(), lib.begin() + 2 * m.dim())),
                                  1e-6, 1e-6));
+}
+
+// --history-table items: the history pools the item tower's ID rows. The
+// library's and recommend's embeddings of given histories follow those rows
+// through the user tower; the key is kept in the model's configuration.
+TEST_F(History, SharedTableEmbedsHistoriesFromTheItemRows) {
+  ASSERT_OK(cli("train --data " + path("hsyn") + " --epochs 2 --threads 1 --quiet --history " + std::to_string(kCap) +
+                " --history-table items --features false --out " + path("hshared")));
+  EXPECT_NE(read_file(path("hshared") + "/config.json").find("\"history-table\": \"items\""), std::string::npos);
+  const Result r = cli("recommend --model " + path("hshared") + " --histories " + path("hist.csv") +
+                       " --k 5 --threads 1 --out " + path("hsrec.csv"));
+  ASSERT_OK(r);
+  const auto recs = read_recs(read_file(path("hsrec.csv")));
+  TrainedModel m = TrainedModel::load(path("hshared"), "cpu", 1);
+  ASSERT_TRUE(m.config().tower.history_shared);
+  EXPECT_TRUE(m.model().history_input_problem().empty());
+  for (const auto& [u, ids] : kHistories) {
+    SCOPED_TRACE(u);
+    const std::vector<int32_t> items = dense_items(m, ids);
+    DeviceArray<float> q;
+    m.model().embed_histories({0, static_cast<int64_t>(items.size())}, items, q);
+    std::vector<float> got(static_cast<size_t>(m.dim()));
+    m.backend().to_host(got.data(), q.data(), q.bytes());
+    const std::vector<double> hand = hand_embedding(m, items);
+    EXPECT_TRUE(testing::all_close(got, hand, 1e-5, 1e-4));
+    const auto want = brute_topk(m, hand, std::set<int32_t>(items.begin(), items.end()), 5);
+    ASSERT_EQ(recs.at(u).size(), want.size());
+    for (size_t k = 0; k < want.size(); ++k) EXPECT_EQ(recs.at(u)[k].first, m.items().id(want[k].first)) << "rank " << k + 1;
+  }
+  // Resuming with the other table is refused: it changes the model's shape.
+  EXPECT_FAILS_WITH(cli("train --data " + path("hsyn") + " --epochs 3 --threads 1 --quiet --history " +
+                        std::to_string(kCap) + " --features false --resume --out " + path("hshared")),
+                    "history-table");
 }
 
 TEST_F(History, IncludeSeenFiltersAndStandardOutput) {

@@ -56,6 +56,7 @@ double numeric_grad(Trainer& tr, Backend& be, const Trainer::Batch& b, float* p,
 // inside the difference step. Returns {checked, mismatched, skipped}.
 struct GradReport {
   int checked = 0, bad = 0, skipped = 0;
+  int history_only_rows = 0;  // shared history: item rows only a history bag read
 };
 // Linear towers are smooth: a larger step (1e-2) keeps float32 rounding of
 // the loss out of the quotient, and no point is skipped. ReLU towers use 1e-3
@@ -109,7 +110,10 @@ GradReport gradient_agreement(const TowerConfig& tcfg, uint64_t seed,
   // Every arena parameter: layers, biases and categorical tables of both towers.
   for (size_t j = 0; j < grad.size(); ++j)
     check(grad[j], f.model->arena().data() + j, "arena[" + std::to_string(j) + "]");
-  // ID-embedding rows: the gradient of row idx[r] is input_grad[r, 0:id_dim).
+  // ID-embedding rows: the rows the next step updates and their gradients
+  // (the batch's rows; with a shared history, the item tower's also take the
+  // rows the history bags read). Both are checked against the input gradient
+  // where they must agree, then every third row against differences.
   for (int side = 0; side < 2; ++side) {
     tr.loss_and_gradients(b);
     Tower& t = side == 0 ? f.model->user_tower() : f.model->item_tower();
@@ -117,10 +121,22 @@ GradReport gradient_agreement(const TowerConfig& tcfg, uint64_t seed,
     const int in = t.input_dim(), d = f.model->config().id_dim;
     std::vector<float> dx(ids.size() * static_cast<size_t>(in));
     be.to_host(dx.data(), t.input_grad(), dx.size() * sizeof(float));
-    for (size_t r = 0; r < ids.size(); r += 3)
+    std::vector<int32_t> rows;
+    std::vector<float> g;
+    t.pending_row_gradients(rows, g);
+    EXPECT_GE(rows.size(), std::set<int32_t>(ids.begin(), ids.end()).size()) << t.name();
+    const bool shared = side == 1 && tcfg.history > 0 && tcfg.history_shared;
+    if (!shared && rows.size() == ids.size()) {  // distinct batch rows: the ID columns of dX
+      for (size_t r = 0; r < ids.size(); ++r)
+        for (int c = 0; c < d; ++c) {
+          EXPECT_EQ(g[r * d + c], dx[r * in + c]) << t.name() << " row " << ids[r];
+        }
+    }
+    for (size_t r = 0; r < rows.size(); r += (shared ? 1 : 3))
       for (int c = 0; c < d; c += 2)
-        check(dx[r * in + c], t.id_table() + ids[r] * d + c,
-              t.name() + " id row " + std::to_string(ids[r]));
+        check(g[r * d + c], t.id_table() + int64_t{rows[r]} * d + c,
+              t.name() + " id row " + std::to_string(rows[r]));
+    if (shared) rep.history_only_rows = static_cast<int>(rows.size() - std::set<int32_t>(ids.begin(), ids.end()).size());
   }
   return rep;
 }
@@ -212,6 +228,111 @@ TEST(Model, WholeModelGradientsWithPooledHistory) {
     const GradReport r = gradient_agreement(linear, seed, loss);
     EXPECT_EQ(r.bad, 0) << "of " << r.checked;
   }
+}
+
+TEST(Model, WholeModelGradientsWithSharedHistory) {
+  // The history reads the item tower's ID rows: each item row's gradient sums
+  // its use as an item and in the users' bags, and rows only a bag read are
+  // updated too. Every item row of the step is checked.
+  const uint64_t seed = testing::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  TowerConfig linear = small_tower();
+  linear.hidden = {};
+  linear.history = 2;
+  linear.history_shared = true;
+  for (const Loss loss : {Loss::kLogistic, Loss::kBpr, Loss::kSoftmax}) {
+    SCOPED_TRACE(to_string(loss));
+    const GradReport r = gradient_agreement(linear, seed, loss);
+    EXPECT_EQ(r.bad, 0) << "of " << r.checked;
+    EXPECT_GT(r.checked, 0);
+  }
+  // With more items than a batch holds, some rows come from the bags alone.
+  TowerConfig wide = linear;
+  wide.history = 4;
+  Fixture f(seed, wide);
+  TrainConfig tc;
+  tc.loss = Loss::kLogistic;
+  tc.batch_size = 4;
+  tc.negatives = 1;
+  Trainer tr(*f.model, f.ds.interactions, tc);
+  Trainer::Batch b;
+  tr.plan_batch(0, 0, b);
+  tr.loss_and_gradients(b);
+  std::vector<int32_t> rows;
+  std::vector<float> g;
+  f.model->item_tower().pending_row_gradients(rows, g);
+  std::set<int32_t> want(b.items.begin(), b.items.end());
+  want.insert(b.hist_items.begin(), b.hist_items.end());
+  EXPECT_EQ(std::set<int32_t>(rows.begin(), rows.end()), want) << "the step's rows are the items and the bags' items";
+  EXPECT_EQ(rows.size(), want.size()) << "a row twice";
+  EXPECT_GT(want.size(), std::set<int32_t>(b.items.begin(), b.items.end()).size()) << "no row came from a bag alone";
+  // No own history table: the arena holds only the first layer's id_dim wider input.
+  TowerConfig none = linear;
+  none.history = 0;
+  Fixture g0(seed, none);
+  EXPECT_EQ(f.model->arena().size(), g0.model->arena().size() + int64_t{linear.id_dim} * linear.out_dim);
+}
+
+TEST(Model, SharedHistoryStepsAsTheMergedGradientSays) {
+  // One SGD step (lr 1, no decay) moves each item row by minus the merged
+  // gradient, rows only a bag read included, and leaves the others alone.
+  const uint64_t seed = testing::test_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  TowerConfig t = small_tower();
+  t.history = 3;
+  t.history_shared = true;
+  Fixture f(seed, t);
+  TrainConfig tc;
+  tc.loss = Loss::kSoftmax;
+  tc.batch_size = 5;
+  Trainer tr(*f.model, f.ds.interactions, tc);
+  Trainer::Batch b;
+  tr.plan_batch(0, 0, b);
+  tr.loss_and_gradients(b);
+  Tower& it = f.model->item_tower();
+  const int d = t.id_dim;
+  const int64_t n = it.local_rows() * d;
+  std::vector<float> before(static_cast<size_t>(n)), after(static_cast<size_t>(n));
+  f.be->to_host(before.data(), it.id_table(), before.size() * sizeof(float));
+  std::vector<int32_t> rows;
+  std::vector<float> g;
+  it.pending_row_gradients(rows, g);
+  OptimizerConfig opt;
+  opt.kind = OptimizerKind::kSgd;
+  opt.lr = 1.0f;
+  opt.embedding_decay = 0.0f;
+  f.model->step(opt);
+  f.be->to_host(after.data(), it.id_table(), after.size() * sizeof(float));
+  std::vector<double> want(before.begin(), before.end());
+  for (size_t r = 0; r < rows.size(); ++r)
+    for (int c = 0; c < d; ++c) want[static_cast<size_t>(rows[r]) * d + c] -= g[r * d + c];
+  EXPECT_TRUE(testing::all_close(after, want, 1e-6, 1e-6));
+  EXPECT_FALSE(testing::bit_identical(after, before)) << "the step moved nothing";
+}
+
+TEST(Model, SharedHistoryNeedsWholeItemRows) {
+  TowerConfig t = small_tower();
+  t.history = 2;
+  t.history_shared = true;
+  auto be = make_cpu_backend(1);
+  const Dataset ds = tiny_dataset(3);
+  TowerInputSpec us = make_input_spec(ds.user_features, ds.users.size(), true);
+  us.history_vocab = ds.items.size();
+  const TowerInputSpec is = make_input_spec(ds.item_features, ds.items.size(), true);
+  auto refused = [&](const TowerConfig& c, TableShard shard, const char* text) {
+    try {
+      TwoTowerModel m(*be, c, us, is, 3, shard);
+      ADD_FAILURE() << "built: " << text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    }
+  };
+  refused(t, TableShard{0, 2}, "not row-sharded tables");
+  TowerConfig no_id = t;
+  no_id.id_dim = 0;
+  refused(no_id, TableShard{}, "needs ID embeddings");
+  TwoTowerModel ok(*be, t, us, is, 3);
+  EXPECT_EQ(ok.user_tower().input_dim(), 2 * t.id_dim + 3 + 2 * t.cat_dim);
 }
 
 TEST(Model, SoftmaxItemTileFitsTheScratchCap) {

@@ -31,9 +31,14 @@ struct TowerConfig {
   bool normalize = false;           // L2-normalise the output embeddings (cosine score)
   // History pooling (user tower): the mean of history embeddings of up to
   // `history` of the user's training items joins the user tower's input
-  // (0: off). The history table is the user tower's own, [n_items x history_dim].
+  // (0: off). The history table is the user tower's own, [n_items x
+  // history_dim], or with history_shared the item tower's ID table (width
+  // id_dim; history_dim is then unused): a history then pools the very item
+  // rows the item tower scores, and the rows its bags touch are updated
+  // sparsely with the item rows of the batch.
   int history = 0;
   int history_dim = 64;
+  bool history_shared = false;
 };
 
 // What a tower sees of its entity kind. Built from EntityFeatures.
@@ -248,6 +253,11 @@ class TwoTowerModel {
   std::vector<StartedReduce> started_;
   int64_t bucket_floats_ = 0;
   void start_reduce_range(int64_t first, int64_t n, Communicator& control, Communicator* data);
+  // Shared history: the item rows the user tower's history bags read join the
+  // item tower's rows of the batch in one union with summed gradients, which
+  // the item tower's next sparse step (or reduce_gradients) takes. A no-op
+  // unless a shared-history backward is pending.
+  void merge_history_rows();
   void finish_started_reduces();
   int64_t steps_ = 0;
   bool training_ = false;
@@ -293,6 +303,12 @@ class Tower {
   // Backward through the layers and into the feature embeddings; records the
   // ID rows to update in the next model step().
   void backward();
+  // The ID rows the next model step() updates and their gradients
+  // [rows x id_dim], as host copies: the last forward's rows (summed per row
+  // where one repeats), with a shared history the union of the item rows and
+  // the rows the user tower's history bags read; after reduce_gradients the
+  // ranks' union. For tests and diagnostics.
+  void pending_row_gradients(std::vector<int32_t>& rows, std::vector<float>& grad);
 
  private:
   friend class TwoTowerModel;
@@ -324,7 +340,11 @@ class Tower {
   std::vector<char> cold_;               // per entity: embed with the bucket
   DeviceArray<float> dense_feat_;
   std::vector<DeviceArray<int32_t>> cat_offsets_, cat_values_;
-  int64_t hist_off_ = -1;                // arena offset of the history table (-1: none)
+  int64_t hist_off_ = -1;                // arena offset of an own history table (-1: none)
+  bool has_hist_ = false;                // the tower pools a history
+  bool hist_shared_ = false;             // ... from the item tower's ID table
+  int hist_dim_ = 0;                     // width of the pooled history
+  bool hist_pending_ = false;            // a shared history's gradient awaits merge_history_rows
   DeviceArray<int32_t> hist_offsets_, hist_values_;  // per-entity histories (inference)
   HistoryBags last_hist_;                // the bags of the last forward
   // Activations: act_[0] is the input X, act_[l+1] the output of layer l.
@@ -344,6 +364,9 @@ class Tower {
   DeviceArray<float> union_grad_;
   int64_t union_n_ = 0;
   bool use_union_ = false;
+  // Shared history (item tower): the identity CSR and positions merge_history_rows uploads.
+  DeviceArray<int32_t> merge_ints_;
+  std::vector<int32_t> merge_at_;        // per item row: its place in the union (-1: none)
   // Rows mode: this rank owns rows r with r % shard_ranks_ == shard_rank_.
   int shard_rank_ = 0, shard_ranks_ = 1;
   int64_t local_rows_ = 0;

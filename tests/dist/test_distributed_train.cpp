@@ -238,6 +238,15 @@ TEST(DistributedTrain, HistoryPoolingMatchesOneRank) {
   expect_same_as_one_rank(c, 1e-3);
 }
 
+// A history read from the item tower's ID rows: the rows the bags touch join
+// the ranks' union of item rows, as on one rank.
+TEST(DistributedTrain, SharedHistoryMatchesOneRank) {
+  Config c = small_config(data_dir(100, 50, 12, 9), "history-shared", Loss::kSoftmax);
+  c.tower.history = 5;
+  c.tower.history_shared = true;
+  expect_same_as_one_rank(c, 1e-3);
+}
+
 }  // namespace
 }  // namespace towerrec
 

@@ -98,6 +98,19 @@ class ProfilingBackend final : public Backend {
     T t(*this, "bag_backward");
     in_.bag_backward(g, ld, c, off, v, idx, n, d, dt);
   }
+  void bag_weighted_forward_impl(const float* tb, const float* lg, int d, const int32_t* off,
+                                 const int32_t* v, const int32_t* idx, int64_t n, float* o, int ld,
+                                 int c) override {
+    T t(*this, "bag_weighted_forward");
+    in_.bag_weighted_forward(tb, lg, d, off, v, idx, n, o, ld, c);
+  }
+  void bag_weighted_backward_impl(const float* g, const float* p, int ld, int c, const float* tb,
+                                  const float* lg, const int32_t* off, const int32_t* v,
+                                  const int32_t* dv, const int32_t* idx, int64_t n, int d, float* dt,
+                                  float* dl) override {
+    T t(*this, "bag_weighted_backward");
+    in_.bag_weighted_backward(g, p, ld, c, tb, lg, off, v, dv, idx, n, d, dt, dl);
+  }
   void logistic_loss_impl(const float* U, const float* V, int d, const PairBatch& pb, float s,
                           float* dU, float* dV, float* pg, float* lo) override {
     T t(*this, "logistic_loss");

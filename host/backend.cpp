@@ -119,6 +119,29 @@ void Backend::bag_backward(const float* dout, int ld_dout, int col_off, const in
   bag_backward_impl(dout, ld_dout, col_off, offsets, values, idx, n, dim, dtable);
 }
 
+void Backend::bag_weighted_forward(const float* table, const float* logit, int dim,
+                                   const int32_t* offsets, const int32_t* values, const int32_t* idx,
+                                   int64_t n, float* out, int ld_out, int col_off) {
+  check_layout("bag_weighted_forward", n, dim, ld_out, "ld_out", col_off);
+  if (n > 0)
+    TOWERREC_CHECK(table && logit && offsets && idx && out,
+                   "bag_weighted_forward: null table, logit, offsets, idx or out");
+  bag_weighted_forward_impl(table, logit, dim, offsets, values, idx, n, out, ld_out, col_off);
+}
+
+void Backend::bag_weighted_backward(const float* dout, const float* pooled, int ld, int col_off,
+                                    const float* table, const float* logit, const int32_t* offsets,
+                                    const int32_t* values, const int32_t* dvalues, const int32_t* idx,
+                                    int64_t n, int dim, float* dtable, float* dlogit) {
+  check_layout("bag_weighted_backward", n, dim, ld, "ld", col_off);
+  if (n > 0)
+    TOWERREC_CHECK(dout && pooled && table && logit && offsets && idx,
+                   "bag_weighted_backward: null dout, pooled, table, logit, offsets or idx");
+  if (n == 0 || (!dtable && !dlogit)) return;
+  bag_weighted_backward_impl(dout, pooled, ld, col_off, table, logit, offsets, values,
+                             dvalues ? dvalues : values, idx, n, dim, dtable, dlogit);
+}
+
 // ---- loss ------------------------------------------------------------------------------
 
 void Backend::logistic_loss(const float* U, const float* V, int d, const PairBatch& pb,

@@ -276,6 +276,17 @@ void add_data_and_model_keys(std::vector<ConfigKey>& k) {
                },
                [](const Config& c) { return quote(c.tower.history_shared ? "items" : "own"); }, false,
                "own|items"});
+  json_kind("history-pool", 's');
+  k.push_back({"history-pool",
+               "how the history's embeddings are pooled: their mean, or softmax weights of a learned "
+               "logit per item (starting from the mean)",
+               [](Config& c, const std::string& v) {
+                 if (v != "mean" && v != "weighted")
+                   throw Error("--history-pool: '" + v + "' is not one of mean, weighted");
+                 c.tower.history_weighted = v == "weighted";
+               },
+               [](const Config& c) { return quote(c.tower.history_weighted ? "weighted" : "mean"); }, false,
+               "mean|weighted"});
   k.push_back(float_key("init-std", "std of embedding initialisation",
                         [](Config& c) -> float& { return c.tower.init_std; }, 0.0f, 10.0f));
 }

@@ -64,6 +64,10 @@ Tower::Tower(TwoTowerModel& model, const std::string& name, const TowerInputSpec
       hist_dim_ = cfg.history_dim;
     }
     in_dim_ += hist_dim_;
+    if (cfg.history_weighted) {
+      hist_w_off_ = cursor;  // zero-initialised: the mean at the start
+      cursor += spec.history_vocab;
+    }
   }
   TOWERREC_CHECK(in_dim_ > 0, name + " tower has no input: enable the ID embedding or features");
   int in = in_dim_;
@@ -230,8 +234,12 @@ const float* Tower::forward(const int32_t* idx, int64_t n, bool zero_id,
       last_hist_ = {hist_offsets_.data(), hist_values_.data(), idx};
     }
     const float* table = hist_shared_ ? model_->item_->id_table_.data() : arena + hist_off_;
-    be->bag_forward(table, hist_dim_, last_hist_.offsets, last_hist_.values, last_hist_.rows, n, X,
-                    in_dim_, col);
+    if (hist_w_off_ >= 0)
+      be->bag_weighted_forward(table, arena + hist_w_off_, hist_dim_, last_hist_.offsets, last_hist_.values,
+                               last_hist_.rows, n, X, in_dim_, col);
+    else
+      be->bag_forward(table, hist_dim_, last_hist_.offsets, last_hist_.values, last_hist_.rows, n, X,
+                      in_dim_, col);
     col += hist_dim_;
   }
   const bool drop = model_->training_ && cfg.dropout > 0.0f;
@@ -291,9 +299,17 @@ void Tower::backward() {
                      cat_values_[f].data(), last_idx_, n, cfg.cat_dim, grads + cat_off_[f]);
     col += cfg.cat_dim;
   }
-  if (hist_off_ >= 0)
+  if (hist_w_off_ >= 0) {
+    // Learned weights: their logits' gradient here; the rows' here too with
+    // an own table, at the merge with a shared one.
+    const float* table = hist_shared_ ? model_->item_->id_table_.data() : arena + hist_off_;
+    be->bag_weighted_backward(grad_act_[0].data(), act_[0].data(), in_dim_, col, table, arena + hist_w_off_,
+                              last_hist_.offsets, last_hist_.values, nullptr, last_hist_.rows, n, hist_dim_,
+                              hist_shared_ ? nullptr : grads + hist_off_, grads + hist_w_off_);
+  } else if (hist_off_ >= 0) {
     be->bag_backward(grad_act_[0].data(), in_dim_, col, last_hist_.offsets, last_hist_.values,
                      last_hist_.rows, n, cfg.history_dim, grads + hist_off_);
+  }
   // A shared history's rows join the item tower's at the next reduce or step.
   hist_pending_ = hist_shared_;
   pending_rows_ = cfg.id_dim > 0;
@@ -648,6 +664,7 @@ int64_t TwoTowerModel::memory_needed(const TowerConfig& cfg, const TowerInputSpe
     }
     if (s->history_vocab > 0 && !cfg.history_shared)  // an own history table, its gradient and Adam moments
       floats += 4 * static_cast<int64_t>(s->history_vocab) * cfg.history_dim;
+    if (s->history_vocab > 0 && cfg.history_weighted) floats += 4 * static_cast<int64_t>(s->history_vocab);
     // ID table, Adam m and v (of the shard's rows)
     floats += 3 * rows_of_rank(s->n_entities, shard.rank, std::max(shard.ranks, 1)) * cfg.id_dim;
     floats += static_cast<int64_t>(s->n_entities) * s->dense_dim;    // dense features
@@ -892,8 +909,15 @@ void TwoTowerModel::merge_history_rows() {
   // Each item row as a bag of one, then the history bags: dL/d(row) sums both.
   be_->bag_backward(it.grad_act_[0].data(), it.in_dim_, 0, d, d + 2 * ni + 1, d + ni + 1, ni, dim,
                     it.union_grad_.data());
-  be_->bag_backward(u.grad_act_[0].data(), u.in_dim_, u.in_dim_ - u.hist_dim_, u.last_hist_.offsets,
-                    d + 3 * ni + 1, u.last_hist_.rows, nu, dim, it.union_grad_.data());
+  const int hist_col = u.in_dim_ - u.hist_dim_;
+  if (u.hist_w_off_ >= 0)
+    be_->bag_weighted_backward(u.grad_act_[0].data(), u.act_[0].data(), u.in_dim_, hist_col,
+                               it.id_table_.data(), params_.data() + u.hist_w_off_, u.last_hist_.offsets,
+                               u.last_hist_.values, d + 3 * ni + 1, u.last_hist_.rows, nu, dim,
+                               it.union_grad_.data(), nullptr);
+  else
+    be_->bag_backward(u.grad_act_[0].data(), u.in_dim_, hist_col, u.last_hist_.offsets, d + 3 * ni + 1,
+                      u.last_hist_.rows, nu, dim, it.union_grad_.data());
   it.union_idx_.ensure(be_, n_uni);
   be_->to_device(it.union_idx_.data(), uni.data(), uni.size() * sizeof(int32_t));
   it.union_n_ = n_uni;

@@ -49,7 +49,7 @@ std::string describe(const TrainPosition& p) {
 
 // Keys that shape the model: a checkpoint can only be resumed with the same values.
 const char* const kShapeKeys[] = {"id-dim", "hidden", "dim", "cat-dim", "features", "normalize",
-                                  "history", "history-dim", "history-table"};
+                                  "history", "history-dim", "history-table", "history-pool"};
 // Keys that do not change what an epoch computes.
 const char* const kRunKeys[] = {"epochs", "out", "quiet", "log-every", "device", "data",
                                 "user-features", "item-features", "checkpoint-every-steps",

@@ -196,6 +196,81 @@ TEST_P(EmbeddingOps, BagBackwardAccumulatesAndMatchesFiniteDifferences) {
       }
 }
 
+// Learned pooling weights: the op against the float64 softmax-weighted mean,
+// its backward against the reference gradients and against central
+// differences of the reference forward (table and logits), with a compact
+// dtable addressed through dvalues, and each output alone.
+TEST_P(EmbeddingOps, BagWeightedForwardAndBackwardMatchTheReference) {
+  TRACE_SEED();
+  for (int64_t n : {1, 7, 33, 2049})
+    for (int dim : {1, 5, 17, 64})
+      for (int col_off : {0, 5}) {
+        SCOPED_TRACE("n=" + std::to_string(n) + " dim=" + std::to_string(dim) +
+                     " col_off=" + std::to_string(col_off));
+        const int n_ent = 40, n_val = 12, ld = col_off + dim + 3;
+        const Bags bags = random_bags(rng_, n_ent, n_val);
+        const auto table = random_floats(rng_, size_t(n_val) * dim);
+        const auto logit = random_floats(rng_, size_t(n_val), -3.0f, 3.0f);
+        const auto idx = random_ints(rng_, n, 0, n_ent - 1);
+        const auto before = framed_output(rng_, n, ld, col_off, dim);
+        auto dt = upload(be(), table), dl = upload(be(), logit);
+        auto doff = upload(be(), bags.offsets), dval = upload(be(), bags.values);
+        auto didx = upload(be(), idx);
+        auto dout = upload(be(), before);
+        be().bag_weighted_forward(dt.data(), dl.data(), dim, doff.data(), dval.data(), didx.data(), n,
+                                  dout.data(), ld, col_off);
+        const auto pooled = download(be(), dout);
+        ASSERT_TRUE(outside_untouched(pooled, before, n, ld, col_off, dim));
+        const auto Td = to_double(table), Ld = to_double(logit);
+        ASSERT_TRUE(all_close(window(pooled, n, ld, col_off, dim),
+                              ref::bag_weighted_forward(Td, Ld, dim, bags.offsets, bags.values, idx), 1e-6, 1e-5));
+
+        // Backward: dtable into a compact table through dvalues (row v at v's
+        // place in a reversed order), accumulated onto non-zero values.
+        const auto G = random_floats(rng_, n * ld);
+        std::vector<int32_t> dvalues(bags.values.size());
+        for (size_t j = 0; j < dvalues.size(); ++j) dvalues[j] = n_val - 1 - bags.values[j];
+        const auto init_t = random_floats(rng_, size_t(n_val) * dim), init_l = random_floats(rng_, size_t(n_val));
+        auto dG = upload(be(), G), dP = upload(be(), pooled);
+        auto ddv = upload(be(), dvalues);
+        auto gt = upload(be(), init_t), gl = upload(be(), init_l);
+        be().bag_weighted_backward(dG.data(), dP.data(), ld, col_off, dt.data(), dl.data(), doff.data(),
+                                   dval.data(), ddv.data(), didx.data(), n, dim, gt.data(), gl.data());
+        std::vector<double> want_t(size_t(n_val) * dim, 0.0), want_l(size_t(n_val), 0.0);
+        const auto Gw = to_double(window(G, n, ld, col_off, dim));
+        ref::bag_weighted_backward(Gw, Td, Ld, dim, bags.offsets, bags.values, idx, want_t, want_l);
+        std::vector<double> want_compact(size_t(n_val) * dim);
+        for (int v = 0; v < n_val; ++v)
+          for (int c = 0; c < dim; ++c)
+            want_compact[size_t(n_val - 1 - v) * dim + c] = init_t[size_t(n_val - 1 - v) * dim + c] + want_t[size_t(v) * dim + c];
+        std::vector<double> want_lacc(static_cast<size_t>(n_val), 0.0);
+        for (int v = 0; v < n_val; ++v) want_lacc[size_t(v)] = init_l[size_t(v)] + want_l[size_t(v)];
+        ASSERT_TRUE(all_close(download(be(), gt), want_compact, matmul_abs_tol(n), 1e-5)) << "dtable";
+        ASSERT_TRUE(all_close(download(be(), gl), want_lacc, matmul_abs_tol(n * dim), 1e-4)) << "dlogit";
+
+        // Each output alone, from zero, is the gradient of L = sum G * pooled.
+        auto zt = upload(be(), std::vector<float>(size_t(n_val) * dim, 0.0f));
+        auto zl = upload(be(), std::vector<float>(size_t(n_val), 0.0f));
+        be().bag_weighted_backward(dG.data(), dP.data(), ld, col_off, dt.data(), dl.data(), doff.data(),
+                                   dval.data(), nullptr, didx.data(), n, dim, zt.data(), nullptr);
+        be().bag_weighted_backward(dG.data(), dP.data(), ld, col_off, dt.data(), dl.data(), doff.data(),
+                                   dval.data(), nullptr, didx.data(), n, dim, nullptr, zl.data());
+        const auto grad_t = download(be(), zt), grad_l = download(be(), zl);
+        ASSERT_TRUE(all_close(grad_t, want_t, matmul_abs_tol(n), 1e-5)) << "dtable alone";
+        ASSERT_TRUE(all_close(grad_l, want_l, matmul_abs_tol(n * dim), 1e-4)) << "dlogit alone";
+        if (n > 100) continue;
+        auto T2 = Td, L2 = Ld;
+        auto loss = [&] {
+          const auto out = ref::bag_weighted_forward(T2, L2, dim, bags.offsets, bags.values, idx);
+          double s = 0.0;
+          for (size_t i = 0; i < out.size(); ++i) s += Gw[i] * out[i];
+          return s;
+        };
+        EXPECT_TRUE(check_fd(rng_, loss, T2, grad_t, 1e-6, 60)) << "dtable";
+        EXPECT_TRUE(check_fd(rng_, loss, L2, grad_l, 1e-6, 12)) << "dlogit";
+      }
+}
+
 TEST_F(CpuOps, BagRepeatedRunsAreBitIdentical) {
   TRACE_SEED();
   const Bags bags = random_bags(rng_, 100, 30);
@@ -330,6 +405,46 @@ TEST(CudaOps, BagBackward) {
       const auto want = run(*cpu);
       // Atomic accumulation on the device: the order of additions varies.
       EXPECT_TRUE(all_close(run(*gpu), as_double(want), 1e-5, 1e-5));
+    }
+}
+
+TEST(CudaOps, BagWeighted) {
+  TOWERREC_REQUIRE_CUDA();
+  TRACE_SEED();
+  std::mt19937_64 g(test_seed());
+  auto cpu = make_cpu_backend();
+  auto gpu = make_cuda_backend(0);
+  for (int64_t n : kRows)
+    for (int dim : {1, 5, 17, 64, 130}) {
+      SCOPED_TRACE("n=" + std::to_string(n) + " dim=" + std::to_string(dim));
+      const int32_t entities = 40, vocab = 30;
+      const int col_off = 1, ld = col_off + dim + 2;
+      const Bags bags = random_bags(g, entities, vocab);
+      const auto table = random_floats(g, static_cast<size_t>(vocab) * dim);
+      const auto logit = random_floats(g, static_cast<size_t>(vocab), -3.0f, 3.0f);
+      const auto dout = random_floats(g, static_cast<size_t>(n * ld));
+      const auto idx = random_ints(g, static_cast<size_t>(n), 0, entities - 1);
+      const auto out0 = strided_poisoned(g, n, ld, col_off, dim);
+      auto run = [&](Backend& be) {
+        auto t = upload(be, table), l = upload(be, logit), d = upload(be, dout);
+        auto off = upload(be, bags.offsets), val = upload(be, bags.values), i = upload(be, idx);
+        auto o = upload(be, out0);
+        be.bag_weighted_forward(t.data(), l.data(), dim, off.data(), val.data(), i.data(), n, o.data(), ld, col_off);
+        auto gt = upload(be, std::vector<float>(static_cast<size_t>(vocab) * dim, 0.0f));
+        auto gl = upload(be, std::vector<float>(static_cast<size_t>(vocab), 0.0f));
+        be.bag_weighted_backward(d.data(), o.data(), ld, col_off, t.data(), l.data(), off.data(), val.data(),
+                                 nullptr, i.data(), n, dim, gt.data(), gl.data());
+        std::vector<float> pooled;
+        const auto all = download(be, o);
+        for (int64_t r = 0; r < n; ++r)
+          for (int c = 0; c < dim; ++c) pooled.push_back(all[static_cast<size_t>(r * ld + col_off + c)]);
+        return std::make_tuple(pooled, download(be, gt), download(be, gl));
+      };
+      const auto [p_cpu, t_cpu, l_cpu] = run(*cpu);
+      const auto [p_gpu, t_gpu, l_gpu] = run(*gpu);
+      EXPECT_TRUE(all_close(p_gpu, as_double(p_cpu), 1e-6, 1e-5)) << "pooled";
+      EXPECT_TRUE(all_close(t_gpu, as_double(t_cpu), 1e-5, 1e-5)) << "dtable";
+      EXPECT_TRUE(all_close(l_gpu, as_double(l_cpu), 1e-4, 1e-4)) << "dlogit";
     }
 }
 

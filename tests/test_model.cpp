@@ -223,11 +223,13 @@ TEST(Model, WholeModelGradientsWithPooledHistory) {
   linear.hidden = {};
   linear.history = 2;
   linear.history_dim = 4;
-  for (const Loss loss : {Loss::kLogistic, Loss::kBpr, Loss::kSoftmax}) {
-    SCOPED_TRACE(to_string(loss));
-    const GradReport r = gradient_agreement(linear, seed, loss);
-    EXPECT_EQ(r.bad, 0) << "of " << r.checked;
-  }
+  for (const bool weighted : {false, true})
+    for (const Loss loss : {Loss::kLogistic, Loss::kBpr, Loss::kSoftmax}) {
+      SCOPED_TRACE(std::string(to_string(loss)) + (weighted ? ", learned weights" : ", mean"));
+      linear.history_weighted = weighted;  // the pooling logits are arena entries: all checked
+      const GradReport r = gradient_agreement(linear, seed, loss);
+      EXPECT_EQ(r.bad, 0) << "of " << r.checked;
+    }
 }
 
 TEST(Model, WholeModelGradientsWithSharedHistory) {
@@ -240,12 +242,15 @@ TEST(Model, WholeModelGradientsWithSharedHistory) {
   linear.hidden = {};
   linear.history = 2;
   linear.history_shared = true;
-  for (const Loss loss : {Loss::kLogistic, Loss::kBpr, Loss::kSoftmax}) {
-    SCOPED_TRACE(to_string(loss));
-    const GradReport r = gradient_agreement(linear, seed, loss);
-    EXPECT_EQ(r.bad, 0) << "of " << r.checked;
-    EXPECT_GT(r.checked, 0);
-  }
+  for (const bool weighted : {false, true})
+    for (const Loss loss : {Loss::kLogistic, Loss::kBpr, Loss::kSoftmax}) {
+      SCOPED_TRACE(std::string(to_string(loss)) + (weighted ? ", learned weights" : ", mean"));
+      linear.history_weighted = weighted;
+      const GradReport r = gradient_agreement(linear, seed, loss);
+      EXPECT_EQ(r.bad, 0) << "of " << r.checked;
+      EXPECT_GT(r.checked, 0);
+    }
+  linear.history_weighted = false;
   // With more items than a batch holds, some rows come from the bags alone.
   TowerConfig wide = linear;
   wide.history = 4;
@@ -580,6 +585,8 @@ class TinyBackend final : public Backend {
   void gather_rows_impl(const float*, int, const int32_t*, int64_t, float*, int, int) override { fail(); }
   void bag_forward_impl(const float*, int, const int32_t*, const int32_t*, const int32_t*, int64_t, float*, int, int) override { fail(); }
   void bag_backward_impl(const float*, int, int, const int32_t*, const int32_t*, const int32_t*, int64_t, int, float*) override { fail(); }
+  void bag_weighted_forward_impl(const float*, const float*, int, const int32_t*, const int32_t*, const int32_t*, int64_t, float*, int, int) override { fail(); }
+  void bag_weighted_backward_impl(const float*, const float*, int, int, const float*, const float*, const int32_t*, const int32_t*, const int32_t*, const int32_t*, int64_t, int, float*, float*) override { fail(); }
   void logistic_loss_impl(const float*, const float*, int, const PairBatch&, float, float*, float*, float*, float*) override { fail(); }
   void bpr_loss_impl(const float*, const float*, int, const PairBatch&, int, float, float*, float*, float*, float*) override { fail(); }
   void softmax_loss_impl(const float*, const float*, int, const PairBatch&, const float*, float, float, float*, float*, float*, float*, float*, int64_t) override { fail(); }

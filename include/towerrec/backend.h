@@ -171,6 +171,25 @@ class Backend {
                     const int32_t* values, const int32_t* idx, int64_t n, int dim,
                     float* dtable);
 
+  // Bag with learned pooling weights: w = softmax, over the bag of idx[r], of
+  // logit[v] (one learned scalar per table row), and out[r, col_off + c] =
+  // sum over the bag's values v of w_v * table[v, c]; 0 for an empty bag. A
+  // repeated value counts once per occurrence. Layout as bag_forward.
+  void bag_weighted_forward(const float* table, const float* logit, int dim, const int32_t* offsets,
+                            const int32_t* values, const int32_t* idx, int64_t n, float* out,
+                            int ld_out, int col_off);
+
+  // Backward of bag_weighted_forward, given its output `pooled` and dout (both
+  // [n x ld] with the window at col_off): for each value v_j of idx[r]'s bag,
+  //   dtable[dvalues[j], c] += w_j * dout[r, col_off + c]            (dtable non-null)
+  //   dlogit[v_j] += w_j * (table[v_j, :] - pooled[r, :]) . dout[r, :] (dlogit non-null)
+  // dvalues names dtable's rows (null: values), so a caller may accumulate
+  // into a compact table of the rows it touches. Both are accumulated into.
+  void bag_weighted_backward(const float* dout, const float* pooled, int ld, int col_off,
+                             const float* table, const float* logit, const int32_t* offsets,
+                             const int32_t* values, const int32_t* dvalues, const int32_t* idx,
+                             int64_t n, int dim, float* dtable, float* dlogit);
+
   // ---- loss ------------------------------------------------------------------
   // Every pair loss: d > 0, pb's counts >= 0, loss_out non-null; dU and the
   // user CSR offsets non-null when pb.n_users > 0, dV (and, where the loss
@@ -296,6 +315,15 @@ class Backend {
   virtual void bag_backward_impl(const float* dout, int ld_dout, int col_off,
                                  const int32_t* offsets, const int32_t* values,
                                  const int32_t* idx, int64_t n, int dim, float* dtable) = 0;
+  virtual void bag_weighted_forward_impl(const float* table, const float* logit, int dim,
+                                         const int32_t* offsets, const int32_t* values,
+                                         const int32_t* idx, int64_t n, float* out, int ld_out,
+                                         int col_off) = 0;
+  virtual void bag_weighted_backward_impl(const float* dout, const float* pooled, int ld, int col_off,
+                                          const float* table, const float* logit,
+                                          const int32_t* offsets, const int32_t* values,
+                                          const int32_t* dvalues, const int32_t* idx, int64_t n,
+                                          int dim, float* dtable, float* dlogit) = 0;
   virtual void logistic_loss_impl(const float* U, const float* V, int d, const PairBatch& pb,
                                   float scale, float* dU, float* dV, float* pair_grad,
                                   float* loss_out) = 0;

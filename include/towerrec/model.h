@@ -39,6 +39,9 @@ struct TowerConfig {
   int history = 0;
   int history_dim = 64;
   bool history_shared = false;
+  // Learned pooling weights: the history is pooled with softmax weights of a
+  // learned logit per item (starting at 0: the mean) instead of the mean.
+  bool history_weighted = false;
 };
 
 // What a tower sees of its entity kind. Built from EntityFeatures.
@@ -345,6 +348,7 @@ class Tower {
   bool hist_shared_ = false;             // ... from the item tower's ID table
   int hist_dim_ = 0;                     // width of the pooled history
   bool hist_pending_ = false;            // a shared history's gradient awaits merge_history_rows
+  int64_t hist_w_off_ = -1;              // arena offset of the learned pooling logits (-1: mean)
   DeviceArray<int32_t> hist_offsets_, hist_values_;  // per-entity histories (inference)
   HistoryBags last_hist_;                // the bags of the last forward
   // Activations: act_[0] is the input X, act_[l+1] the output of layer l.

@@ -85,6 +85,8 @@ class CpuBackend final : public Backend {
   const uint16_t* bf16_copy(const float* x, int64_t count, std::vector<uint16_t>& buf);
   std::vector<float> bias_partial_;  // dense_backward's per-row-block bias sums
   std::vector<int32_t> bag_span_;    // the bags' value range per row (bag_forward/backward)
+  std::vector<int64_t> bag_base_;    // bag_weighted_backward: each row's first (row, entry) slot
+  std::vector<float> bag_w_, bag_s_;  // ... and each slot's weight and logit gradient
 };
 
 }  // namespace towerrec

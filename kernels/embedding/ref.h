@@ -2,6 +2,8 @@
 // bag_backward): the oracle of tests/test_embedding.cpp. Header-only.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -44,6 +46,53 @@ void bag_backward(const std::vector<T>& dout, int ld_dout, int col_off,
     for (int32_t j = b0; j < b1; ++j)
       for (int c = 0; c < dim; ++c)
         dtable[size_t(values[j]) * dim + c] += double(dout[r * ld_dout + col_off + c]) / (b1 - b0);
+  }
+}
+
+// Weighted bag: w = softmax over the bag of logit[v]; out[r] = sum_j w_j table[v_j].
+inline std::vector<double> bag_weighted_forward(const std::vector<double>& table,
+                                                const std::vector<double>& logit, int dim,
+                                                const std::vector<int32_t>& offsets,
+                                                const std::vector<int32_t>& values,
+                                                const std::vector<int32_t>& idx) {
+  std::vector<double> out(idx.size() * dim, 0.0);
+  for (size_t r = 0; r < idx.size(); ++r) {
+    const int32_t b0 = offsets[idx[r]], b1 = offsets[idx[r] + 1];
+    if (b1 <= b0) continue;
+    double top = logit[values[b0]], z = 0.0;
+    for (int32_t j = b0; j < b1; ++j) top = std::max(top, logit[values[j]]);
+    for (int32_t j = b0; j < b1; ++j) z += std::exp(logit[values[j]] - top);
+    for (int32_t j = b0; j < b1; ++j) {
+      const double w = std::exp(logit[values[j]] - top) / z;
+      for (int c = 0; c < dim; ++c) out[r * dim + c] += w * table[size_t(values[j]) * dim + c];
+    }
+  }
+  return out;
+}
+
+// Its gradients for dL/dout = dout [n x dim]: dtable [rows x dim], dlogit [rows].
+inline void bag_weighted_backward(const std::vector<double>& dout, const std::vector<double>& table,
+                                  const std::vector<double>& logit, int dim,
+                                  const std::vector<int32_t>& offsets,
+                                  const std::vector<int32_t>& values,
+                                  const std::vector<int32_t>& idx, std::vector<double>& dtable,
+                                  std::vector<double>& dlogit) {
+  const std::vector<double> pooled = bag_weighted_forward(table, logit, dim, offsets, values, idx);
+  for (size_t r = 0; r < idx.size(); ++r) {
+    const int32_t b0 = offsets[idx[r]], b1 = offsets[idx[r] + 1];
+    if (b1 <= b0) continue;
+    double top = logit[values[b0]], z = 0.0;
+    for (int32_t j = b0; j < b1; ++j) top = std::max(top, logit[values[j]]);
+    for (int32_t j = b0; j < b1; ++j) z += std::exp(logit[values[j]] - top);
+    for (int32_t j = b0; j < b1; ++j) {
+      const double w = std::exp(logit[values[j]] - top) / z;
+      double dot = 0.0;
+      for (int c = 0; c < dim; ++c) {
+        dtable[size_t(values[j]) * dim + c] += w * dout[r * dim + c];
+        dot += (table[size_t(values[j]) * dim + c] - pooled[r * dim + c]) * dout[r * dim + c];
+      }
+      dlogit[size_t(values[j])] += w * dot;
+    }
   }
 }
 

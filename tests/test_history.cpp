@@ -136,11 +136,21 @@ std::vector<double> hand_embedding(TrainedModel& m, std::vector<int32_t> items) 
   } else {
     cur += static_cast<int64_t>(m.n_items()) * t.history_dim;
   }
+  // The pooling weights: 1 / |bag|, or the softmax of the learned logits
+  // (after the history table in the arena) over the bag.
+  std::vector<double> w(bag.size(), 1.0 / static_cast<double>(bag.size()));
+  if (t.history_weighted) {
+    const int64_t logits = cur;
+    cur += m.n_items();
+    double top = -1e300, z = 0.0;
+    for (int32_t i : bag) top = std::max(top, double((*arena)[static_cast<size_t>(logits + i)]));
+    for (size_t j = 0; j < bag.size(); ++j) z += w[j] = std::exp((*arena)[static_cast<size_t>(logits + bag[j])] - top);
+    for (double& v : w) v /= z;
+  }
   std::vector<double> x(static_cast<size_t>(t.id_dim + hd), 0.0);
-  for (int32_t i : bag)
+  for (size_t j = 0; j < bag.size(); ++j)
     for (int c = 0; c < hd; ++c)
-      x[static_cast<size_t>(t.id_dim + c)] += (*table)[static_cast<size_t>(hist_off + int64_t{i} * hd + c)] /
-                                               static_cast<double>(bag.size());
+      x[static_cast<size_t>(t.id_dim + c)] += (*table)[static_cast<size_t>(hist_off + int64_t{bag[j]} * hd + c)] * w[j];
   std::vector<int> widths = t.hidden;
   widths.push_back(t.out_dim);
   for (size_t l = 0; l < widths.size(); ++l) {
@@ -252,16 +262,31 @@ TEST_F(History, RecommendEqualsThePooledMeanThroughTheTowerAndABruteForce) {
 // --history-table items: the history pools the item tower's ID rows. The
 // library's and recommend's embeddings of given histories follow those rows
 // through the user tower; the key is kept in the model's configuration.
-TEST_F(History, SharedTableEmbedsHistoriesFromTheItemRows) {
+class HistoryTables : public History, public ::testing::WithParamInterface<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Pooling, HistoryTables, ::testing::Values("mean", "weighted"));
+
+TEST_P(HistoryTables, SharedTableEmbedsHistoriesFromTheItemRows) {
+  const std::string pool = GetParam(), model = path(std::string("hshared-") + GetParam());
   ASSERT_OK(cli("train --data " + path("hsyn") + " --epochs 2 --threads 1 --quiet --history " + std::to_string(kCap) +
-                " --history-table items --features false --out " + path("hshared")));
-  EXPECT_NE(read_file(path("hshared") + "/config.json").find("\"history-table\": \"items\""), std::string::npos);
-  const Result r = cli("recommend --model " + path("hshared") + " --histories " + path("hist.csv") +
+                " --history-table items --history-pool " + pool + " --features false --out " + model));
+  const std::string config = read_file(model + "/config.json");
+  EXPECT_NE(config.find("\"history-table\": \"items\""), std::string::npos) << config;
+  EXPECT_NE(config.find("\"history-pool\": \"" + pool + "\""), std::string::npos) << config;
+  const Result r = cli("recommend --model " + model + " --histories " + path("hist.csv") +
                        " --k 5 --threads 1 --out " + path("hsrec.csv"));
   ASSERT_OK(r);
   const auto recs = read_recs(read_file(path("hsrec.csv")));
-  TrainedModel m = TrainedModel::load(path("hshared"), "cpu", 1);
+  TrainedModel m = TrainedModel::load(model, "cpu", 1);
   ASSERT_TRUE(m.config().tower.history_shared);
+  ASSERT_EQ(m.config().tower.history_weighted, pool == "weighted");
+  if (pool == "weighted") {  // the logits trained away from the mean
+    const TwoTowerModel::State st = m.model().save_state();
+    const std::vector<float>* arena = nullptr;
+    for (size_t j = 0; j < st.names.size(); ++j)
+      if (st.names[j] == "arena.params") arena = &st.tensors[j];
+    ASSERT_NE(arena, nullptr);
+    EXPECT_TRUE(std::any_of(arena->begin(), arena->begin() + m.n_items(), [](float v) { return v != 0.0f; }));
+  }
   EXPECT_TRUE(m.model().history_input_problem().empty());
   for (const auto& [u, ids] : kHistories) {
     SCOPED_TRACE(u);
@@ -278,7 +303,7 @@ TEST_F(History, SharedTableEmbedsHistoriesFromTheItemRows) {
   }
   // Resuming with the other table is refused: it changes the model's shape.
   EXPECT_FAILS_WITH(cli("train --data " + path("hsyn") + " --epochs 3 --threads 1 --quiet --history " +
-                        std::to_string(kCap) + " --features false --resume --out " + path("hshared")),
+                        std::to_string(kCap) + " --history-pool " + pool + " --features false --resume --out " + model),
                     "history-table");
 }
 

@@ -49,6 +49,18 @@ void bag_backward(const std::vector<T>& dout, int ld_dout, int col_off,
   }
 }
 
+// The softmax of logit[values[j]] over the bag j in [b0, b1) (empty: none).
+inline std::vector<double> bag_softmax(const std::vector<double>& logit,
+                                       const std::vector<int32_t>& values, int32_t b0, int32_t b1) {
+  std::vector<double> w;
+  if (b1 <= b0) return w;
+  double top = logit[values[b0]], z = 0.0;
+  for (int32_t j = b0; j < b1; ++j) top = std::max(top, logit[values[j]]);
+  for (int32_t j = b0; j < b1; ++j) z += std::exp(logit[values[j]] - top);
+  for (int32_t j = b0; j < b1; ++j) w.push_back(std::exp(logit[values[j]] - top) / z);
+  return w;
+}
+
 // Weighted bag: w = softmax over the bag of logit[v]; out[r] = sum_j w_j table[v_j].
 inline std::vector<double> bag_weighted_forward(const std::vector<double>& table,
                                                 const std::vector<double>& logit, int dim,
@@ -58,14 +70,9 @@ inline std::vector<double> bag_weighted_forward(const std::vector<double>& table
   std::vector<double> out(idx.size() * dim, 0.0);
   for (size_t r = 0; r < idx.size(); ++r) {
     const int32_t b0 = offsets[idx[r]], b1 = offsets[idx[r] + 1];
-    if (b1 <= b0) continue;
-    double top = logit[values[b0]], z = 0.0;
-    for (int32_t j = b0; j < b1; ++j) top = std::max(top, logit[values[j]]);
-    for (int32_t j = b0; j < b1; ++j) z += std::exp(logit[values[j]] - top);
-    for (int32_t j = b0; j < b1; ++j) {
-      const double w = std::exp(logit[values[j]] - top) / z;
-      for (int c = 0; c < dim; ++c) out[r * dim + c] += w * table[size_t(values[j]) * dim + c];
-    }
+    const std::vector<double> w = bag_softmax(logit, values, b0, b1);
+    for (int32_t j = b0; j < b1; ++j)
+      for (int c = 0; c < dim; ++c) out[r * dim + c] += w[j - b0] * table[size_t(values[j]) * dim + c];
   }
   return out;
 }
@@ -80,12 +87,9 @@ inline void bag_weighted_backward(const std::vector<double>& dout, const std::ve
   const std::vector<double> pooled = bag_weighted_forward(table, logit, dim, offsets, values, idx);
   for (size_t r = 0; r < idx.size(); ++r) {
     const int32_t b0 = offsets[idx[r]], b1 = offsets[idx[r] + 1];
-    if (b1 <= b0) continue;
-    double top = logit[values[b0]], z = 0.0;
-    for (int32_t j = b0; j < b1; ++j) top = std::max(top, logit[values[j]]);
-    for (int32_t j = b0; j < b1; ++j) z += std::exp(logit[values[j]] - top);
+    const std::vector<double> ws = bag_softmax(logit, values, b0, b1);
     for (int32_t j = b0; j < b1; ++j) {
-      const double w = std::exp(logit[values[j]] - top) / z;
+      const double w = ws[j - b0];
       double dot = 0.0;
       for (int c = 0; c < dim; ++c) {
         dtable[size_t(values[j]) * dim + c] += w * dout[r * dim + c];
